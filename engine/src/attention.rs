@@ -1,0 +1,273 @@
+//! Attention behind one interface. The model hands every layer's rotated Q, K and V for all
+//! tokens of the batch to an [`AttentionBackend`]; the backend stores K/V and attends.
+//!
+//! - [`PagedAttention`]: the serving path. K/V go to their slots in the paged pool; each
+//!   sequence reads its context through its block table. Built only from portable candle ops
+//!   (scatter_set, index_select, matmul, softmax), so it runs on CPU and CUDA unchanged; a fused
+//!   paged-attention kernel can replace it behind the same trait.
+//! - [`ContiguousAttention`]: one sequence, K/V concatenated in plain tensors, the textbook
+//!   formulation (K/V heads repeated for GQA). The reference the paged path is tested against.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::{EngineError, Result};
+use crate::kv_cache::{BlockTable, PagedKvCache};
+
+pub trait AttentionBackend {
+    /// `q`: `(tokens, heads, head_dim)`, `k`/`v`: `(tokens, kv_heads, head_dim)`, already rotated.
+    /// Returns `(tokens, heads * head_dim)`.
+    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
+}
+
+/// One sequence's part of a batch: `query_len` new tokens at rows `query_start..`, attending to
+/// `context_len` tokens (the new ones included), stored at the slots of `block_table`.
+#[derive(Debug, Clone)]
+pub struct SequenceSpan {
+    pub query_start: usize,
+    pub query_len: usize,
+    pub context_len: usize,
+    pub block_table: BlockTable,
+}
+
+/// Sequences attended together: same query length, contexts padded to the longest.
+struct AttentionGroup {
+    /// Batch rows of the group's queries, sequence-major: `(seqs * query_len)`.
+    rows: Tensor,
+    seqs: usize,
+    query_len: usize,
+    max_context: usize,
+    /// Slots to gather, `(seqs * max_context)`; padding points at slot 0 and is masked.
+    slots: Tensor,
+    /// Additive mask `(seqs, 1, query_len, max_context)`: 0 or -inf.
+    mask: Tensor,
+}
+
+/// Everything about a batch's layout that all layers share, built once per forward.
+pub struct PagedAttentionMetadata {
+    /// Slot of every new token, broadcast to `(kv_heads, tokens, head_dim)` for `scatter_set`.
+    slot_index: Tensor,
+    groups: Vec<AttentionGroup>,
+    /// Permutation from the groups' concatenated output rows back to batch order (None when
+    /// they already are in batch order).
+    restore_order: Option<Tensor>,
+    scale: f64,
+}
+
+impl PagedAttentionMetadata {
+    pub fn new(
+        spans: &[SequenceSpan],
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let num_tokens: usize = spans.iter().map(|s| s.query_len).sum();
+        let mut slot_mapping = vec![0u32; num_tokens];
+        for s in spans {
+            if s.query_len == 0 || s.query_len > s.context_len {
+                return Err(EngineError::InvalidBatch(format!(
+                    "a sequence has {} new tokens and a context of {}",
+                    s.query_len, s.context_len
+                )));
+            }
+            if s.query_start + s.query_len > num_tokens {
+                return Err(EngineError::InvalidBatch("spans overrun the batch".into()));
+            }
+            let first_pos = s.context_len - s.query_len;
+            for i in 0..s.query_len {
+                slot_mapping[s.query_start + i] = s.block_table.slot(first_pos + i, block_size)?;
+            }
+        }
+        let slot_index = Tensor::from_vec(slot_mapping, (1, num_tokens, 1), device)?
+            .broadcast_as((kv_heads, num_tokens, head_dim))?
+            .contiguous()?;
+
+        // Decodes (one new token) attend together; every longer chunk attends alone.
+        let (decodes, prefills): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) =
+            spans.iter().partition(|s| s.query_len == 1);
+        let mut members: Vec<Vec<&SequenceSpan>> = prefills.into_iter().map(|s| vec![s]).collect();
+        if !decodes.is_empty() {
+            members.insert(0, decodes);
+        }
+        let mut groups = Vec::with_capacity(members.len());
+        let mut concat_rows: Vec<u32> = Vec::with_capacity(num_tokens);
+        for group in members {
+            let g = Self::group(&group, block_size, dtype, device)?;
+            for s in &group {
+                concat_rows.extend((s.query_start..s.query_start + s.query_len).map(|r| r as u32));
+            }
+            groups.push(g);
+        }
+        let in_order = concat_rows.iter().enumerate().all(|(i, &r)| i as u32 == r);
+        let restore_order = if in_order {
+            None
+        } else {
+            let mut inverse = vec![0u32; num_tokens];
+            for (i, &r) in concat_rows.iter().enumerate() {
+                inverse[r as usize] = i as u32;
+            }
+            Some(Tensor::from_vec(inverse, num_tokens, device)?)
+        };
+        Ok(Self {
+            slot_index,
+            groups,
+            restore_order,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        })
+    }
+
+    fn group(
+        spans: &[&SequenceSpan],
+        block_size: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<AttentionGroup> {
+        let query_len = spans[0].query_len;
+        let max_context = spans.iter().map(|s| s.context_len).max().unwrap_or(0);
+        let mut rows = Vec::with_capacity(spans.len() * query_len);
+        let mut slots = Vec::with_capacity(spans.len() * max_context);
+        let mut mask = Vec::with_capacity(spans.len() * query_len * max_context);
+        for s in spans {
+            rows.extend((s.query_start..s.query_start + s.query_len).map(|r| r as u32));
+            for pos in 0..max_context {
+                slots.push(if pos < s.context_len {
+                    s.block_table.slot(pos, block_size)?
+                } else {
+                    0
+                });
+            }
+            let first_pos = s.context_len - s.query_len;
+            for i in 0..query_len {
+                // Query i sits at position first_pos + i and sees keys up to and including it.
+                let visible = first_pos + i + 1;
+                mask.extend((0..max_context).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }));
+            }
+        }
+        let n = spans.len();
+        Ok(AttentionGroup {
+            rows: Tensor::from_vec(rows, n * query_len, device)?,
+            seqs: n,
+            query_len,
+            max_context,
+            slots: Tensor::from_vec(slots, n * max_context, device)?,
+            mask: Tensor::from_vec(mask, (n, 1, query_len, max_context), device)?.to_dtype(dtype)?,
+        })
+    }
+}
+
+pub struct PagedAttention<'a> {
+    pub cache: &'a PagedKvCache,
+    pub meta: &'a PagedAttentionMetadata,
+}
+
+impl AttentionBackend for PagedAttention<'_> {
+    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let meta = self.meta;
+        let (_, heads, head_dim) = q.dims3()?;
+        let kv_heads = k.dim(1)?;
+        let q_per_kv = heads / kv_heads;
+        self.cache.write(
+            layer,
+            &k.transpose(0, 1)?.contiguous()?,
+            &v.transpose(0, 1)?.contiguous()?,
+            &meta.slot_index,
+        )?;
+        let q = (q * meta.scale)?;
+        let mut outputs = Vec::with_capacity(meta.groups.len());
+        for g in &meta.groups {
+            let (b, l, c) = (g.seqs, g.query_len, g.max_context);
+            // (b*l, heads, hd) -> (kv_heads, b, q_per_kv * l, hd): each KV head serves its
+            // query heads in one matmul instead of being repeated.
+            let qg = q
+                .index_select(&g.rows, 0)?
+                .reshape((b, l, kv_heads, q_per_kv, head_dim))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?
+                .reshape((kv_heads, b, q_per_kv * l, head_dim))?;
+            let (kc, vc) = self.cache.gather(layer, &g.slots)?;
+            let kc = kc.reshape((kv_heads, b, c, head_dim))?;
+            let vc = vc.reshape((kv_heads, b, c, head_dim))?;
+            let scores = qg
+                .matmul(&kc.t()?)?
+                .reshape((kv_heads, b, q_per_kv, l, c))?
+                .broadcast_add(&g.mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((kv_heads, b, q_per_kv * l, c))?;
+            let out = probs
+                .matmul(&vc)?
+                .reshape((kv_heads, b, q_per_kv, l, head_dim))?
+                .permute((1, 3, 0, 2, 4))?
+                .contiguous()?
+                .reshape((b * l, heads * head_dim))?;
+            outputs.push(out);
+        }
+        let out = match outputs.len() {
+            1 => outputs.swap_remove(0),
+            _ => Tensor::cat(&outputs, 0)?,
+        };
+        Ok(match &meta.restore_order {
+            Some(order) => out.index_select(order, 0)?,
+            None => out,
+        })
+    }
+}
+
+/// Reference attention for one sequence with a contiguous, growing KV cache.
+#[derive(Default)]
+pub struct ContiguousAttention {
+    /// `(k, v)` per layer: `(kv_heads, tokens, head_dim)`.
+    cache: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl ContiguousAttention {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            cache: vec![None; num_layers],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache
+            .first()
+            .and_then(|c| c.as_ref())
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl AttentionBackend for ContiguousAttention {
+    fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (l, heads, head_dim) = q.dims3()?;
+        let kv_heads = k.dim(1)?;
+        let k = k.transpose(0, 1)?.contiguous()?;
+        let v = v.transpose(0, 1)?.contiguous()?;
+        let (k, v) = match self.cache[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+            None => (k, v),
+        };
+        self.cache[layer] = Some((k.clone(), v.clone()));
+        let ctx = k.dim(1)?;
+        let repeat = |t: &Tensor| -> Result<Tensor> {
+            let rep = heads / kv_heads;
+            Ok(t.unsqueeze(1)?
+                .broadcast_as((kv_heads, rep, ctx, head_dim))?
+                .reshape((heads, ctx, head_dim))?)
+        };
+        let (k, v) = (repeat(&k)?, repeat(&v)?);
+        let q = q.transpose(0, 1)?.contiguous()?; // (heads, l, hd)
+        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let offset = ctx - l;
+        let mask: Vec<f32> = (0..l)
+            .flat_map(|i| (0..ctx).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (l, ctx), q.device())?.to_dtype(q.dtype())?;
+        let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+        Ok(probs
+            .matmul(&v)?
+            .transpose(0, 1)?
+            .reshape((l, heads * head_dim))?)
+    }
+}

@@ -1,0 +1,45 @@
+//! Errors of the engine crate. Each variant carries enough context (a path, a name) for a user to
+//! act on it without reading a backtrace.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file not found: {0}")]
+    MissingFile(PathBuf),
+
+    #[error("unsupported model architecture `{0}` (wick supports Llama-family models: llama, mistral)")]
+    UnsupportedArchitecture(String),
+
+    #[error("unsupported tensor type {dtype} for `{name}`")]
+    UnsupportedTensorType { name: String, dtype: String },
+
+    #[error("could not read {path}: {message} (is the file truncated or corrupt?)")]
+    CorruptFile { path: PathBuf, message: String },
+
+    #[error("no tokenizer found for model at {0} (expected tokenizer.json, or tokenizer metadata in the GGUF file)")]
+    MissingTokenizer(PathBuf),
+
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+
+    #[error("could not resolve `{id}` on the Hugging Face Hub: {message}")]
+    Hub { id: String, message: String },
+
+    #[error("KV cache is out of blocks: need {needed}, have {free} free")]
+    OutOfBlocks { needed: usize, free: usize },
+
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

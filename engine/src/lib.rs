@@ -1,0 +1,56 @@
+//! wick's engine: loads Llama-family models (GGUF or safetensors, local or from the Hugging Face
+//! Hub), tokenizes, and runs batched forward passes over a paged KV cache.
+//!
+//! Layout, one concept per file: [`model_source`] (what to load), [`loader`], [`weights`],
+//! [`model_config`], [`tokenizer`] and [`detokenizer`], [`llama`] (the architecture),
+//! [`attention`] (how K/V are stored and read), [`kv_cache`] (the paged pool),
+//! [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out).
+
+pub mod attention;
+pub mod block_manager;
+pub mod detokenizer;
+pub mod error;
+pub mod generate;
+pub mod gguf_metadata;
+mod hub;
+pub mod kv_cache;
+pub mod llama;
+pub mod loader;
+pub mod model_config;
+pub mod model_runner;
+pub mod model_source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{EngineError, Result};
+
+/// candle's CPU device, or CUDA device `n` when built with the `cuda` feature.
+pub fn device_from_spec(spec: &str) -> Result<candle_core::Device> {
+    match spec {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), |n| n.parse::<usize>())
+                .map_err(|_| {
+                    EngineError::InvalidConfig(format!("bad device `{s}` (expected cpu, cuda or cuda:N)"))
+                })?;
+            Ok(candle_core::Device::new_cuda(ordinal)?)
+        }
+        other => Err(EngineError::InvalidConfig(format!(
+            "unknown device `{other}` (expected cpu, cuda or cuda:N)"
+        ))),
+    }
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn dtype_from_str(s: &str) -> Result<candle_core::DType> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "f16" => Ok(candle_core::DType::F16),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => Err(EngineError::InvalidConfig(format!(
+            "unknown dtype `{other}` (expected f32, f16 or bf16)"
+        ))),
+    }
+}

@@ -1,0 +1,178 @@
+//! The Llama architecture (Llama 2/3/3.1/3.2, SmolLM2, TinyLlama, Mistral-7B-style), written for
+//! batches: one forward takes the new tokens of many sequences at once (prefill chunks and
+//! single decode tokens mixed), each with its own position, and returns logits only for the rows
+//! that will be sampled. Where K/V are stored and how attention reads them is the
+//! [`AttentionBackend`]'s business.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::AttentionBackend;
+use crate::error::Result;
+use crate::model_config::{rope_inv_freq, LlamaConfig};
+use crate::weights::{Linear, Weights};
+
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    inv_freq: Tensor,
+    /// GGUF Q/K weights are permuted for interleaved (GPT-J style) RoPE; Hugging Face weights
+    /// use the half-split (NeoX style) form.
+    rope_interleaved: bool,
+    dtype: DType,
+    device: Device,
+}
+
+impl LlamaModel {
+    /// `dense_dtype` None keeps GGUF matrices quantized (activations in f32); Some(dt) loads
+    /// every matrix dense in `dt` and computes in `dt`.
+    pub fn load(
+        cfg: LlamaConfig,
+        weights: &mut Weights,
+        dense_dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Self> {
+        let dtype = dense_dtype.unwrap_or(DType::F32);
+        let is_gguf = weights.gguf_content().is_some();
+        let h = cfg.hidden_size;
+        let vec_w = |w: &mut Weights, name: &str| -> Result<Tensor> {
+            let t = w.dense(name, dtype, device)?;
+            w.check_shape(name, &t, &[h])?;
+            Ok(t)
+        };
+        let embed = weights.dense("token_embd.weight", dtype, device)?;
+        weights.check_shape("token_embd.weight", &embed, &[cfg.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(Block {
+                attn_norm: vec_w(weights, &n("attn_norm"))?,
+                q: weights.linear(&n("attn_q"), dense_dtype, device)?,
+                k: weights.linear(&n("attn_k"), dense_dtype, device)?,
+                v: weights.linear(&n("attn_v"), dense_dtype, device)?,
+                o: weights.linear(&n("attn_output"), dense_dtype, device)?,
+                ffn_norm: vec_w(weights, &n("ffn_norm"))?,
+                gate: weights.linear(&n("ffn_gate"), dense_dtype, device)?,
+                up: weights.linear(&n("ffn_up"), dense_dtype, device)?,
+                down: weights.linear(&n("ffn_down"), dense_dtype, device)?,
+            });
+        }
+        let norm = vec_w(weights, "output_norm.weight")?;
+        let tied = !weights.contains("output.weight");
+        let lm_head_name = if tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let lm_head = weights.linear(lm_head_name, dense_dtype, device)?;
+
+        let mut inv_freq = rope_inv_freq(&cfg);
+        // Llama 3.1 GGUFs store the long-context correction as per-frequency divisors.
+        if is_gguf && weights.contains("rope_freqs.weight") {
+            let factors = weights
+                .dense("rope_freqs.weight", DType::F32, device)?
+                .to_vec1::<f32>()?;
+            for (f, d) in inv_freq.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
+        let n = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
+        let cfg = LlamaConfig {
+            tie_word_embeddings: tied,
+            ..cfg
+        };
+        Ok(Self {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            rope_interleaved: is_gguf,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Rotates `x` (`(tokens, heads, head_dim)`) by each token's position.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (t, heads, d) = x.dims3()?;
+        // Each token is its own "batch" of length 1, so every token gets its own angle.
+        let x4 = x.reshape((t, heads, 1, d))?;
+        let out = if self.rope_interleaved {
+            candle_nn::rotary_emb::rope_i(&x4, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x4, cos, sin)?
+        };
+        Ok(out.reshape((t, heads, d))?)
+    }
+
+    /// `tokens` and `positions`: `(n,)` u32. `logit_rows`: the rows whose logits are wanted
+    /// (None: all). Returns f32 logits `(rows, vocab)`.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        logit_rows: Option<&Tensor>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let n = tokens.dim(0)?;
+        let (heads, kv_heads, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let angles = positions
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?
+            .broadcast_mul(&self.inv_freq)?;
+        let cos = angles.cos()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
+        let sin = angles.sin()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
+        let eps = cfg.rms_norm_eps as f32;
+
+        let mut x = self.embed.index_select(tokens, 0)?;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = b.q.forward(&h)?.reshape((n, heads, hd))?;
+            let k = b.k.forward(&h)?.reshape((n, kv_heads, hd))?;
+            let v = b.v.forward(&h)?.reshape((n, kv_heads, hd))?;
+            let q = self.rope(&q, &cos, &sin)?;
+            let k = self.rope(&k, &cos, &sin)?;
+            let a = attn.attend(layer, &q, &k, &v)?;
+            x = (x + b.o.forward(&a)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let gated = (candle_nn::ops::silu(&b.gate.forward(&h)?)? * b.up.forward(&h)?)?;
+            x = (x + b.down.forward(&gated)?)?;
+        }
+        let x = match logit_rows {
+            Some(rows) => x.index_select(rows, 0)?,
+            None => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,3 @@
+//! wick's HTTP server and command line.
+
+pub mod chat_template;
