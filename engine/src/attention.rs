@@ -8,10 +8,18 @@
 //! - [`ContiguousAttention`]: one sequence, K/V concatenated in plain tensors, the textbook
 //!   formulation (K/V heads repeated for GQA). The reference the paged path is tested against.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
+use crate::cpu_attention::CpuSpan;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, PagedKvCache};
+
+/// Contexts are padded (with masked slots) to a multiple of this. The reductions over the context
+/// (softmax sums, probs x V) then run over whole SIMD strides whatever the batch holds: padded
+/// positions add exact zeros, so a sequence gets bit-identical attention alone or batched with
+/// longer ones. Quantized models need this: their 8-bit activation rounding turns a 1e-7
+/// difference into a different token a few layers later.
+pub const CONTEXT_PAD: usize = 64;
 
 pub trait AttentionBackend {
     /// `q`: `(tokens, heads, head_dim)`, `k`/`v`: `(tokens, kv_heads, head_dim)`, already rotated.
@@ -50,7 +58,25 @@ pub struct PagedAttentionMetadata {
     /// Permutation from the groups' concatenated output rows back to batch order (None when
     /// they already are in batch order).
     restore_order: Option<Tensor>,
+    /// Set when the CPU kernel runs instead of the portable groups.
+    cpu: Option<CpuLayout>,
     scale: f64,
+}
+
+struct CpuLayout {
+    spans: Vec<CpuSpan>,
+    /// Span index of every batch row.
+    row_span: Vec<u32>,
+}
+
+/// Which implementation attends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionImpl {
+    /// The CPU kernel for f32 on the CPU, the portable candle ops elsewhere.
+    #[default]
+    Auto,
+    /// Always the portable candle ops (what CUDA runs).
+    Portable,
 }
 
 impl PagedAttentionMetadata {
@@ -61,6 +87,7 @@ impl PagedAttentionMetadata {
         head_dim: usize,
         dtype: DType,
         device: &Device,
+        implementation: AttentionImpl,
     ) -> Result<Self> {
         let num_tokens: usize = spans.iter().map(|s| s.query_len).sum();
         let mut slot_mapping = vec![0u32; num_tokens];
@@ -82,6 +109,33 @@ impl PagedAttentionMetadata {
         let slot_index = Tensor::from_vec(slot_mapping, (1, num_tokens, 1), device)?
             .broadcast_as((kv_heads, num_tokens, head_dim))?
             .contiguous()?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+
+        if implementation == AttentionImpl::Auto && device.is_cpu() && dtype == DType::F32 {
+            let mut row_span = vec![0u32; num_tokens];
+            let mut cpu_spans = Vec::with_capacity(spans.len());
+            for (i, s) in spans.iter().enumerate() {
+                row_span[s.query_start..s.query_start + s.query_len].fill(i as u32);
+                cpu_spans.push(CpuSpan {
+                    query_start: s.query_start,
+                    query_len: s.query_len,
+                    first_pos: s.context_len - s.query_len,
+                    slots: (0..s.context_len)
+                        .map(|p| s.block_table.slot(p, block_size))
+                        .collect::<Result<_>>()?,
+                });
+            }
+            return Ok(Self {
+                slot_index,
+                groups: Vec::new(),
+                restore_order: None,
+                cpu: Some(CpuLayout {
+                    spans: cpu_spans,
+                    row_span,
+                }),
+                scale,
+            });
+        }
 
         // Decodes (one new token) attend together; every longer chunk attends alone.
         let (decodes, prefills): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) =
@@ -113,7 +167,8 @@ impl PagedAttentionMetadata {
             slot_index,
             groups,
             restore_order,
-            scale: 1.0 / (head_dim as f64).sqrt(),
+            cpu: None,
+            scale,
         })
     }
 
@@ -124,7 +179,12 @@ impl PagedAttentionMetadata {
         device: &Device,
     ) -> Result<AttentionGroup> {
         let query_len = spans[0].query_len;
-        let max_context = spans.iter().map(|s| s.context_len).max().unwrap_or(0);
+        let max_context = spans
+            .iter()
+            .map(|s| s.context_len)
+            .max()
+            .unwrap_or(0)
+            .next_multiple_of(CONTEXT_PAD);
         let mut rows = Vec::with_capacity(spans.len() * query_len);
         let mut slots = Vec::with_capacity(spans.len() * max_context);
         let mut mask = Vec::with_capacity(spans.len() * query_len * max_context);
@@ -173,7 +233,17 @@ impl AttentionBackend for PagedAttention<'_> {
             &v.transpose(0, 1)?.contiguous()?,
             &meta.slot_index,
         )?;
-        let q = (q * meta.scale)?;
+        if let Some(cpu) = &meta.cpu {
+            let (kc, vc) = self.cache.layer(layer);
+            return crate::cpu_attention::paged_attention(
+                &q.contiguous()?,
+                kc,
+                vc,
+                &cpu.spans,
+                &cpu.row_span,
+                meta.scale as f32,
+            );
+        }
         let mut outputs = Vec::with_capacity(meta.groups.len());
         for g in &meta.groups {
             let (b, l, c) = (g.seqs, g.query_len, g.max_context);
@@ -188,8 +258,7 @@ impl AttentionBackend for PagedAttention<'_> {
             let (kc, vc) = self.cache.gather(layer, &g.slots)?;
             let kc = kc.reshape((kv_heads, b, c, head_dim))?;
             let vc = vc.reshape((kv_heads, b, c, head_dim))?;
-            let scores = qg
-                .matmul(&kc.t()?)?
+            let scores = (qg.matmul(&kc.t()?)? * meta.scale)?
                 .reshape((kv_heads, b, q_per_kv, l, c))?
                 .broadcast_add(&g.mask)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((kv_heads, b, q_per_kv * l, c))?;
@@ -250,24 +319,27 @@ impl AttentionBackend for ContiguousAttention {
         };
         self.cache[layer] = Some((k.clone(), v.clone()));
         let ctx = k.dim(1)?;
-        let repeat = |t: &Tensor| -> Result<Tensor> {
-            let rep = heads / kv_heads;
-            Ok(t.unsqueeze(1)?
-                .broadcast_as((kv_heads, rep, ctx, head_dim))?
-                .reshape((heads, ctx, head_dim))?)
-        };
-        let (k, v) = (repeat(&k)?, repeat(&v)?);
-        let q = q.transpose(0, 1)?.contiguous()?; // (heads, l, hd)
-        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let q_per_kv = heads / kv_heads;
+        // (l, heads, hd) -> (kv_heads, q_per_kv * l, hd): each KV head with its query heads.
+        let q = q
+            .reshape((l, kv_heads, q_per_kv, head_dim))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((kv_heads, q_per_kv * l, head_dim))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
         let offset = ctx - l;
         let mask: Vec<f32> = (0..l)
             .flat_map(|i| (0..ctx).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
             .collect();
         let mask = Tensor::from_vec(mask, (l, ctx), q.device())?.to_dtype(q.dtype())?;
-        let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
-        Ok(probs
-            .matmul(&v)?
-            .transpose(0, 1)?
+        let scores = scores
+            .reshape((kv_heads, q_per_kv, l, ctx))?
+            .broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((kv_heads, q_per_kv * l, ctx))?;
+        let out = probs.matmul(&v)?.reshape((kv_heads, q_per_kv, l, head_dim))?;
+        Ok(out
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
             .reshape((l, heads * head_dim))?)
     }
 }

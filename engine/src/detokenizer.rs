@@ -62,8 +62,13 @@ impl IncrementalDetokenizer {
             self.skip_special_tokens,
         )?;
         let full = tokenizer.decode(&self.ids[self.prefix_offset..], self.skip_special_tokens)?;
+        let rest = match full.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.to_string(),
+            // The context itself ended inside a character: decode the held ids on their own.
+            None => tokenizer.decode(&self.ids[self.read_offset..], self.skip_special_tokens)?,
+        };
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+        Ok(rest)
     }
 }

@@ -103,6 +103,12 @@ impl PagedKvCache {
         Ok(())
     }
 
+    /// The whole K and V pools of a layer.
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
+    }
+
     /// K and V of the given slots: `(kv_heads, slots, head_dim)` each.
     pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Tensor)> {
         let (kc, vc) = &self.layers[layer];

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod block_manager;
+pub mod cpu_attention;
 pub mod detokenizer;
 pub mod error;
 pub mod generate;

@@ -52,11 +52,12 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
                 .gguf_content()
                 .ok_or_else(|| EngineError::InvalidConfig("not GGUF".into()))?;
             let md = crate::gguf_metadata::GgufMetadata::new(content);
-            if md.get("tokenizer.ggml.tokens").is_none() {
+            let vocab_len = md.array("tokenizer.ggml.tokens").map_or(0, |t| t.len());
+            let cfg = LlamaConfig::from_gguf(&md, vocab_len)?;
+            if vocab_len == 0 {
                 return Err(EngineError::MissingTokenizer(path.clone()));
             }
             let tokenizer = Tokenizer::from_gguf(content)?;
-            let cfg = LlamaConfig::from_gguf(&md, tokenizer.vocab_size())?;
             let model = LlamaModel::load(cfg, &mut weights, opts.dtype, device)?;
             Ok(LoadedModel {
                 model,

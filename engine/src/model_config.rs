@@ -46,13 +46,14 @@ impl LlamaConfig {
         if self.num_hidden_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             return bad("zero layers, hidden size or vocabulary".into());
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
+        {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} is odd", self.head_dim));
         }
         Ok(self)
@@ -95,20 +96,24 @@ impl LlamaConfig {
     }
 
     pub fn from_hf_json(json: &str) -> Result<Self> {
-        let raw: HfConfig = serde_json::from_str(json)
-            .map_err(|e| EngineError::InvalidConfig(format!("config.json: {e}")))?;
-        let arch = raw
-            .architectures
-            .as_ref()
-            .and_then(|a| a.first().cloned())
-            .or(raw.model_type.clone())
-            .unwrap_or_else(|| "unknown".into());
+        let bad_json = |e: serde_json::Error| EngineError::InvalidConfig(format!("config.json: {e}"));
+        // The architecture first: another family's config lacks Llama's fields, and "missing
+        // field hidden_size" would hide the real problem.
+        let value: serde_json::Value = serde_json::from_str(json).map_err(bad_json)?;
+        let arch = value
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .or_else(|| value.get("model_type"))
+            .and_then(|a| a.as_str())
+            .unwrap_or("unknown")
+            .to_string();
         if !matches!(
             arch.as_str(),
             "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral"
         ) {
             return Err(EngineError::UnsupportedArchitecture(arch));
         }
+        let raw: HfConfig = serde_json::from_value(value).map_err(bad_json)?;
         let rope_scaling = match raw.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
@@ -154,8 +159,6 @@ impl LlamaConfig {
 
 #[derive(Deserialize)]
 struct HfConfig {
-    architectures: Option<Vec<String>>,
-    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use crate::attention::{PagedAttention, PagedAttentionMetadata, SequenceSpan};
+use crate::attention::{AttentionImpl, PagedAttention, PagedAttentionMetadata, SequenceSpan};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, PagedKvCache};
 use crate::llama::LlamaModel;
@@ -34,15 +34,30 @@ pub struct SequenceChunk<'a> {
 pub struct ModelRunner {
     model: LlamaModel,
     cache: PagedKvCache,
+    attention: AttentionImpl,
 }
 
 impl ModelRunner {
     pub fn new(model: LlamaModel, cache: PagedKvCache) -> Self {
-        Self { model, cache }
+        Self {
+            model,
+            cache,
+            attention: AttentionImpl::Auto,
+        }
+    }
+
+    /// Forces an attention implementation (tests run the portable one on the CPU too).
+    pub fn with_attention(mut self, attention: AttentionImpl) -> Self {
+        self.attention = attention;
+        self
     }
 
     pub fn model(&self) -> &LlamaModel {
         &self.model
+    }
+
+    pub fn into_model(self) -> LlamaModel {
+        self.model
     }
 
     pub fn cache(&self) -> &PagedKvCache {
@@ -91,6 +106,7 @@ impl ModelRunner {
             cfg.head_dim,
             self.model.dtype(),
             &device,
+            self.attention,
         )?;
         let n = tokens.len();
         let tokens = Tensor::from_vec(tokens, n, &device)?;

@@ -177,6 +177,8 @@ impl Tokenizer {
                     .collect::<Result<_>>()?;
                 let bpe = BPE::builder()
                     .vocab_and_merges(vocab, merges)
+                    // Llama 3 (tokenizer.json, llama.cpp): a word in the vocabulary is one token.
+                    .ignore_merges(matches!(pre, "llama-bpe" | "llama3"))
                     .build()
                     .map_err(tok_err)?;
                 let mut t = tokenizers::Tokenizer::new(bpe);
