@@ -3,12 +3,13 @@
 //!
 //!     cargo bench -p wick-engine --bench forward [-- FORMAT...]
 //!
-//! FORMAT: q4_1 (as shipped), f32, f16, bf16 (dequantized at load). Threads: RAYON_NUM_THREADS.
+//! FORMAT: q4_1 (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16 (dequantized
+//! at load). Threads: RAYON_NUM_THREADS.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use wick_engine::kv_cache::{BlockTable, PagedKvCache};
 use wick_engine::loader::{self, LoadOptions};
 use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
@@ -30,16 +31,9 @@ fn model_path() -> PathBuf {
 }
 
 fn bench(format: &str, batches: &[usize]) {
-    let dtype = match format {
-        "q4_1" => None,
-        "f32" => Some(DType::F32),
-        "f16" => Some(DType::F16),
-        "bf16" => Some(DType::BF16),
-        other => panic!("unknown format {other}"),
-    };
-    let opts = LoadOptions {
-        dtype,
-        device: Device::Cpu,
+    let opts = match format {
+        "q4_1" => LoadOptions::default(),
+        other => LoadOptions::default().with_format(other).unwrap(),
     };
     let loaded =
         loader::load(&ModelSource::GgufFile(model_path()), &opts).expect("run scripts/fetch-default-model");
@@ -101,7 +95,7 @@ fn bench(format: &str, batches: &[usize]) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let formats: Vec<&str> = if args.is_empty() {
-        vec!["q4_1", "f32", "f16", "bf16"]
+        vec!["q4_1", "q8_0", "q4_0", "f32", "f16", "bf16"]
     } else {
         args.iter().map(|s| s.as_str()).collect()
     };

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::AttentionBackend;
 use crate::error::Result;
 use crate::model_config::{rope_inv_freq, LlamaConfig};
-use crate::weights::{Linear, Weights};
+use crate::weights::{Linear, WeightFormat, Weights};
 
 struct Block {
     attn_norm: Tensor,
@@ -38,15 +38,14 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// `dense_dtype` None keeps GGUF matrices quantized (activations in f32); Some(dt) loads
-    /// every matrix dense in `dt` and computes in `dt`.
+    /// `format` says how matrices are held (see [`WeightFormat`]).
     pub fn load(
         cfg: LlamaConfig,
         weights: &mut Weights,
-        dense_dtype: Option<DType>,
+        format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let dtype = dense_dtype.unwrap_or(DType::F32);
+        let dtype = format.compute_dtype();
         let is_gguf = weights.gguf_content().is_some();
         let h = cfg.hidden_size;
         let vec_w = |w: &mut Weights, name: &str| -> Result<Tensor> {
@@ -61,14 +60,14 @@ impl LlamaModel {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             blocks.push(Block {
                 attn_norm: vec_w(weights, &n("attn_norm"))?,
-                q: weights.linear(&n("attn_q"), dense_dtype, device)?,
-                k: weights.linear(&n("attn_k"), dense_dtype, device)?,
-                v: weights.linear(&n("attn_v"), dense_dtype, device)?,
-                o: weights.linear(&n("attn_output"), dense_dtype, device)?,
+                q: weights.linear(&n("attn_q"), format, device)?,
+                k: weights.linear(&n("attn_k"), format, device)?,
+                v: weights.linear(&n("attn_v"), format, device)?,
+                o: weights.linear(&n("attn_output"), format, device)?,
                 ffn_norm: vec_w(weights, &n("ffn_norm"))?,
-                gate: weights.linear(&n("ffn_gate"), dense_dtype, device)?,
-                up: weights.linear(&n("ffn_up"), dense_dtype, device)?,
-                down: weights.linear(&n("ffn_down"), dense_dtype, device)?,
+                gate: weights.linear(&n("ffn_gate"), format, device)?,
+                up: weights.linear(&n("ffn_up"), format, device)?,
+                down: weights.linear(&n("ffn_down"), format, device)?,
             });
         }
         let norm = vec_w(weights, "output_norm.weight")?;
@@ -78,7 +77,7 @@ impl LlamaModel {
         } else {
             "output.weight"
         };
-        let lm_head = weights.linear(lm_head_name, dense_dtype, device)?;
+        let lm_head = weights.linear(lm_head_name, format, device)?;
 
         let mut inv_freq = rope_inv_freq(&cfg);
         // Llama 3.1 GGUFs store the long-context correction as per-frequency divisors.

@@ -1,5 +1,6 @@
 //! From a [`ModelSource`] to a loaded model and its tokenizer.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use crate::error::{EngineError, Result};
@@ -7,20 +8,43 @@ use crate::llama::LlamaModel;
 use crate::model_config::LlamaConfig;
 use crate::model_source::{ModelFiles, ModelSource};
 use crate::tokenizer::Tokenizer;
-use crate::weights::Weights;
+use crate::weights::{WeightFormat, Weights};
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// None: GGUF weights stay quantized and safetensors load as stored (bf16/f16 → f32 on
     /// CPU). Some(dt): every matrix dense in `dt`, computed in `dt`.
     pub dtype: Option<DType>,
+    /// Re-quantize GGUF matrices to this type at load (ignored when `dtype` is set).
+    pub requantize: Option<GgmlDType>,
     pub device: Device,
+}
+
+impl LoadOptions {
+    /// `f32`/`f16`/`bf16` set `dtype`; `q8_0`/`q4_0` set `requantize`.
+    pub fn with_format(mut self, spec: &str) -> Result<Self> {
+        match WeightFormat::parse(spec)? {
+            WeightFormat::Dense(dt) => self.dtype = Some(dt),
+            WeightFormat::Quantized(q) => self.requantize = Some(q),
+            WeightFormat::AsStored => {}
+        }
+        Ok(self)
+    }
+
+    fn weight_format(&self) -> WeightFormat {
+        match (self.dtype, self.requantize) {
+            (Some(dt), _) => WeightFormat::Dense(dt),
+            (None, Some(q)) => WeightFormat::Quantized(q),
+            (None, None) => WeightFormat::AsStored,
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dtype: None,
+            requantize: None,
             device: Device::Cpu,
         }
     }
@@ -58,7 +82,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
                 return Err(EngineError::MissingTokenizer(path.clone()));
             }
             let tokenizer = Tokenizer::from_gguf(content)?;
-            let model = LlamaModel::load(cfg, &mut weights, opts.dtype, device)?;
+            let model = LlamaModel::load(cfg, &mut weights, opts.weight_format(), device)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
@@ -80,7 +104,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
             let dtype = opts
                 .dtype
                 .unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
-            let model = LlamaModel::load(cfg, &mut w, Some(dtype), device)?;
+            let model = LlamaModel::load(cfg, &mut w, WeightFormat::Dense(dtype), device)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,

@@ -21,6 +21,44 @@ impl Linear {
     }
 }
 
+/// How matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// GGUF matrices stay in their stored quantization; safetensors load dense in f32.
+    #[default]
+    AsStored,
+    /// Every matrix dense in this dtype; activations in it too.
+    Dense(DType),
+    /// Every matrix re-quantized to this GGML type at load (activations f32).
+    Quantized(GgmlDType),
+}
+
+impl WeightFormat {
+    /// `f32`, `f16`, `bf16` (dense) or `q8_0`, `q4_0` (re-quantized).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => Self::Dense(DType::F32),
+            "f16" => Self::Dense(DType::F16),
+            "bf16" => Self::Dense(DType::BF16),
+            "q8_0" => Self::Quantized(GgmlDType::Q8_0),
+            "q4_0" => Self::Quantized(GgmlDType::Q4_0),
+            other => {
+                return Err(EngineError::InvalidConfig(format!(
+                    "unknown weight format `{other}` (expected f32, f16, bf16, q8_0 or q4_0)"
+                )))
+            }
+        })
+    }
+
+    /// The dtype activations are computed in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Self::Dense(dt) => dt,
+            Self::AsStored | Self::Quantized(_) => DType::F32,
+        }
+    }
+}
+
 /// GGUF tensor types the engine accepts.
 const SUPPORTED_GGML: &[GgmlDType] = &[
     GgmlDType::F32,
@@ -155,23 +193,33 @@ impl Weights {
         Ok(t.to_dtype(dtype)?)
     }
 
-    /// A linear layer. `dense_dtype` None keeps GGUF weights quantized; Some(dt) dequantizes
-    /// to `dt`. Safetensors weights are always dense.
-    pub fn linear(&mut self, name: &str, dense_dtype: Option<DType>, device: &Device) -> Result<Linear> {
-        match (&self, dense_dtype) {
-            (Weights::Gguf { .. }, None) => {
+    /// A linear layer in the requested format. Safetensors weights are always dense.
+    pub fn linear(&mut self, name: &str, format: WeightFormat, device: &Device) -> Result<Linear> {
+        let is_gguf = matches!(self, Weights::Gguf { .. });
+        match format {
+            WeightFormat::AsStored if is_gguf => {
                 let q = self.qtensor(name, device)?;
-                let q = match q.dtype() {
+                match q.dtype() {
                     // Stored unquantized: QMatMul would dequantize these to f32 anyway.
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                        return Ok(Linear(QMatMul::Tensor(q.dequantize(device)?)))
+                        Ok(Linear(QMatMul::Tensor(q.dequantize(device)?)))
                     }
-                    _ => q,
-                };
-                Ok(Linear(QMatMul::from_arc(Arc::new(q))?))
+                    _ => Ok(Linear(QMatMul::from_arc(Arc::new(q))?)),
+                }
             }
-            (_, dt) => {
-                let w = self.dense(name, dt.unwrap_or(DType::F32), device)?;
+            WeightFormat::Quantized(ty) => {
+                let w = self.dense(name, DType::F32, device)?;
+                let k = w.dims().last().copied().unwrap_or(0);
+                if !k.is_multiple_of(ty.block_size()) {
+                    return Err(EngineError::InvalidConfig(format!(
+                        "`{name}` has rows of {k}, not a multiple of {ty:?}'s block of {}",
+                        ty.block_size()
+                    )));
+                }
+                Ok(Linear(QMatMul::from_arc(Arc::new(QTensor::quantize(&w, ty)?))?))
+            }
+            other => {
+                let w = self.dense(name, other.compute_dtype(), device)?;
                 Ok(Linear(QMatMul::Tensor(w)))
             }
         }

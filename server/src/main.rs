@@ -42,7 +42,8 @@ struct GenerateArgs {
     chat_template: Option<PathBuf>,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
-    /// Load GGUF weights dequantized to this type (f32, f16, bf16). Default: keep them quantized.
+    /// Load GGUF weights dequantized to f32, f16 or bf16, or re-quantized to q8_0 or q4_0.
+    /// Default: keep them as stored.
     #[arg(long)]
     dtype: Option<String>,
     /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
@@ -82,14 +83,13 @@ fn resolve_model(spec: Option<&str>) -> Result<ModelSource> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     let source = resolve_model(args.model.as_deref())?;
-    let opts = LoadOptions {
-        dtype: args
-            .dtype
-            .as_deref()
-            .map(wick_engine::dtype_from_str)
-            .transpose()?,
+    let mut opts = LoadOptions {
         device: wick_engine::device_from_spec(&args.device)?,
+        ..Default::default()
     };
+    if let Some(format) = &args.dtype {
+        opts = opts.with_format(format)?;
+    }
     let loaded = loader::load(&source, &opts).context("loading the model")?;
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat {

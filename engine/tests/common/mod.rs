@@ -37,9 +37,12 @@ pub fn reference_dir() -> PathBuf {
 }
 
 pub fn load_default(dtype: Option<DType>) -> LoadedModel {
-    let opts = LoadOptions {
+    load_default_with(LoadOptions {
         dtype,
         ..Default::default()
-    };
+    })
+}
+
+pub fn load_default_with(opts: LoadOptions) -> LoadedModel {
     loader::load(&ModelSource::GgufFile(default_model_path()), &opts).expect("default model loads")
 }
