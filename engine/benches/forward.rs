@@ -6,7 +6,6 @@
 //! FORMAT: q4_1 (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16 (dequantized
 //! at load). Threads: RAYON_NUM_THREADS.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -19,24 +18,13 @@ const PROMPT: usize = 128;
 const DECODE_STEPS: usize = 32;
 const BLOCK: usize = 16;
 
-fn model_path() -> PathBuf {
-    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let dir = set("WICK_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        set("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
-            .join("wick")
-    });
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn bench(format: &str, batches: &[usize]) {
     let opts = match format {
         "q4_1" => LoadOptions::default(),
         other => LoadOptions::default().with_format(other).unwrap(),
     };
-    let loaded =
-        loader::load(&ModelSource::GgufFile(model_path()), &opts).expect("run scripts/fetch-default-model");
+    let loaded = loader::load(&ModelSource::GgufFile(wick_engine::default_model_path()), &opts)
+        .expect("run scripts/fetch-default-model");
     let cfg = loaded.config().clone();
     let max_batch = *batches.iter().max().unwrap();
     let per_seq = (PROMPT + DECODE_STEPS).div_ceil(BLOCK);

@@ -25,6 +25,24 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 
+/// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `scripts/fetch-default-model` puts the default model: `$WICK_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/wick`, else `$HOME/.cache/wick` (empty variables count as unset).
+pub fn default_model_path() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let dir = set("WICK_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        set("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("wick")
+    });
+    dir.join(DEFAULT_MODEL_FILE)
+}
+
 /// candle's CPU device, or CUDA device `n` when built with the `cuda` feature.
 pub fn device_from_spec(spec: &str) -> Result<candle_core::Device> {
     match spec {

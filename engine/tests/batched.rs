@@ -16,17 +16,6 @@ use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
 
 const BLOCK: usize = 16;
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// One sequence: its tokens, cut into the chunks it runs in (a prompt, possibly split as
 /// chunked prefill, then mostly single decode tokens), and the step it joins the batch at.
 struct Plan {
@@ -174,7 +163,7 @@ fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attentio
             for (&i, &n) in order.iter().zip(&sizes) {
                 let got = logits.narrow(0, row, n).unwrap();
                 let want = reference[i].narrow(0, done[i], n).unwrap();
-                let d = max_abs_diff(&got, &want);
+                let d = common::max_abs_diff(&got, &want);
                 worst = worst.max(d);
                 assert!(
                     d <= tolerance,

@@ -53,17 +53,6 @@ fn logits_contiguous(model: &LlamaModel, tokens: &[u32]) -> Tensor {
     model.forward(&t, &p, None, &mut attn).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn converted_default_model_matches_gguf() {
     let gguf = common::load_default(Some(DType::F32));
@@ -132,7 +121,7 @@ fn converted_default_model_matches_gguf() {
     assert_eq!(hf.tokenizer.encode(text, false).unwrap(), ids);
     let a = logits_contiguous(&gguf.model, &ids);
     let b = logits_contiguous(&hf.model, &ids);
-    let d = max_abs_diff(&a, &b);
+    let d = common::max_abs_diff(&a, &b);
     // Same weights; the only difference is RoPE's pairing (interleaved vs half-split).
     assert!(d < 1e-3, "HF vs GGUF logits differ by {d}");
     let argmax = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
@@ -249,7 +238,7 @@ fn tiny_paged_matches_contiguous(tied: bool, shards: bool) {
         let logits = runner.execute(&chunks).unwrap();
         let mut row = 0;
         for (s, want) in seqs.iter().zip(&reference) {
-            let d = max_abs_diff(&logits.narrow(0, row, s.len()).unwrap(), want);
+            let d = common::max_abs_diff(&logits.narrow(0, row, s.len()).unwrap(), want);
             assert!(
                 d < 1e-4,
                 "{attention:?}: sequence of {} tokens differs by {d}",

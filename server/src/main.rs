@@ -51,25 +51,11 @@ struct GenerateArgs {
     device: String,
 }
 
-/// Where scripts/fetch-default-model puts the default model.
-fn default_model_path() -> PathBuf {
-    let cache = std::env::var_os("WICK_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-                .join("wick")
-        });
-    cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn resolve_model(spec: Option<&str>) -> Result<ModelSource> {
     match spec {
         Some(s) => Ok(ModelSource::parse(s)?),
         None => {
-            let path = default_model_path();
+            let path = wick_engine::default_model_path();
             if !path.is_file() {
                 anyhow::bail!(
                     "default model not found at {}; run scripts/fetch-default-model or pass --model",
