@@ -20,6 +20,7 @@ pub mod loader;
 pub mod model_config;
 pub mod model_runner;
 pub mod model_source;
+pub mod q4_1_matmul;
 pub mod tokenizer;
 pub mod weights;
 

@@ -11,13 +11,22 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::q4_1_matmul::Q41Matrix;
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
-pub struct Linear(QMatMul);
+pub enum Linear {
+    /// candle's quantized or dense matmul.
+    Candle(QMatMul),
+    /// Q4_1 on the CPU: our AVX2 kernel (bit-identical to candle's, faster).
+    CpuQ4_1(Q41Matrix),
+}
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.0.forward(x)?)
+        match self {
+            Linear::Candle(m) => Ok(m.forward(x)?),
+            Linear::CpuQ4_1(m) => m.forward(x),
+        }
     }
 }
 
@@ -202,9 +211,10 @@ impl Weights {
                 match q.dtype() {
                     // Stored unquantized: QMatMul would dequantize these to f32 anyway.
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                        Ok(Linear(QMatMul::Tensor(q.dequantize(device)?)))
+                        Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
                     }
-                    _ => Ok(Linear(QMatMul::from_arc(Arc::new(q))?)),
+                    GgmlDType::Q4_1 if device.is_cpu() => Ok(Linear::CpuQ4_1(Q41Matrix::from_qtensor(&q)?)),
+                    _ => Ok(Linear::Candle(QMatMul::from_arc(Arc::new(q))?)),
                 }
             }
             WeightFormat::Quantized(ty) => {
@@ -216,11 +226,13 @@ impl Weights {
                         ty.block_size()
                     )));
                 }
-                Ok(Linear(QMatMul::from_arc(Arc::new(QTensor::quantize(&w, ty)?))?))
+                Ok(Linear::Candle(QMatMul::from_arc(Arc::new(QTensor::quantize(
+                    &w, ty,
+                )?))?))
             }
             other => {
                 let w = self.dense(name, other.compute_dtype(), device)?;
-                Ok(Linear(QMatMul::Tensor(w)))
+                Ok(Linear::Candle(QMatMul::Tensor(w)))
             }
         }
     }
