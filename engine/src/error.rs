@@ -35,6 +35,11 @@ pub enum EngineError {
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
 
+    /// A request parameter a client sent is out of range. `param` names it (OpenAI's error
+    /// object has a `param` field); `message` is complete on its own.
+    #[error("{message}")]
+    InvalidRequest { param: String, message: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, D};
 
-use crate::block_manager::BlockAllocator;
+use crate::block_manager::BlockManager;
 use crate::error::Result;
-use crate::kv_cache::BlockTable;
 use crate::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
 
 #[derive(Debug, Clone)]
@@ -20,14 +19,17 @@ pub struct StepOutput {
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the prefix cache (not computed).
+    pub cached_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
 }
 
 impl GenerationStats {
+    /// Prefill rate over the prompt tokens actually computed.
     pub fn prefill_tokens_per_sec(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+        (self.prompt_tokens - self.cached_prompt_tokens) as f64 / self.prefill_time.as_secs_f64().max(1e-9)
     }
 
     /// Decode rate over the tokens after the first (the first comes out of the prefill).
@@ -41,63 +43,56 @@ pub fn log_softmax_row(logits: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Greedy decoding of up to `max_new_tokens`, stopping after any of `stop_ids`. `on_step` sees
-/// every step (token and its log-distribution). The sequence's blocks are released at the end.
+/// every step (token and its log-distribution). The prompt's cached prefix (if `blocks` caches
+/// prefixes) is not recomputed; full blocks are committed to the prefix cache as they fill, and
+/// the sequence's blocks are freed at the end.
 pub fn greedy(
     runner: &mut ModelRunner,
-    blocks: &mut BlockAllocator,
+    blocks: &mut BlockManager,
     prompt: &[u32],
     max_new_tokens: usize,
     stop_ids: &[u32],
     mut on_step: impl FnMut(&StepOutput),
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    let mut table = BlockTable::default();
+    let (mut table, mut cached) = blocks.allocate_prompt(prompt)?;
     let result = (|| {
         let mut stats = GenerationStats {
             prompt_tokens: prompt.len(),
+            cached_prompt_tokens: cached,
             ..Default::default()
         };
         let mut out = Vec::new();
-        let mut pending: Vec<u32> = prompt.to_vec();
-        let mut cached = 0;
+        // Every token of the sequence; those before `cached` have their K/V in the cache.
+        let mut tokens: Vec<u32> = prompt.to_vec();
         while out.len() < max_new_tokens {
             let started = Instant::now();
-            blocks.ensure_capacity(&mut table, cached + pending.len())?;
+            blocks.ensure_capacity(&mut table, tokens.len())?;
             let chunk = SequenceChunk {
-                tokens: &pending,
+                tokens: &tokens[cached..],
                 num_cached: cached,
                 block_table: &table,
                 logits: LogitsWanted::Last,
             };
             let logits = runner.execute(&[chunk])?.squeeze(0)?;
             let logprobs = log_softmax_row(&logits)?;
-            let token = argmax(&logprobs);
+            let token = crate::sampler::argmax(&logprobs);
             if out.is_empty() {
                 stats.prefill_time = started.elapsed();
             } else {
                 stats.decode_time += started.elapsed();
             }
-            cached += pending.len();
+            cached = tokens.len();
+            blocks.commit_full_blocks(&table, &tokens)?;
             on_step(&StepOutput { token, logprobs });
             out.push(token);
             if stop_ids.contains(&token) {
                 break;
             }
-            pending = vec![token];
+            tokens.push(token);
         }
         stats.generated_tokens = out.len();
         Ok((out, stats))
     })();
-    blocks.release(&mut table);
+    blocks.free(&mut table);
     result
-}
-
-/// Index of the largest value; the lowest index wins ties (as numpy's argmax).
-pub fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -109,9 +109,129 @@ impl PagedKvCache {
         (k, v)
     }
 
+    /// Copies whole blocks, `(source, destination)` pairs, in every layer's K and V pools (the
+    /// copy-on-write copies asked for by the block manager). All sources are read before any
+    /// destination is written; destinations must be distinct. Portable candle ops.
+    pub fn copy_blocks(&self, pairs: &[(u32, u32)]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut dsts: Vec<u32> = pairs.iter().map(|&(_, d)| d).collect();
+        dsts.sort_unstable();
+        dsts.dedup();
+        let out_of_range = pairs
+            .iter()
+            .find(|&&(s, d)| s as usize >= self.num_blocks || d as usize >= self.num_blocks);
+        if let Some((s, d)) = out_of_range {
+            return Err(EngineError::InvalidBatch(format!(
+                "block copy {s} -> {d} outside the pool of {} blocks",
+                self.num_blocks
+            )));
+        }
+        if dsts.len() != pairs.len() {
+            return Err(EngineError::InvalidBatch(
+                "two block copies into the same block".into(),
+            ));
+        }
+        let bs = self.block_size as u32;
+        let slots = |block: u32| block * bs..(block + 1) * bs;
+        let src: Vec<u32> = pairs.iter().flat_map(|&(s, _)| slots(s)).collect();
+        let dst: Vec<u32> = pairs.iter().flat_map(|&(_, d)| slots(d)).collect();
+        let (k0, _) = &self.layers[0];
+        let (kv_heads, _, head_dim) = k0.dims3()?;
+        let n = src.len();
+        let src = Tensor::from_vec(src, n, k0.device())?;
+        let dst = Tensor::from_vec(dst, (1, n, 1), k0.device())?
+            .broadcast_as((kv_heads, n, head_dim))?
+            .contiguous()?;
+        for (k, v) in &self.layers {
+            k.scatter_set(&dst, &k.index_select(&src, 1)?, 1)?;
+            v.scatter_set(&dst, &v.index_select(&src, 1)?, 1)?;
+        }
+        Ok(())
+    }
+
     /// K and V of the given slots: `(kv_heads, slots, head_dim)` each.
     pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Tensor)> {
         let (kc, vc) = &self.layers[layer];
         Ok((kc.index_select(slots, 1)?, vc.index_select(slots, 1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 8,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 3,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+        }
+    }
+
+    /// Fills every slot of every pool with a distinct value, copies blocks, and checks each
+    /// destination slot against the source's original value, every other slot unchanged.
+    #[test]
+    fn copy_blocks_copies_whole_blocks_in_every_layer() -> Result<()> {
+        let cfg = tiny_config();
+        let (block_size, num_blocks) = (4, 6);
+        let cache = PagedKvCache::new(&cfg, block_size, num_blocks, DType::F32, &Device::Cpu)?;
+        let slots = num_blocks * block_size;
+        let (heads, dim) = (cfg.num_key_value_heads, cfg.head_dim);
+        let all_slots: Vec<u32> = (0..slots as u32).collect();
+        let index = Tensor::from_vec(all_slots, (1, slots, 1), &Device::Cpu)?
+            .broadcast_as((heads, slots, dim))?
+            .contiguous()?;
+        let value = |layer: usize, which: usize| {
+            let base = (layer * 2 + which) as f32 * 1e4;
+            Tensor::arange(base, base + (heads * slots * dim) as f32, &Device::Cpu)?
+                .reshape((heads, slots, dim))
+        };
+        for layer in 0..cfg.num_hidden_layers {
+            cache.write(layer, &value(layer, 0)?, &value(layer, 1)?, &index)?;
+        }
+        // 1 -> 4 and 4 -> 0 in one call: block 0 must get block 4's *original* content.
+        let pairs = [(1u32, 4u32), (4, 0), (5, 2)];
+        cache.copy_blocks(&pairs)?;
+        let mut source_block: Vec<usize> = (0..num_blocks).collect();
+        for &(s, d) in &pairs {
+            source_block[d as usize] = s as usize;
+        }
+        for layer in 0..cfg.num_hidden_layers {
+            let (k, v) = cache.layer(layer);
+            for (which, got) in [k, v].into_iter().enumerate() {
+                let got = got.to_vec3::<f32>()?;
+                let want = value(layer, which)?.to_vec3::<f32>()?;
+                for h in 0..heads {
+                    for slot in 0..slots {
+                        let src_slot = source_block[slot / block_size] * block_size + slot % block_size;
+                        assert_eq!(
+                            got[h][slot], want[h][src_slot],
+                            "layer {layer} head {h} slot {slot}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn copy_blocks_rejects_bad_pairs() -> Result<()> {
+        let cache = PagedKvCache::new(&tiny_config(), 4, 3, DType::F32, &Device::Cpu)?;
+        assert!(cache.copy_blocks(&[(0, 3)]).is_err());
+        assert!(cache.copy_blocks(&[(0, 1), (2, 1)]).is_err());
+        cache.copy_blocks(&[])?;
+        Ok(())
     }
 }

@@ -4,7 +4,9 @@
 //! Layout, one concept per file: [`model_source`] (what to load), [`loader`], [`weights`],
 //! [`model_config`], [`tokenizer`] and [`detokenizer`], [`llama`] (the architecture),
 //! [`attention`] (how K/V are stored and read), [`kv_cache`] (the paged pool),
-//! [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out).
+//! [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out),
+//! [`sampling_params`] (what a request asks for), [`sampler`] (logits to tokens) and [`stop`]
+//! (when a sequence ends, and which text may be streamed).
 
 pub mod attention;
 pub mod block_manager;
@@ -21,6 +23,9 @@ pub mod model_config;
 pub mod model_runner;
 pub mod model_source;
 pub mod q4_1_matmul;
+pub mod sampler;
+pub mod sampling_params;
+pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::DType;
 use serde_json::Value;
-use wick_engine::block_manager::BlockAllocator;
+use wick_engine::block_manager::BlockManager;
 use wick_engine::kv_cache::PagedKvCache;
 use wick_engine::loader::LoadOptions;
 use wick_engine::model_runner::ModelRunner;
@@ -69,7 +69,7 @@ fn run_all(opts: LoadOptions, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
     let cfg = loaded.config().clone();
     let blocks = 64;
     let cache = PagedKvCache::new(&cfg, 16, blocks, loaded.model.dtype(), &candle_core::Device::Cpu).unwrap();
-    let mut alloc = BlockAllocator::new(blocks, 16);
+    let mut alloc = BlockManager::new(blocks, 16).unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     cases
         .iter()
@@ -84,7 +84,7 @@ fn run_all(opts: LoadOptions, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
                 |s| steps.push((s.token, s.logprobs.clone())),
             )
             .unwrap();
-            assert_eq!(alloc.num_free(), blocks, "blocks leaked");
+            assert_eq!(alloc.num_free_blocks(), blocks, "blocks leaked");
             steps
         })
         .collect()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use wick_engine::block_manager::BlockAllocator;
+use wick_engine::block_manager::BlockManager;
 use wick_engine::detokenizer::IncrementalDetokenizer;
 use wick_engine::kv_cache::{PagedKvCache, DEFAULT_BLOCK_SIZE};
 use wick_engine::loader::{self, LoadOptions};
@@ -107,7 +107,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         loaded.model.dtype(),
         &opts.device,
     )?;
-    let mut blocks = BlockAllocator::new(blocks_needed, DEFAULT_BLOCK_SIZE);
+    let mut blocks = BlockManager::new(blocks_needed, DEFAULT_BLOCK_SIZE)?;
     let mut runner = ModelRunner::new(loaded.model, cache);
     let mut detok = IncrementalDetokenizer::new(&prompt_ids, true);
     let mut stdout = std::io::stdout();
