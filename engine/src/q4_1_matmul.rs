@@ -312,34 +312,15 @@ mod tests {
         let w = QTensor::quantize(&random((n, k), 1), GgmlDType::Q4_1).unwrap();
         let ours = Q41Matrix::from_qtensor(&w).unwrap();
         let theirs = QMatMul::from_qtensor(w).unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for m in [1, 3, 4, 9] {
             let x = random((m, k), m as u64 + 7);
-            let a = ours
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = theirs
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let a = flat(ours.forward(&x).unwrap());
+            let b = flat(theirs.forward(&x).unwrap());
             assert_eq!(a, b, "m = {m}: differs from candle");
             for r in 0..m {
-                let alone = ours
-                    .forward(&x.narrow(0, r, 1).unwrap())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap();
-                assert_eq!(
-                    alone.to_vec1::<f32>().unwrap(),
-                    a[r * n..(r + 1) * n],
-                    "row {r} of {m}"
-                );
+                let alone = flat(ours.forward(&x.narrow(0, r, 1).unwrap()).unwrap());
+                assert_eq!(alone, a[r * n..(r + 1) * n], "row {r} of {m}");
             }
         }
     }
