@@ -84,8 +84,13 @@ impl Q41Matrix {
                 self.k
             )));
         }
+        out_dims.push(self.n);
         let x = x.contiguous()?;
         let m = x.elem_count() / k.max(1);
+        if m == 0 {
+            // A batch that samples nothing (all prefill chunks): no rows to multiply.
+            return Ok(Tensor::zeros(out_dims, candle_core::DType::F32, x.device())?);
+        }
         let acts = {
             let (storage, layout) = x.storage_and_layout();
             let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
@@ -151,7 +156,6 @@ impl Q41Matrix {
                 out[r * n + c] = v;
             }
         }
-        out_dims.push(n);
         Ok(Tensor::from_vec(out, out_dims, x.device())?)
     }
 }
@@ -323,6 +327,16 @@ mod tests {
                 assert_eq!(alone, a[r * n..(r + 1) * n], "row {r} of {m}");
             }
         }
+    }
+
+    #[test]
+    fn zero_rows_give_an_empty_result() {
+        let w = QTensor::quantize(&random((8, 64), 3), GgmlDType::Q4_1).unwrap();
+        let ours = Q41Matrix::from_qtensor(&w).unwrap();
+        let out = ours
+            .forward(&Tensor::zeros((0, 64), candle_core::DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(out.dims(), &[0, 8]);
     }
 
     #[test]

@@ -212,3 +212,39 @@ fn portable_paged_batches_match_contiguous_f32() {
         AttentionImpl::Portable,
     );
 }
+
+/// A step that only advances prefill chunks samples nothing: it must still write the K/V and
+/// return an empty logits tensor, not fail.
+#[test]
+fn a_batch_without_sampled_rows_returns_no_logits() {
+    let loaded = common::load_default(None);
+    let cfg = loaded.config().clone();
+    let cache = PagedKvCache::new(&cfg, BLOCK, 4, loaded.model.dtype(), &Device::Cpu).unwrap();
+    let mut runner = ModelRunner::new(loaded.model, cache);
+    let table = BlockTable(vec![2, 0]);
+    let tokens: Vec<u32> = (100..120).collect();
+    let first = SequenceChunk {
+        tokens: &tokens[..12],
+        num_cached: 0,
+        block_table: &table,
+        logits: LogitsWanted::None,
+    };
+    let logits = runner.execute(&[first]).unwrap();
+    assert_eq!(logits.dims(), &[0, cfg.vocab_size]);
+    // The K/V written by that step are used by the next: same logits as one whole prefill.
+    let rest = SequenceChunk {
+        tokens: &tokens[12..],
+        num_cached: 12,
+        block_table: &table,
+        logits: LogitsWanted::Last,
+    };
+    let chunked = runner.execute(&[rest]).unwrap();
+    let whole = SequenceChunk {
+        tokens: &tokens,
+        num_cached: 0,
+        block_table: &table,
+        logits: LogitsWanted::Last,
+    };
+    let alone = runner.execute(&[whole]).unwrap();
+    assert_eq!(common::max_abs_diff(&chunked, &alone), 0.0);
+}
