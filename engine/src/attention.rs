@@ -118,7 +118,6 @@ impl PagedAttentionMetadata {
                 row_span[s.query_start..s.query_start + s.query_len].fill(i as u32);
                 cpu_spans.push(CpuSpan {
                     query_start: s.query_start,
-                    query_len: s.query_len,
                     first_pos: s.context_len - s.query_len,
                     slots: (0..s.context_len)
                         .map(|p| s.block_table.slot(p, block_size))

@@ -13,11 +13,10 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 
-/// One sequence's rows: `query_len` rows from `query_start`, the first at position
+/// One sequence's rows: from `query_start` on, the first at position
 /// `first_pos`; `slots[p]` is where position p's K/V live.
 pub struct CpuSpan {
     pub query_start: usize,
-    pub query_len: usize,
     pub first_pos: usize,
     pub slots: Vec<u32>,
 }

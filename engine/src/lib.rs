@@ -67,15 +67,3 @@ pub fn device_from_spec(spec: &str) -> Result<candle_core::Device> {
         ))),
     }
 }
-
-/// Parses `f32`, `f16` or `bf16`.
-pub fn dtype_from_str(s: &str) -> Result<candle_core::DType> {
-    match s {
-        "f32" => Ok(candle_core::DType::F32),
-        "f16" => Ok(candle_core::DType::F16),
-        "bf16" => Ok(candle_core::DType::BF16),
-        other => Err(EngineError::InvalidConfig(format!(
-            "unknown dtype `{other}` (expected f32, f16 or bf16)"
-        ))),
-    }
-}
