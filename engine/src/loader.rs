@@ -1,6 +1,5 @@
 //! From a [`ModelSource`] to a loaded model and its tokenizer.
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use crate::error::{EngineError, Result};
@@ -12,39 +11,24 @@ use crate::weights::{WeightFormat, Weights};
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// None: GGUF weights stay quantized and safetensors load as stored (bf16/f16 → f32 on
-    /// CPU). Some(dt): every matrix dense in `dt`, computed in `dt`.
-    pub dtype: Option<DType>,
-    /// Re-quantize GGUF matrices to this type at load (ignored when `dtype` is set).
-    pub requantize: Option<GgmlDType>,
+    /// How matrices are held. `AsStored`: GGUF weights stay quantized and safetensors load
+    /// dense (f32 on CPU, bf16 elsewhere); a re-quantization applies to GGUF only.
+    pub format: WeightFormat,
     pub device: Device,
 }
 
 impl LoadOptions {
-    /// `f32`/`f16`/`bf16` set `dtype`; `q8_0`/`q4_0` set `requantize`.
+    /// `f32`, `f16`, `bf16` (dense) or `q8_0`, `q4_0` (re-quantized), as `--dtype` takes it.
     pub fn with_format(mut self, spec: &str) -> Result<Self> {
-        match WeightFormat::parse(spec)? {
-            WeightFormat::Dense(dt) => self.dtype = Some(dt),
-            WeightFormat::Quantized(q) => self.requantize = Some(q),
-            WeightFormat::AsStored => {}
-        }
+        self.format = WeightFormat::parse(spec)?;
         Ok(self)
-    }
-
-    fn weight_format(&self) -> WeightFormat {
-        match (self.dtype, self.requantize) {
-            (Some(dt), _) => WeightFormat::Dense(dt),
-            (None, Some(q)) => WeightFormat::Quantized(q),
-            (None, None) => WeightFormat::AsStored,
-        }
     }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            dtype: None,
-            requantize: None,
+            format: WeightFormat::AsStored,
             device: Device::Cpu,
         }
     }
@@ -82,7 +66,7 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
                 return Err(EngineError::MissingTokenizer(path.clone()));
             }
             let tokenizer = Tokenizer::from_gguf(content)?;
-            let model = LlamaModel::load(cfg, &mut weights, opts.weight_format(), device)?;
+            let model = LlamaModel::load(cfg, &mut weights, opts.format, device)?;
             Ok(LoadedModel {
                 model,
                 tokenizer,
@@ -101,9 +85,16 @@ pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> 
             let tokenizer = Tokenizer::from_hf_files(tokenizer, tokenizer_config.as_deref())?;
             let mut w = Weights::open_safetensors(weights)?;
             // Half-precision on CPU is slow and imprecise; default to f32 there.
-            let dtype = opts
-                .dtype
-                .unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+            let dtype = match opts.format {
+                WeightFormat::Dense(dt) => dt,
+                WeightFormat::AsStored | WeightFormat::Quantized(_) => {
+                    if device.is_cpu() {
+                        DType::F32
+                    } else {
+                        DType::BF16
+                    }
+                }
+            };
             let model = LlamaModel::load(cfg, &mut w, WeightFormat::Dense(dtype), device)?;
             Ok(LoadedModel {
                 model,

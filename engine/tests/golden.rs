@@ -10,6 +10,7 @@ use wick_engine::block_manager::BlockManager;
 use wick_engine::kv_cache::PagedKvCache;
 use wick_engine::loader::LoadOptions;
 use wick_engine::model_runner::ModelRunner;
+use wick_engine::weights::WeightFormat;
 
 struct Step {
     token: u32,
@@ -96,7 +97,7 @@ fn dequantized_f32_matches_reference_exactly() {
     assert!(cases.len() >= 6);
     let ours = run_all(
         LoadOptions {
-            dtype: Some(DType::F32),
+            format: WeightFormat::Dense(DType::F32),
             ..Default::default()
         },
         &cases,

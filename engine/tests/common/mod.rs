@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use wick_engine::loader::{self, LoadOptions, LoadedModel};
 use wick_engine::model_source::ModelSource;
+use wick_engine::weights::WeightFormat;
 
 pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
@@ -27,8 +28,9 @@ pub fn reference_dir() -> PathBuf {
 }
 
 pub fn load_default(dtype: Option<DType>) -> LoadedModel {
+    let format = dtype.map_or(WeightFormat::AsStored, WeightFormat::Dense);
     load_default_with(LoadOptions {
-        dtype,
+        format,
         ..Default::default()
     })
 }
