@@ -40,6 +40,22 @@ pub enum EngineError {
     #[error("{message}")]
     InvalidRequest { param: String, message: String },
 
+    /// The waiting queue is full: the server answers 429 and the client should retry later.
+    #[error("the server is overloaded: {waiting} requests are already waiting; retry later")]
+    Overloaded { waiting: usize },
+
+    /// The prompt (plus the requested completion) does not fit the model's context.
+    #[error("{}", context_message(*.prompt_tokens, *.max_tokens, *.max_model_len))]
+    ContextLengthExceeded {
+        prompt_tokens: usize,
+        max_tokens: Option<usize>,
+        max_model_len: usize,
+    },
+
+    /// The engine thread has stopped (shut down, or it failed); no request can run.
+    #[error("the engine has stopped")]
+    EngineStopped,
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
@@ -48,3 +64,19 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+fn context_message(prompt_tokens: usize, max_tokens: Option<usize>, max_model_len: usize) -> String {
+    match max_tokens {
+        Some(max) => format!(
+            "This model's maximum context length is {max_model_len} tokens. However, you requested \
+             {} tokens ({prompt_tokens} in the prompt, {max} for the completion). Please reduce \
+             the length of the prompt or of the completion.",
+            prompt_tokens + max
+        ),
+        None => format!(
+            "This model's maximum context length is {max_model_len} tokens. However, the prompt \
+             has {prompt_tokens} tokens, which leaves no room for the completion. Please reduce \
+             the length of the prompt."
+        ),
+    }
+}

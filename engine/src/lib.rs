@@ -5,13 +5,17 @@
 //! [`model_config`], [`tokenizer`] and [`detokenizer`], [`llama`] (the architecture),
 //! [`attention`] (how K/V are stored and read), [`kv_cache`] (the paged pool),
 //! [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out),
-//! [`sampling_params`] (what a request asks for), [`sampler`] (logits to tokens) and [`stop`]
-//! (when a sequence ends, and which text may be streamed).
+//! [`sampling_params`] (what a request asks for), [`sampler`] (logits to tokens), [`stop`]
+//! (when a sequence ends, and which text may be streamed), [`sequence`] (one generation
+//! stream's state), [`scheduler`] (the batching policy) and [`engine`] (the handle the server
+//! calls; its thread is `engine_loop`).
 
 pub mod attention;
 pub mod block_manager;
 pub mod cpu_attention;
 pub mod detokenizer;
+pub mod engine;
+mod engine_loop;
 pub mod error;
 pub mod generate;
 pub mod gguf_metadata;
@@ -25,10 +29,13 @@ pub mod model_source;
 pub mod q4_1_matmul;
 pub mod sampler;
 pub mod sampling_params;
+pub mod scheduler;
+pub mod sequence;
 pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 
+pub use engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, GenerationStream};
 pub use error::{EngineError, Result};
 
 /// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1).
