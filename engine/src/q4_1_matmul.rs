@@ -4,12 +4,16 @@
 //! multiplies row by row. This kernel computes exactly what candle's does, bit for bit: the
 //! activations are quantized to Q8_1 the same way, each 32-value block's integer dot product is
 //! exact (SIMD only speeds it up), and the float accumulation over blocks uses candle's
-//! expression in candle's order. What changes is speed: the integer dots use AVX2
-//! `maddubs`, four outputs are reduced together (four weight rows against one activation row
-//! when decoding, one weight row against four activation rows in prefill).
+//! expression, `sum += sumi * d_w * d_a + m_w * s_a`, in candle's order. What changes is speed:
+//! outputs are computed four at a time (four weight rows against one activation row when
+//! decoding, one weight row against four activation rows otherwise), with the integer dots in
+//! AVX2 `maddubs` and the float step done for the four lanes at once. Weights are stored in
+//! groups of four rows, interleaved block by block, and activations likewise, so the four scales
+//! of a step are one load.
 //!
-//! Every output element is computed by the same operations whatever the number of rows, so a
-//! row's result does not depend on the batch (see `cpu_attention` for why that matters).
+//! Every output element is computed by the same operations (the same IEEE operations in the same
+//! order, whichever lane it is in) whatever the number of rows, so a row's result does not depend
+//! on the batch (see `cpu_attention` for why that matters).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Storage, Tensor};
@@ -22,22 +26,38 @@ const QK: usize = 32;
 /// From this many activation rows on, outputs are grouped by rows rather than by columns.
 const ROW_TILE: usize = 4;
 
-#[derive(Clone, Copy)]
-struct WeightBlock {
-    d: f32,
-    m: f32,
-    qs: [u8; 16],
+/// Block `b` of four consecutive weight rows.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct WeightGroup {
+    d: [f32; 4],
+    m: [f32; 4],
+    qs: [[u8; 16]; 4],
 }
 
-struct ActBlock {
-    d: f32,
-    s: f32,
-    qs: [i8; QK],
+/// Block `b` of four consecutive activation rows (Q8_1: scale and scaled sum).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct ActGroup {
+    d: [f32; 4],
+    s: [f32; 4],
+    qs: [[i8; QK]; 4],
+}
+
+impl Default for ActGroup {
+    fn default() -> Self {
+        Self {
+            d: [0.0; 4],
+            s: [0.0; 4],
+            qs: [[0; QK]; 4],
+        }
+    }
 }
 
 pub struct Q41Matrix {
-    /// `n` rows of `k / 32` blocks.
-    blocks: Vec<WeightBlock>,
+    /// `ceil(n / 4)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
+    /// group are zeros (computed and dropped).
+    groups: Vec<WeightGroup>,
     n: usize,
     k: usize,
 }
@@ -58,20 +78,22 @@ impl Q41Matrix {
             )));
         }
         let data = q.data()?;
-        let blocks: Vec<WeightBlock> = data
-            .chunks_exact(20)
-            .map(|b| WeightBlock {
-                d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                m: f16::from_le_bytes([b[2], b[3]]).to_f32(),
-                qs: b[4..20].try_into().unwrap_or([0; 16]),
-            })
-            .collect();
-        if blocks.len() != n * k / QK {
+        let kb = k / QK;
+        if data.len() != n * kb * 20 {
             return Err(EngineError::InvalidConfig(
                 "Q4_1 tensor has the wrong byte length".into(),
             ));
         }
-        Ok(Self { blocks, n, k })
+        let mut groups = vec![WeightGroup::default(); n.div_ceil(4) * kb];
+        for (i, b) in data.chunks_exact(20).enumerate() {
+            let (row, block) = (i / kb, i % kb);
+            let g = &mut groups[(row / 4) * kb + block];
+            let lane = row % 4;
+            g.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            g.m[lane] = f16::from_le_bytes([b[2], b[3]]).to_f32();
+            g.qs[lane].copy_from_slice(&b[4..20]);
+        }
+        Ok(Self { groups, n, k })
     }
 
     /// `x`: `(m, k)` f32 (any leading dims, contiguous). Returns `(..., n)`.
@@ -103,55 +125,43 @@ impl Q41Matrix {
         };
         let kb = k / QK;
         let n = self.n;
-        // Column-major result (one contiguous chunk per group of weight rows), transposed below.
-        let mut out_t = vec![0f32; n * m];
-        let cols_per_task = (n / (4 * rayon::current_num_threads().max(1))).clamp(8, 256) / 4 * 4;
+        let n_groups = n.div_ceil(4);
+        // Column-major result, four columns (one weight group) per chunk of 4m; transposed below.
+        let mut out_t = vec![0f32; n_groups * 4 * m];
+        let groups_per_task = (n_groups / (4 * rayon::current_num_threads().max(1))).clamp(2, 64);
         out_t
-            .par_chunks_mut(cols_per_task * m)
+            .par_chunks_mut(groups_per_task * 4 * m)
             .enumerate()
             .for_each(|(task, chunk)| {
-                let first = task * cols_per_task;
-                let cols = chunk.len() / m;
-                let w_row = |c: usize| &self.blocks[(first + c) * kb..(first + c + 1) * kb];
-                let a_row = |r: usize| &acts[r * kb..(r + 1) * kb];
-                if m < ROW_TILE {
-                    // Few rows (decode): four weight rows share each activation block.
-                    let mut c = 0;
-                    while c + 4 <= cols {
+                for (j, out) in chunk.chunks_mut(4 * m).enumerate() {
+                    let g = task * groups_per_task + j;
+                    let w = &self.groups[g * kb..(g + 1) * kb];
+                    if m < ROW_TILE {
+                        // Few rows (decode): four weight rows share each activation block.
                         for r in 0..m {
-                            let sums = dot_4(
-                                [w_row(c), w_row(c + 1), w_row(c + 2), w_row(c + 3)],
-                                [a_row(r), a_row(r), a_row(r), a_row(r)],
-                            );
-                            for (i, v) in sums.into_iter().enumerate() {
-                                chunk[(c + i) * m + r] = v;
+                            let a = &acts[(r / 4) * kb..(r / 4 + 1) * kb];
+                            let sums = dot_4_weights(w, a, r % 4);
+                            for (lane, v) in sums.into_iter().enumerate() {
+                                out[lane * m + r] = v;
                             }
                         }
-                        c += 4;
-                    }
-                    for c in c..cols {
-                        for r in 0..m {
-                            chunk[c * m + r] = dot_1(w_row(c), a_row(r));
-                        }
-                    }
-                } else {
-                    // Many rows (prefill, big batches): one weight row against four activation rows.
-                    for c in 0..cols {
-                        let w = w_row(c);
-                        let mut r = 0;
-                        while r + 4 <= m {
-                            let sums = dot_4([w; 4], [a_row(r), a_row(r + 1), a_row(r + 2), a_row(r + 3)]);
-                            chunk[c * m + r..c * m + r + 4].copy_from_slice(&sums);
-                            r += 4;
-                        }
-                        for r in r..m {
-                            chunk[c * m + r] = dot_1(w, a_row(r));
+                    } else {
+                        // Many rows: four weight rows against four activation rows (16 outputs
+                        // per pass). The last group of rows may be partial; its padding lanes are
+                        // dropped.
+                        for rg in 0..m.div_ceil(4) {
+                            let a = &acts[rg * kb..(rg + 1) * kb];
+                            let sums = dot_16(w, a);
+                            let rows = (m - rg * 4).min(4);
+                            for (lane, s) in sums.iter().enumerate() {
+                                out[lane * m + rg * 4..lane * m + rg * 4 + rows].copy_from_slice(&s[..rows]);
+                            }
                         }
                     }
                 }
             });
         let mut out = vec![0f32; m * n];
-        for (c, col) in out_t.chunks(m).enumerate() {
+        for (c, col) in out_t.chunks(m).take(n).enumerate() {
             for (r, &v) in col.iter().enumerate() {
                 out[r * n + c] = v;
             }
@@ -161,127 +171,171 @@ impl Q41Matrix {
 }
 
 /// Q8_1 quantization of each row, exactly as candle's `BlockQ8_1::from_float` (f16 scale and
-/// sum, rounding half away from zero).
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<ActBlock> {
-    let mut out = Vec::with_capacity(m * k / QK);
-    for block in x.chunks_exact(QK) {
+/// sum, rounding half away from zero), into groups of four rows (missing rows are zeros).
+fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<ActGroup> {
+    let kb = k / QK;
+    let mut out = vec![ActGroup::default(); m.div_ceil(4) * kb];
+    for (i, block) in x.chunks_exact(QK).enumerate() {
+        let (row, b) = (i / kb, i % kb);
+        let g = &mut out[(row / 4) * kb + b];
+        let lane = row % 4;
         let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let dh = f16::from_f32(d);
-        let mut qs = [0i8; QK];
         let mut sum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(block) {
+        for (q, &v) in g.qs[lane].iter_mut().zip(block) {
             *q = f32::round(v * id) as i8;
             sum += *q as i32;
         }
-        out.push(ActBlock {
-            d: dh.to_f32(),
-            s: (f16::from_f32(sum as f32) * dh).to_f32(),
-            qs,
-        });
+        g.d[lane] = dh.to_f32();
+        g.s[lane] = (f16::from_f32(sum as f32) * dh).to_f32();
     }
     out
 }
 
-/// One output: a weight row against an activation row, block by block. The float expression
-/// and its order are candle's: `sum += sumi * dx * dy + mx * sy`.
-fn dot_1(w: &[WeightBlock], a: &[ActBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        sum += int_dot(&wb.qs, &ab.qs) as f32 * wb.d * ab.d + wb.m * ab.s;
+/// Four outputs: the four weight rows of `w` against lane `lane` of the activation groups.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is enabled at compile time (cfg above); every load reads a field of exactly
+    // the loaded size (unaligned loads).
+    unsafe {
+        let mut sums = _mm_setzero_ps();
+        for (wg, ag) in w.iter().zip(a) {
+            let av = _mm256_loadu_si256(ag.qs[lane].as_ptr() as *const __m256i);
+            let wv = [
+                unpack(&wg.qs[0]),
+                unpack(&wg.qs[1]),
+                unpack(&wg.qs[2]),
+                unpack(&wg.qs[3]),
+            ];
+            let sumi = int_dot_4(wv, [av; 4]);
+            let wd = _mm_loadu_ps(wg.d.as_ptr());
+            let wm = _mm_loadu_ps(wg.m.as_ptr());
+            let ad = _mm_set1_ps(ag.d[lane]);
+            let as_ = _mm_set1_ps(ag.s[lane]);
+            sums = step(sums, sumi, wd, ad, wm, as_);
+        }
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        out
     }
-    sum
 }
 
-/// Four outputs at once (four weight rows, or four activation rows): the same per-output
-/// arithmetic as [`dot_1`], with the integer dots reduced together.
-fn dot_4(w: [&[WeightBlock]; 4], a: [&[ActBlock]; 4]) -> [f32; 4] {
+/// Sixteen outputs, `[weight lane][activation lane]`: the four weight rows of `w` against the
+/// four activation rows of `a`. Each weight block is unpacked once and each activation block
+/// loaded once for all sixteen.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn dot_16(w: &[WeightGroup], a: &[ActGroup]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: as in `dot_4_weights`.
+    unsafe {
+        let mut sums = [_mm_setzero_ps(); 4];
+        for (wg, ag) in w.iter().zip(a) {
+            let av = [
+                _mm256_loadu_si256(ag.qs[0].as_ptr() as *const __m256i),
+                _mm256_loadu_si256(ag.qs[1].as_ptr() as *const __m256i),
+                _mm256_loadu_si256(ag.qs[2].as_ptr() as *const __m256i),
+                _mm256_loadu_si256(ag.qs[3].as_ptr() as *const __m256i),
+            ];
+            let ad = _mm_loadu_ps(ag.d.as_ptr());
+            let as_ = _mm_loadu_ps(ag.s.as_ptr());
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let wv = unpack(&wg.qs[i]);
+                let sumi = int_dot_4([wv; 4], av);
+                *sum = step(*sum, sumi, _mm_set1_ps(wg.d[i]), ad, _mm_set1_ps(wg.m[i]), as_);
+            }
+        }
+        let mut out = [[0f32; 4]; 4];
+        for (o, s) in out.iter_mut().zip(sums) {
+            _mm_storeu_ps(o.as_mut_ptr(), s);
+        }
+        out
+    }
+}
+
+/// A weight block's 32 nibbles as 32 bytes: low nibbles first (values 0..16), then high.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn unpack(w: &[u8; 16]) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let packed = _mm_loadu_si128(w.as_ptr() as *const __m128i);
+    let lo = _mm_and_si128(packed, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// `sums + ((sumi * wd) * ad + wm * as)` per lane: candle's expression, operation for operation
+/// (no fused multiply-add, which would round differently).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn step(
+    sums: std::arch::x86_64::__m128,
+    sumi: std::arch::x86_64::__m128i,
+    wd: std::arch::x86_64::__m128,
+    ad: std::arch::x86_64::__m128,
+    wm: std::arch::x86_64::__m128,
+    as_: std::arch::x86_64::__m128,
+) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    let t = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(sumi), wd), ad);
+    _mm_add_ps(sums, _mm_add_ps(t, _mm_mul_ps(wm, as_)))
+}
+
+/// Four exact integer block dots (unpacked weight bytes 0..16 against 32 signed activation
+/// bytes), as one vector of four i32.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn int_dot_4(
+    w: [std::arch::x86_64::__m256i; 4],
+    a: [std::arch::x86_64::__m256i; 4],
+) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    // u8 x i8 -> pairwise i16 sums (at most 2 * 15 * 128: no saturation), then i32.
+    let products = |w: __m256i, a: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
+    let p = [
+        products(w[0], a[0]),
+        products(w[1], a[1]),
+        products(w[2], a[2]),
+        products(w[3], a[3]),
+    ];
+    // Two horizontal-add rounds leave each product's low-half sum in the low 128 bits and its
+    // high-half sum in the high 128 bits, in order 0..4.
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+}
+
+/// Portable fallbacks (no AVX2): the same arithmetic, one lane at a time.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
     let mut sums = [0f32; 4];
-    for b in 0..w[0].len() {
-        let wb = [&w[0][b], &w[1][b], &w[2][b], &w[3][b]];
-        let ab = [&a[0][b], &a[1][b], &a[2][b], &a[3][b]];
-        let sumi = int_dot_4(
-            [&wb[0].qs, &wb[1].qs, &wb[2].qs, &wb[3].qs],
-            [&ab[0].qs, &ab[1].qs, &ab[2].qs, &ab[3].qs],
-        );
+    for (wg, ag) in w.iter().zip(a) {
         for i in 0..4 {
-            sums[i] += sumi[i] as f32 * wb[i].d * ab[i].d + wb[i].m * ab[i].s;
+            let sumi = int_dot(&wg.qs[i], &ag.qs[lane]) as f32;
+            sums[i] += sumi * wg.d[i] * ag.d[lane] + wg.m[i] * ag.s[lane];
         }
     }
     sums
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline]
-fn int_dot_4(w: [&[u8; 16]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 is enabled at compile time (cfg above); loads are unaligned loads of 16 and
-    // 32 bytes from arrays of exactly those sizes.
-    unsafe {
-        let mask = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let products = |w: &[u8; 16], a: &[i8; QK]| {
-            let packed = _mm_loadu_si128(w.as_ptr() as *const __m128i);
-            let lo = _mm_and_si128(packed, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), av), ones)
-        };
-        let p = [
-            products(w[0], a[0]),
-            products(w[1], a[1]),
-            products(w[2], a[2]),
-            products(w[3], a[3]),
-        ];
-        // Two horizontal-add rounds leave each product's low-half sum in the low 128 bits and its
-        // high-half sum in the high 128 bits, in order 0..4.
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        let mut out = [0i32; 4];
-        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
-        out
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn dot_16(w: &[WeightGroup], a: &[ActGroup]) -> [[f32; 4]; 4] {
+    let mut sums = [[0f32; 4]; 4];
+    for (wg, ag) in w.iter().zip(a) {
+        for (i, row) in sums.iter_mut().enumerate() {
+            for (j, sum) in row.iter_mut().enumerate() {
+                let sumi = int_dot(&wg.qs[i], &ag.qs[j]) as f32;
+                *sum += sumi * wg.d[i] * ag.d[j] + wg.m[i] * ag.s[j];
+            }
+        }
     }
+    sums
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-#[inline]
-fn int_dot_4(w: [&[u8; 16]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
-    [
-        int_dot(w[0], a[0]),
-        int_dot(w[1], a[1]),
-        int_dot(w[2], a[2]),
-        int_dot(w[3], a[3]),
-    ]
-}
-
-/// Exact integer dot product of one block: weight nibbles (low nibbles are values 0..16, high
-/// nibbles 16..32) with 32 signed activation bytes.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline]
-fn int_dot(w: &[u8; 16], a: &[i8; QK]) -> i32 {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 is enabled at compile time (cfg above); the loads are unaligned loads of 16
-    // and 32 bytes from arrays of exactly those sizes.
-    unsafe {
-        let packed = _mm_loadu_si128(w.as_ptr() as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(packed, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-        let wv = _mm256_set_m128i(hi, lo);
-        let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-        // u8 x i8 -> pairwise i16 sums (at most 2 * 15 * 128: no saturation), then i32.
-        let p16 = _mm256_maddubs_epi16(wv, av);
-        let p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256(p32, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-#[inline]
 fn int_dot(w: &[u8; 16], a: &[i8; QK]) -> i32 {
     (0..16)
         .map(|j| (w[j] & 0x0F) as i32 * a[j] as i32 + (w[j] >> 4) as i32 * a[j + 16] as i32)
