@@ -45,6 +45,20 @@ impl ModelFiles {
 }
 
 impl ModelSource {
+    /// The name a server lists the model under by default: the GGUF file's stem, the
+    /// directory's name, or the Hub repository id.
+    pub fn display_name(&self) -> String {
+        let name = |p: &Path, stem: bool| {
+            let n = if stem { p.file_stem() } else { p.file_name() };
+            n.map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned())
+        };
+        match self {
+            ModelSource::GgufFile(p) => name(p, true),
+            ModelSource::HfDirectory(p) => name(p, false),
+            ModelSource::HfHub { repo, .. } => repo.clone(),
+        }
+    }
+
     /// Classifies a `--model` argument. Existing paths win over Hub ids.
     pub fn parse(spec: &str) -> Result<Self> {
         let path = Path::new(spec);

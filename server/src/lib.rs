@@ -1,3 +1,11 @@
-//! wick's HTTP server and command line.
+//! wick's HTTP server and command line. Layout after TGI's router: [`server`] (routes),
+//! [`validation`] (request checks), [`infer`] (the engine interface), [`chat_template`],
+//! [`openai`] (wire types), [`stream`] (SSE) and [`errors`].
 
 pub mod chat_template;
+pub mod errors;
+pub mod infer;
+pub mod openai;
+pub mod server;
+pub mod stream;
+pub mod validation;

@@ -5,13 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use wick_engine::block_manager::BlockManager;
 use wick_engine::detokenizer::IncrementalDetokenizer;
 use wick_engine::kv_cache::{PagedKvCache, DEFAULT_BLOCK_SIZE};
 use wick_engine::loader::{self, LoadOptions};
 use wick_engine::model_runner::ModelRunner;
 use wick_engine::model_source::ModelSource;
+use wick_engine::scheduler::SchedulerConfig;
+use wick_engine::{Engine, EngineConfig};
 use wick_server::chat_template::{ChatMessage, ChatTemplate};
+use wick_server::server::{self, AppState};
 
 #[derive(Parser)]
 #[command(name = "wick", version, about = "An OpenAI-compatible LLM serving daemon")]
@@ -22,8 +26,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API.
+    Serve(ServeArgs),
     /// Generate a completion for one prompt and report prompt/decode speed.
     Generate(GenerateArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// A .gguf file, a Hugging Face model directory, or a Hub id `org/name[@rev][:file]`.
+    /// Default: the embedded SmolLM2-135M-Instruct (see scripts/fetch-default-model).
+    #[arg(long, env = "WICK_MODEL")]
+    model: Option<String>,
+    #[arg(long, env = "WICK_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "WICK_PORT", default_value_t = 8080)]
+    port: u16,
+    /// The name clients pass as `model` (default: the model file or id).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// A Jinja chat template file overriding the model's own.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// Load GGUF weights dequantized (f32, f16, bf16) or re-quantized (q8_0, q4_0).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_mib: usize,
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    #[arg(long, default_value_t = 256)]
+    max_num_batched_tokens: usize,
+    /// Requests waiting for admission before new ones get 429.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting_requests: usize,
 }
 
 #[derive(Parser)]
@@ -135,6 +175,97 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn chat_template(
+    override_path: Option<&PathBuf>,
+    tok: &wick_engine::tokenizer::Tokenizer,
+) -> Result<Option<ChatTemplate>> {
+    let source = match override_path {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        None => tok.chat_template.clone(),
+    };
+    source
+        .map(|s| ChatTemplate::new(s, tok.bos_token(), tok.eos_token()))
+        .transpose()
+        .context("parsing the chat template")
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let source = resolve_model(args.model.as_deref())?;
+    let model_id = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| source.display_name());
+    let mut opts = LoadOptions {
+        device: wick_engine::device_from_spec(&args.device)?,
+        ..Default::default()
+    };
+    if let Some(format) = &args.dtype {
+        opts = opts.with_format(format)?;
+    }
+    tracing::info!(model = %model_id, "loading");
+    let loaded = loader::load(&source, &opts).context("loading the model")?;
+    let template = chat_template(args.chat_template.as_ref(), &loaded.tokenizer)?;
+    if template.is_none() {
+        tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400");
+    }
+    let engine = Engine::new(
+        loaded,
+        EngineConfig {
+            kv_cache_bytes: args.kv_cache_mib << 20,
+            max_waiting_requests: args.max_waiting_requests,
+            scheduler: SchedulerConfig {
+                max_num_seqs: args.max_num_seqs,
+                max_num_batched_tokens: args.max_num_batched_tokens,
+            },
+            ..EngineConfig::default()
+        },
+    )?;
+    let state = Arc::new(AppState::new(Arc::new(engine), model_id, template));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, model = %state.model_id, "serving");
+        let app = server::router(state.clone());
+        let drain_state = state.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                // Readiness goes false and new requests get 503; in-flight ones finish.
+                drain_state
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("draining");
+            })
+            .await?;
+        state.engine.shutdown();
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -143,6 +274,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
     }
 }

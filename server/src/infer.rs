@@ -1,0 +1,141 @@
+//! The server's side of the engine: submit one engine request per prompt, and read their events
+//! as one ordered stream tagged with the prompt's index (completions may carry several prompts;
+//! chat has one). Dropping the [`MergedEvents`] drops every engine stream, which cancels them.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use wick_engine::engine::{EngineEvent, Usage};
+use wick_engine::sampling_params::SamplingParams;
+use wick_engine::stop::FinishReason;
+use wick_engine::{Engine, GenerateRequest};
+
+use crate::errors::ApiError;
+
+pub struct MergedEvents {
+    rx: mpsc::UnboundedReceiver<(usize, EngineEvent)>,
+    remaining: usize,
+    usage: Usage,
+}
+
+/// What a merged stream yields.
+pub enum Merged {
+    /// An event of prompt `.0` (never `Done`: usages are summed instead).
+    Event(usize, EngineEvent),
+    /// Every prompt finished: the summed usage.
+    Done(Usage),
+}
+
+/// Submits every prompt (all or nothing: a refused prompt cancels those already submitted).
+pub fn submit_all(
+    engine: &Arc<Engine>,
+    prompts: Vec<Vec<u32>>,
+    params: &SamplingParams,
+) -> Result<MergedEvents, ApiError> {
+    let mut streams = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        streams.push(engine.submit(GenerateRequest::new(prompt, params.clone()))?);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let remaining = streams.len();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // The client went away: dropping `stream` cancels the request.
+                    _ = tx.closed() => break,
+                    event = stream.recv() => match event {
+                        Some(e) => {
+                            let last = matches!(e, EngineEvent::Done(_) | EngineEvent::Error(_));
+                            if tx.send((i, e)).is_err() || last {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+    Ok(MergedEvents {
+        rx,
+        remaining,
+        usage: Usage::default(),
+    })
+}
+
+impl MergedEvents {
+    /// The next event; `None` after `Done` or an error, or if the engine went away.
+    pub async fn next(&mut self) -> Option<Merged> {
+        if self.remaining == 0 {
+            return None;
+        }
+        loop {
+            let (i, event) = self.rx.recv().await?;
+            match event {
+                EngineEvent::Done(u) => {
+                    self.usage.prompt_tokens += u.prompt_tokens;
+                    self.usage.completion_tokens += u.completion_tokens;
+                    self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
+                    self.remaining -= 1;
+                    if self.remaining == 0 {
+                        return Some(Merged::Done(self.usage));
+                    }
+                }
+                EngineEvent::Error(e) => {
+                    self.remaining = 0;
+                    return Some(Merged::Event(i, EngineEvent::Error(e)));
+                }
+                other => return Some(Merged::Event(i, other)),
+            }
+        }
+    }
+}
+
+/// One finished choice, for non-streaming responses.
+#[derive(Debug, Clone, Default)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// Per token: its logprob and the top alternatives (when asked for).
+    pub logprobs: Vec<(f32, Vec<(u32, f32)>)>,
+    pub finish: Option<FinishReason>,
+}
+
+/// Reads everything: choices indexed `prompt * n + index`, and the summed usage.
+pub async fn collect(
+    mut events: MergedEvents,
+    n: usize,
+    num_prompts: usize,
+) -> Result<(Vec<ChoiceOutput>, Usage), ApiError> {
+    let mut choices = vec![ChoiceOutput::default(); n * num_prompts];
+    while let Some(item) = events.next().await {
+        match item {
+            Merged::Done(usage) => return Ok((choices, usage)),
+            Merged::Event(p, EngineEvent::Token(t)) => {
+                let c = &mut choices[p * n + t.index];
+                c.text.push_str(&t.text);
+                c.tokens.push(t.token);
+                if let Some(lp) = t.logprob {
+                    c.logprobs.push((lp, t.top_logprobs));
+                }
+            }
+            Merged::Event(
+                p,
+                EngineEvent::Finished {
+                    index, reason, text, ..
+                },
+            ) => {
+                let c = &mut choices[p * n + index];
+                c.text.push_str(&text);
+                c.finish = Some(reason);
+            }
+            Merged::Event(_, EngineEvent::Error(e)) => return Err(ApiError::internal(e)),
+            Merged::Event(_, EngineEvent::Done(_)) => {}
+        }
+    }
+    Err(ApiError::unavailable(
+        "the engine stopped before the request finished",
+    ))
+}

@@ -1,0 +1,306 @@
+//! The HTTP routes. Handlers are thin: parse (`parse_json`), validate (`validation`), render the
+//! chat template, submit (`infer`), then shape OpenAI's response or SSE stream (`stream`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use wick_engine::Engine;
+
+use crate::chat_template::ChatTemplate;
+use crate::errors::ApiError;
+use crate::infer::{self, ChoiceOutput};
+use crate::openai::*;
+use crate::stream::{self, StreamKind};
+use crate::validation;
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// The name clients use in `model`.
+    pub model_id: String,
+    pub template: Option<ChatTemplate>,
+    pub created: u64,
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, model_id: String, template: Option<ChatTemplate>) -> Self {
+        Self {
+            engine,
+            model_id,
+            template,
+            created: unix_now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        format!("wick-{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.model_id {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model))
+        }
+    }
+
+    fn check_not_draining(&self) -> Result<(), ApiError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        Ok(())
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn random_id(prefix: &str) -> String {
+    let n: u128 = rand::rng().random();
+    format!("{prefix}-{n:032x}")
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/version", get(version))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The JSON body as the endpoint's fields plus the shared sampling fields. Syntax errors are
+/// 400s; wrong types are 400s naming the field.
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<(T, SamplingFields), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    Ok((from_value(&value)?, from_value(&value)?))
+}
+
+fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            // A missing required field: serde names it in the message.
+            let field = inner.to_string();
+            let param = field.split('`').nth(1).unwrap_or("").to_string();
+            ApiError::invalid(param, format!("invalid request: {inner}"))
+        } else {
+            ApiError::invalid(path.clone(), format!("invalid value for `{path}`: {inner}"))
+        }
+    })
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    state.check_not_draining()?;
+    let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
+    state.check_model(&req.model)?;
+    let messages = validation::chat_messages(&req.messages)?;
+    let template = state
+        .template
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // The template writes BOS itself where the model wants one.
+    let prompt = state.engine.tokenizer().encode(&text, false)?;
+    let mut params =
+        validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
+    validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
+    let n = params.n;
+    let events = infer::submit_all(&state.engine, vec![prompt], &params)?;
+    let id = random_id("chatcmpl");
+    if sampling.stream.unwrap_or(false) {
+        let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(stream::sse(
+            state.clone(),
+            events,
+            StreamKind::Chat,
+            id,
+            n,
+            include_usage,
+            params.logprobs,
+        ));
+    }
+    let (choices, usage) = infer::collect(events, n, 1).await?;
+    let tokenizer = state.engine.tokenizer();
+    let choices = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| ChatChoice {
+            index,
+            logprobs: params
+                .logprobs
+                .then(|| stream::chat_logprobs(tokenizer, &c.tokens, &c.logprobs)),
+            finish_reason: c.finish.map(|f| f.as_str()),
+            message: ChatMessageOut {
+                role: "assistant",
+                content: c.text,
+            },
+        })
+        .collect();
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created: unix_now(),
+        model: state.model_id.clone(),
+        system_fingerprint: state.fingerprint(),
+        choices,
+        usage: stream::usage(usage),
+    })
+    .into_response())
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    state.check_not_draining()?;
+    let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;
+    state.check_model(&req.model)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid(
+            "suffix",
+            "suffix is not supported by this model",
+        ));
+    }
+    let tokenizer = state.engine.tokenizer().clone();
+    let prompts = validation::completion_prompts(&req.prompt, |s| Ok(tokenizer.encode(s, true)?))?;
+    // OpenAI's completions default to 16 tokens.
+    let mut params = validation::sampling_params(&sampling, Some(sampling.max_tokens.unwrap_or(16)))?;
+    if let Some(k) = req.logprobs {
+        if k > validation::MAX_COMPLETION_LOGPROBS {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!(
+                    "logprobs must be between 0 and {}, got {k}",
+                    validation::MAX_COMPLETION_LOGPROBS
+                ),
+            ));
+        }
+        params.logprobs = true;
+        params.top_logprobs = k as usize;
+    }
+    let echo = req.echo.unwrap_or(false);
+    if echo && sampling.stream.unwrap_or(false) {
+        return Err(ApiError::invalid("echo", "echo is not supported with stream"));
+    }
+    let n = params.n;
+    let num_prompts = prompts.len();
+    let echoed: Vec<String> = if echo {
+        prompts
+            .iter()
+            .map(|p| tokenizer.decode(p, false))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let events = infer::submit_all(&state.engine, prompts, &params)?;
+    let id = random_id("cmpl");
+    if sampling.stream.unwrap_or(false) {
+        let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(stream::sse(
+            state.clone(),
+            events,
+            StreamKind::Completion,
+            id,
+            n,
+            include_usage,
+            params.logprobs,
+        ));
+    }
+    let (choices, usage) = infer::collect(events, n, num_prompts).await?;
+    let choices = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c): (usize, ChoiceOutput)| {
+            let prefix = echoed.get(index / n).cloned().unwrap_or_default();
+            CompletionChoice {
+                index,
+                logprobs: params
+                    .logprobs
+                    .then(|| stream::completion_logprobs(&tokenizer, &c.tokens, &c.logprobs, prefix.len())),
+                finish_reason: c.finish.map(|f| f.as_str()),
+                text: prefix + &c.text,
+            }
+        })
+        .collect();
+    Ok(Json(Completion {
+        id,
+        object: "text_completion",
+        created: unix_now(),
+        model: state.model_id.clone(),
+        system_fingerprint: state.fingerprint(),
+        choices,
+        usage: Some(stream::usage(usage)),
+    })
+    .into_response())
+}
+
+fn model_card(state: &AppState) -> ModelCard {
+    ModelCard {
+        id: state.model_id.clone(),
+        object: "model",
+        created: state.created,
+        owned_by: "wick",
+        max_model_len: state.engine.limits().max_model_len,
+    }
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![model_card(&state)],
+    })
+}
+
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state.check_model(&id)?;
+    Ok(Json(model_card(&state)))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ready", "model": state.model_id})).into_response()
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}

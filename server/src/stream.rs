@@ -1,0 +1,277 @@
+//! Server-sent events as OpenAI streams them: for chat, a first chunk per choice with the role,
+//! then content deltas, a chunk with `finish_reason` per choice, an optional usage chunk
+//! (`stream_options.include_usage`, with empty `choices`), then `data: [DONE]`. An engine error
+//! after the stream started is sent as an `{"error": ...}` event before `[DONE]`. A client that
+//! disconnects drops the stream, which cancels the engine requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde::Serialize;
+use wick_engine::engine::{EngineEvent, Usage as EngineUsage};
+use wick_engine::tokenizer::Tokenizer;
+
+use crate::errors::ApiError;
+use crate::infer::{Merged, MergedEvents};
+use crate::openai::*;
+use crate::server::{unix_now, AppState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Chat,
+    Completion,
+}
+
+pub fn usage(u: EngineUsage) -> Usage {
+    Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details: PromptTokensDetails {
+            cached_tokens: u.cached_prompt_tokens,
+        },
+    }
+}
+
+fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// Chat logprobs for `tokens` with their `(logprob, top)` entries.
+pub fn chat_logprobs(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    entries: &[(f32, Vec<(u32, f32)>)],
+) -> ChatLogprobs {
+    let content = tokens
+        .iter()
+        .zip(entries)
+        .map(|(&id, (lp, top))| {
+            let token = token_text(tokenizer, id);
+            TokenLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob: *lp,
+                top_logprobs: top
+                    .iter()
+                    .map(|&(t, l)| {
+                        let token = token_text(tokenizer, t);
+                        TopLogprob {
+                            bytes: token.as_bytes().to_vec(),
+                            token,
+                            logprob: l,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    ChatLogprobs { content }
+}
+
+/// Completions' legacy logprobs; `offset` is where the generated text starts (after an echo).
+pub fn completion_logprobs(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    entries: &[(f32, Vec<(u32, f32)>)],
+    mut offset: usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for (&id, (lp, top)) in tokens.iter().zip(entries) {
+        let token = token_text(tokenizer, id);
+        out.text_offset.push(offset);
+        offset += token.len();
+        out.tokens.push(token);
+        out.token_logprobs.push(Some(*lp));
+        let map: HashMap<String, f32> = top.iter().map(|&(t, l)| (token_text(tokenizer, t), l)).collect();
+        out.top_logprobs.push(Some(map));
+    }
+    out
+}
+
+/// A token id with its logprob and top alternatives.
+type TokenLogprobEntry = (u32, (f32, Vec<(u32, f32)>));
+
+struct StreamState {
+    state: Arc<AppState>,
+    events: MergedEvents,
+    kind: StreamKind,
+    id: String,
+    created: u64,
+    n: usize,
+    include_usage: bool,
+    logprobs: bool,
+    pending: VecDeque<Event>,
+    finished: bool,
+}
+
+impl StreamState {
+    fn json<T: Serialize>(value: &T) -> Event {
+        Event::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> Event {
+        Self::json(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.state.model_id.clone(),
+            system_fingerprint: self.state.fingerprint(),
+            choices,
+            usage,
+        })
+    }
+
+    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
+        Self::json(&Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.state.model_id.clone(),
+            system_fingerprint: self.state.fingerprint(),
+            choices,
+            usage,
+        })
+    }
+
+    /// A content (or text) chunk for one choice; `finish` ends it.
+    fn delta(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<TokenLogprobEntry>,
+        finish: Option<&'static str>,
+    ) -> Event {
+        let tokenizer = self.state.engine.tokenizer();
+        match self.kind {
+            StreamKind::Chat => self.chat_chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: None,
+                        content: (finish.is_none() || !text.is_empty()).then_some(text),
+                    },
+                    logprobs: logprobs.map(|(id, e)| chat_logprobs(tokenizer, &[id], &[e])),
+                    finish_reason: finish,
+                }],
+                None,
+            ),
+            StreamKind::Completion => self.completion_chunk(
+                vec![CompletionChoice {
+                    index,
+                    text,
+                    logprobs: logprobs.map(|(id, e)| completion_logprobs(tokenizer, &[id], &[e], 0)),
+                    finish_reason: finish,
+                }],
+                None,
+            ),
+        }
+    }
+
+    async fn fill(&mut self) {
+        let Some(item) = self.events.next().await else {
+            // The engine went away without finishing: end cleanly with an error event.
+            let e = ApiError::unavailable("the engine stopped before the request finished");
+            self.pending.push_back(Self::json(&e.body));
+            self.pending.push_back(Event::default().data("[DONE]"));
+            self.finished = true;
+            return;
+        };
+        match item {
+            Merged::Event(p, EngineEvent::Token(t)) => {
+                let index = p * self.n + t.index;
+                if !t.text.is_empty() || self.logprobs {
+                    let lp = t.logprob.map(|lp| (t.token, (lp, t.top_logprobs)));
+                    let event = self.delta(index, t.text, lp, None);
+                    self.pending.push_back(event);
+                }
+            }
+            Merged::Event(
+                p,
+                EngineEvent::Finished {
+                    index, reason, text, ..
+                },
+            ) => {
+                let index = p * self.n + index;
+                if !text.is_empty() {
+                    let event = self.delta(index, text, None, None);
+                    self.pending.push_back(event);
+                }
+                let event = self.delta(index, String::new(), None, Some(reason.as_str()));
+                self.pending.push_back(event);
+            }
+            Merged::Event(_, EngineEvent::Error(message)) => {
+                self.pending
+                    .push_back(Self::json(&ApiError::internal(message).body));
+                self.pending.push_back(Event::default().data("[DONE]"));
+                self.finished = true;
+            }
+            Merged::Event(_, EngineEvent::Done(_)) => {}
+            Merged::Done(u) => {
+                if self.include_usage {
+                    let event = match self.kind {
+                        StreamKind::Chat => self.chat_chunk(Vec::new(), Some(usage(u))),
+                        StreamKind::Completion => self.completion_chunk(Vec::new(), Some(usage(u))),
+                    };
+                    self.pending.push_back(event);
+                }
+                self.pending.push_back(Event::default().data("[DONE]"));
+                self.finished = true;
+            }
+        }
+    }
+}
+
+/// The SSE response for a submitted request. `num_choices` = n (per prompt).
+pub fn sse(
+    state: Arc<AppState>,
+    events: MergedEvents,
+    kind: StreamKind,
+    id: String,
+    n: usize,
+    include_usage: bool,
+    logprobs: bool,
+) -> Response {
+    let mut s = StreamState {
+        state,
+        events,
+        kind,
+        id,
+        created: unix_now(),
+        n,
+        include_usage,
+        logprobs,
+        pending: VecDeque::new(),
+        finished: false,
+    };
+    if kind == StreamKind::Chat {
+        // The role comes first, once per choice (chat has a single prompt).
+        for index in 0..n {
+            let first = s.chat_chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                None,
+            );
+            s.pending.push_back(first);
+        }
+    }
+    let body = stream::unfold(s, |mut s| async move {
+        while s.pending.is_empty() && !s.finished {
+            s.fill().await;
+        }
+        let event = s.pending.pop_front()?;
+        Some((Ok::<Event, Infallible>(event), s))
+    });
+    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+}
