@@ -1,0 +1,142 @@
+"""wick's HTTP API through the official `openai` Python SDK, against a running `wick serve`.
+
+Run by tests/tests/openai_python.rs, which starts the real binary on the default model and sets:
+  WICK_BASE_URL   e.g. http://127.0.0.1:PORT/v1
+  WICK_MODEL_ID   the served model name
+  WICK_EXPECTED   JSON {"prompt": ..., "content": ...}: what `wick generate --chat` produced
+                  greedily for that prompt (the golden-tested engine path), 24 tokens
+"""
+import json
+import os
+import unittest
+
+import openai
+
+BASE = os.environ["WICK_BASE_URL"]
+MODEL = os.environ["WICK_MODEL_ID"]
+EXPECTED = json.loads(os.environ["WICK_EXPECTED"])
+client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(**kw):
+    kw.setdefault("model", MODEL)
+    kw.setdefault("messages", [{"role": "user", "content": EXPECTED["prompt"]}])
+    return client.chat.completions.create(**kw)
+
+
+class Models(unittest.TestCase):
+    def test_list_and_retrieve(self):
+        ids = [m.id for m in client.models.list().data]
+        self.assertEqual(ids, [MODEL])
+        self.assertEqual(client.models.retrieve(MODEL).id, MODEL)
+        with self.assertRaises(openai.NotFoundError):
+            client.models.retrieve("no-such-model")
+
+
+class Chat(unittest.TestCase):
+    def test_greedy_matches_the_engine(self):
+        r = chat(temperature=0, max_tokens=24)
+        self.assertTrue(r.id.startswith("chatcmpl-"))
+        self.assertEqual(r.object, "chat.completion")
+        self.assertEqual(r.model, MODEL)
+        self.assertEqual(r.choices[0].message.role, "assistant")
+        self.assertEqual(r.choices[0].message.content, EXPECTED["content"])
+        self.assertEqual(r.choices[0].finish_reason, "length")
+        self.assertEqual(r.usage.completion_tokens, 24)
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + 24)
+
+    def test_stream_equals_non_stream(self):
+        full = chat(temperature=0, max_tokens=24)
+        chunks = list(chat(temperature=0, max_tokens=24, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, full.choices[0].message.content)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishes, ["length"])
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 24)
+        self.assertEqual(len({c.id for c in chunks}), 1)
+
+    def test_seeded_n_is_reproducible_and_choices_differ(self):
+        kw = dict(temperature=1.0, max_tokens=16, n=3, seed=7, extra_body={"ignore_eos": True})
+        a, b = chat(**kw), chat(**kw)
+        self.assertEqual([c.index for c in a.choices], [0, 1, 2])
+        self.assertEqual([c.message.content for c in a.choices], [c.message.content for c in b.choices])
+        self.assertGreater(len({c.message.content for c in a.choices}), 1)
+        self.assertEqual(a.usage.completion_tokens, 3 * 16)
+
+    def test_stop_string_is_cut(self):
+        content = EXPECTED["content"]
+        words = [w for w in content.split() if len(w) >= 3]
+        stop = words[len(words) // 2]
+        r = chat(temperature=0, max_tokens=24, stop=[stop])
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertEqual(r.choices[0].message.content, content[: content.index(stop)])
+
+    def test_logprobs(self):
+        r = chat(temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+        lp = r.choices[0].logprobs.content
+        self.assertEqual(len(lp), 8)
+        for entry in lp:
+            self.assertLessEqual(entry.logprob, 0.0)
+            tops = [t.logprob for t in entry.top_logprobs]
+            self.assertEqual(len(tops), 3)
+            self.assertEqual(tops, sorted(tops, reverse=True))
+            # Greedy: the chosen token is the most likely one.
+            self.assertAlmostEqual(entry.logprob, tops[0], places=5)
+        self.assertEqual("".join(e.token for e in lp), r.choices[0].message.content)
+
+    def test_content_parts_and_developer_role(self):
+        a = chat(temperature=0, max_tokens=8,
+                 messages=[{"role": "user", "content": [{"type": "text", "text": EXPECTED["prompt"]}]}])
+        self.assertEqual(a.choices[0].message.content, EXPECTED["content"][: len(a.choices[0].message.content)])
+        r = chat(temperature=0, max_tokens=4, messages=[{"role": "developer", "content": "Be brief."},
+                                                         {"role": "user", "content": "Hi"}])
+        self.assertEqual(r.usage.completion_tokens, 4)
+
+
+class Completions(unittest.TestCase):
+    def test_several_prompts_stream_and_echo(self):
+        prompts = ["The capital of France is", "def fibonacci(n):"]
+        r = client.completions.create(model=MODEL, prompt=prompts, max_tokens=12, temperature=0)
+        self.assertTrue(r.id.startswith("cmpl-"))
+        self.assertEqual([c.index for c in r.choices], [0, 1])
+        self.assertEqual(r.usage.completion_tokens, 24)
+        streamed = ["", ""]
+        for chunk in client.completions.create(model=MODEL, prompt=prompts, max_tokens=12, temperature=0, stream=True):
+            for c in chunk.choices:
+                streamed[c.index] += c.text
+        self.assertEqual(streamed, [c.text for c in r.choices])
+        e = client.completions.create(model=MODEL, prompt=prompts[0], max_tokens=12, temperature=0, echo=True,
+                                      logprobs=2)
+        self.assertEqual(e.choices[0].text, prompts[0] + r.choices[0].text)
+        self.assertEqual(len(e.choices[0].logprobs.tokens), 12)
+
+    def test_default_max_tokens_is_16(self):
+        r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0,
+                                      extra_body={"ignore_eos": True})
+        self.assertEqual(r.usage.completion_tokens, 16)
+
+
+class Errors(unittest.TestCase):
+    def check(self, exc, param, call, code=None):
+        with self.assertRaises(exc) as ctx:
+            call()
+        err = ctx.exception.body
+        self.assertEqual(err.get("param"), param, err)
+        if code:
+            self.assertEqual(err.get("code"), code, err)
+        return err
+
+    def test_errors_are_openai_shaped(self):
+        self.check(openai.BadRequestError, "temperature", lambda: chat(temperature=5))
+        self.check(openai.BadRequestError, "temperature", lambda: chat(extra_body={"temperature": "hot"}))
+        self.check(openai.NotFoundError, "model", lambda: chat(model="gpt-4"), code="model_not_found")
+        self.check(openai.BadRequestError, "messages", lambda: chat(max_tokens=10**7), code="context_length_exceeded")
+        self.check(openai.BadRequestError, "messages.[0].role", lambda: chat(messages=[{"role": "wizard", "content": "x"}]))
+        self.check(openai.BadRequestError, "suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b"))
+        self.check(openai.BadRequestError, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=21))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
