@@ -47,12 +47,11 @@ fn load(source: &ModelSource, device: &Device, dtype: Option<&str>) -> Result<Lo
     Ok(loader::load(source, &opts)?)
 }
 
+/// Greedy tokens, every step's log-distribution, and the model back.
+type GreedyRun = (Vec<u32>, Vec<Vec<f32>>, LoadedModel);
+
 /// Greedy tokens and every step's log-distribution, through the paged path.
-fn run_greedy(
-    loaded: LoadedModel,
-    prompt: &[u32],
-    n: usize,
-) -> Result<(Vec<u32>, Vec<Vec<f32>>, LoadedModel), Error> {
+fn run_greedy(loaded: LoadedModel, prompt: &[u32], n: usize) -> Result<GreedyRun, Error> {
     let cfg = loaded.config().clone();
     let device = loaded.model.device().clone();
     let cache = PagedKvCache::new(&cfg, 16, 64, loaded.model.dtype(), &device)?;
