@@ -5,6 +5,7 @@
 pub mod chat_template;
 pub mod errors;
 pub mod infer;
+pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod stream;

@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Requests waiting for admission before new ones get 429.
     #[arg(long, default_value_t = 1024)]
     max_waiting_requests: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/* (comma-separated keys allowed).
+    #[arg(long, env = "WICK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Parser)]
@@ -220,7 +223,15 @@ fn serve(args: ServeArgs) -> Result<()> {
             ..EngineConfig::default()
         },
     )?;
-    let state = Arc::new(AppState::new(Arc::new(engine), model_id, template));
+    let mut state = AppState::new(Arc::new(engine), model_id, template);
+    state.api_keys = args
+        .api_key
+        .iter()
+        .flat_map(|k| k.split(','))
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);

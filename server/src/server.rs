@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,12 +19,16 @@ use wick_engine::Engine;
 use crate::chat_template::ChatTemplate;
 use crate::errors::ApiError;
 use crate::infer::{self, ChoiceOutput};
+use crate::metrics::{self, Metrics};
 use crate::openai::*;
 use crate::stream::{self, StreamKind};
 use crate::validation;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub metrics: Metrics,
+    /// Accepted bearer tokens for `/v1/*`; empty: no authentication.
+    pub api_keys: Vec<String>,
     /// The name clients use in `model`.
     pub model_id: String,
     pub template: Option<ChatTemplate>,
@@ -35,6 +40,8 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, model_id: String, template: Option<ChatTemplate>) -> Self {
         Self {
             engine,
+            metrics: Metrics::new().expect("metric names are valid"),
+            api_keys: Vec::new(),
             model_id,
             template,
             created: unix_now(),
@@ -75,16 +82,54 @@ pub fn random_id(prefix: &str) -> String {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .merge(api)
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/version", get(version))
+        .route("/metrics", get(metrics::metrics_handler))
+        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// `Authorization: Bearer KEY` with one of the configured keys (OpenAI's 401 otherwise).
+async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(key)
+            if state
+                .api_keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+        None => {
+            ApiError::unauthorized("You didn't provide an API key. Send it as `Authorization: Bearer KEY`.")
+                .into_response()
+        }
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The JSON body as the endpoint's fields plus the shared sampling fields. Syntax errors are

@@ -5,17 +5,44 @@ Run by tests/tests/openai_python.rs, which starts the real binary on the default
   WICK_MODEL_ID   the served model name
   WICK_EXPECTED   JSON {"prompt": ..., "content": ...}: what `wick generate --chat` produced
                   greedily for that prompt (the golden-tested engine path), 24 tokens
+  WICK_API_KEY    the key the server was started with
 """
 import json
 import os
+import time
 import unittest
+import urllib.request
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 BASE = os.environ["WICK_BASE_URL"]
 MODEL = os.environ["WICK_MODEL_ID"]
 EXPECTED = json.loads(os.environ["WICK_EXPECTED"])
-client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+KEY = os.environ["WICK_API_KEY"]
+client = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=120)
+
+
+def metrics():
+    """/metrics parsed by the official Prometheus client's parser: {(name, labels): value}."""
+    root = BASE.rsplit("/v1", 1)[0]
+    text = urllib.request.urlopen(root + "/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def wait_until_idle(timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        m = metrics()
+        if m[("wick_num_requests_running", ())] == 0 and m[("wick_kv_cache_blocks_used", ())] == 0:
+            return m
+        if time.time() > deadline:
+            raise AssertionError(f"engine not idle: {m}")
+        time.sleep(0.1)
 
 
 def chat(**kw):
@@ -136,6 +163,31 @@ class Errors(unittest.TestCase):
         self.check(openai.BadRequestError, "messages.[0].role", lambda: chat(messages=[{"role": "wizard", "content": "x"}]))
         self.check(openai.BadRequestError, "suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b"))
         self.check(openai.BadRequestError, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=21))
+
+
+class AuthAndMetrics(unittest.TestCase):
+    def test_wrong_key_is_401(self):
+        bad = openai.OpenAI(base_url=BASE, api_key="wrong", max_retries=0)
+        with self.assertRaises(openai.AuthenticationError) as ctx:
+            bad.models.list()
+        self.assertEqual(ctx.exception.body.get("code"), "invalid_api_key")
+
+    def test_disconnect_frees_blocks_and_metrics_count(self):
+        before = wait_until_idle()
+        stream = chat(max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+        got = 0
+        for chunk in stream:
+            got += 1
+            if got == 4:
+                break
+        stream.close()  # The client goes away mid-generation.
+        after = wait_until_idle()
+        generated = after[("wick_generation_tokens_total", ())] - before[("wick_generation_tokens_total", ())]
+        self.assertGreaterEqual(generated, 3)
+        self.assertLess(generated, 400, "the aborted request kept generating")
+        ok = after[("wick_http_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))]
+        self.assertGreaterEqual(ok, 1)
+        self.assertGreater(after[("wick_kv_cache_blocks_total", ())], 0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+const API_KEY: &str = "e2e-test-key";
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
 
 fn root() -> PathBuf {
@@ -76,7 +77,15 @@ fn start_server() -> Server {
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("wick-e2e-{port}.log"))).expect("log file");
     let child = Command::new(wick_binary())
-        .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--kv-cache-mib",
+            "256",
+            "--api-key",
+            API_KEY,
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -112,14 +121,16 @@ fn official_openai_python_sdk_against_wick_serve() {
     let python = python();
     let expected = serde_json::json!({"prompt": PROMPT, "content": expected_content()});
     let server = start_server();
-    let (_, models) = http_get(server.port, "/v1/models").expect("models");
+    // /v1 needs the key; probes and metrics do not.
+    assert_eq!(http_get(server.port, "/v1/models").map(|r| r.0), Some(401));
+    assert_eq!(http_get(server.port, "/metrics").map(|r| r.0), Some(200));
     let model_id = "SmolLM2-135M-Instruct.Q4_1";
-    assert!(models.contains(model_id), "{models}");
     let out = Command::new(python)
         .arg(root().join("tests/e2e/test_openai_sdk.py"))
         .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
         .env("WICK_MODEL_ID", model_id)
         .env("WICK_EXPECTED", expected.to_string())
+        .env("WICK_API_KEY", API_KEY)
         .output()
         .expect("python runs");
     let report = String::from_utf8_lossy(&out.stderr);
