@@ -11,11 +11,15 @@ use wick_engine::stop::FinishReason;
 use wick_engine::{Engine, GenerateRequest};
 
 use crate::errors::ApiError;
+use crate::metrics::RequestTimer;
 
 pub struct MergedEvents {
     rx: mpsc::UnboundedReceiver<(usize, EngineEvent)>,
     remaining: usize,
     usage: Usage,
+    /// Choices per prompt.
+    n: usize,
+    timer: RequestTimer,
 }
 
 /// What a merged stream yields.
@@ -31,6 +35,7 @@ pub fn submit_all(
     engine: &Arc<Engine>,
     prompts: Vec<Vec<u32>>,
     params: &SamplingParams,
+    timer: RequestTimer,
 ) -> Result<MergedEvents, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in prompts {
@@ -62,6 +67,8 @@ pub fn submit_all(
         rx,
         remaining,
         usage: Usage::default(),
+        n: params.n,
+        timer,
     })
 }
 
@@ -80,6 +87,7 @@ impl MergedEvents {
                     self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
                     self.remaining -= 1;
                     if self.remaining == 0 {
+                        self.timer.done();
                         return Some(Merged::Done(self.usage));
                     }
                 }
@@ -87,7 +95,14 @@ impl MergedEvents {
                     self.remaining = 0;
                     return Some(Merged::Event(i, EngineEvent::Error(e)));
                 }
-                other => return Some(Merged::Event(i, other)),
+                other => {
+                    match &other {
+                        EngineEvent::Token(t) => self.timer.token(i * self.n + t.index),
+                        EngineEvent::Finished { reason, .. } => self.timer.finished(reason.as_str()),
+                        _ => {}
+                    }
+                    return Some(Merged::Event(i, other));
+                }
             }
         }
     }

@@ -64,6 +64,9 @@ struct ServeArgs {
     /// Requests waiting for admission before new ones get 429.
     #[arg(long, default_value_t = 1024)]
     max_waiting_requests: usize,
+    /// Request bodies above this many bytes get 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (comma-separated keys allowed).
     #[arg(long, env = "WICK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -231,6 +234,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
         .collect();
+    state.max_body_bytes = args.max_body_bytes;
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -1,25 +1,34 @@
-//! Prometheus metrics (`GET /metrics`, text format, the `prometheus` crate). Engine gauges and
-//! counters are read from `Engine::stats()` at scrape time; HTTP counters and latency histograms
-//! are recorded by a middleware around every route.
+//! Prometheus metrics (`GET /metrics`, text format, the `prometheus` crate), named as vLLM names
+//! them (`vllm:*`, labelled `model_name`) so existing vLLM dashboards and autoscaling rules work
+//! unchanged. Engine gauges and counters are read from `Engine::stats()` at scrape time; request
+//! latencies are observed as events stream (`RequestTimer`); HTTP requests by a middleware.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
-use std::sync::Arc;
 use wick_engine::engine::EngineStats;
 
 use crate::server::AppState;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
 
 pub struct Metrics {
     registry: Registry,
     running: IntGauge,
     waiting: IntGauge,
+    kv_usage: Gauge,
     kv_blocks_total: IntGauge,
     kv_blocks_used: IntGauge,
     prefix_queries: IntCounter,
@@ -27,79 +36,118 @@ pub struct Metrics {
     preemptions: IntCounter,
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    e2e: HistogramVec,
+    finished: IntCounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    model: String,
     /// The engine's cumulative counters at the last scrape (the prometheus counters advance by
     /// the difference, so they stay monotonic).
     last: Mutex<EngineStats>,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::new(name, help)?;
-    registry.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-    let c = IntCounter::new(name, help)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
 impl Metrics {
-    pub fn new() -> prometheus::Result<Self> {
+    pub fn new(model: &str) -> prometheus::Result<Self> {
         let r = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model);
+        let reg = |c: Box<dyn prometheus::core::Collector>| r.register(c);
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::with_opts(opts(name, help))?;
+            reg(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::with_opts(opts(name, help))?;
+            reg(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64], vars: &[&str]| -> prometheus::Result<HistogramVec> {
+                let o = opts(name, help);
+                let h = HistogramVec::new(
+                    HistogramOpts {
+                        common_opts: o,
+                        buckets: buckets.to_vec(),
+                    },
+                    vars,
+                )?;
+                reg(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let kv_usage = Gauge::with_opts(opts(
+            "vllm:kv_cache_usage_perc",
+            "KV cache usage (1 = all blocks used)",
+        ))?;
+        reg(Box::new(kv_usage.clone()))?;
+        let finished = IntCounterVec::new(
+            opts("vllm:request_success_total", "Finished choices by finish reason"),
+            &["finished_reason"],
+        )?;
+        reg(Box::new(finished.clone()))?;
         let http_requests = IntCounterVec::new(
-            Opts::new("wick_http_requests_total", "HTTP requests by route and status"),
-            &["route", "status"],
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["handler", "status"],
         )?;
-        r.register(Box::new(http_requests.clone()))?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "wick_http_request_duration_seconds",
-                "Time to the response head (for streams: to the first byte of the stream)",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-            &["route"],
-        )?;
-        r.register(Box::new(http_duration.clone()))?;
+        reg(Box::new(http_requests.clone()))?;
         Ok(Self {
-            running: gauge(&r, "wick_num_requests_running", "Sequences holding KV blocks")?,
-            waiting: gauge(&r, "wick_num_requests_waiting", "Sequences waiting for admission")?,
-            kv_blocks_total: gauge(&r, "wick_kv_cache_blocks_total", "KV cache blocks")?,
+            running: gauge("vllm:num_requests_running", "Sequences holding KV blocks")?,
+            waiting: gauge("vllm:num_requests_waiting", "Sequences waiting for admission")?,
+            kv_usage,
+            kv_blocks_total: gauge("wick:kv_cache_blocks_total", "KV cache blocks")?,
             kv_blocks_used: gauge(
-                &r,
-                "wick_kv_cache_blocks_used",
+                "wick:kv_cache_blocks_used",
                 "KV cache blocks referenced by sequences",
             )?,
             prefix_queries: counter(
-                &r,
-                "wick_prefix_cache_queries_total",
+                "vllm:prefix_cache_queries_total",
                 "Prompt tokens looked up in the prefix cache",
             )?,
             prefix_hits: counter(
-                &r,
-                "wick_prefix_cache_hits_total",
+                "vllm:prefix_cache_hits_total",
                 "Prompt tokens found in the prefix cache",
             )?,
             preemptions: counter(
-                &r,
-                "wick_num_preemptions_total",
+                "vllm:num_preemptions_total",
                 "Sequences preempted (recomputed later)",
             )?,
-            prompt_tokens: counter(
-                &r,
-                "wick_prompt_tokens_total",
-                "Prompt tokens of admitted requests",
+            prompt_tokens: counter("vllm:prompt_tokens_total", "Prompt tokens of admitted requests")?,
+            generation_tokens: counter("vllm:generation_tokens_total", "Generated tokens")?,
+            ttft: histogram(
+                "vllm:time_to_first_token_seconds",
+                "Time to the first token",
+                LATENCY_BUCKETS,
+                &[],
             )?,
-            generation_tokens: counter(&r, "wick_generation_tokens_total", "Generated tokens")?,
+            itl: histogram(
+                "vllm:time_per_output_token_seconds",
+                "Time between consecutive tokens of a choice",
+                ITL_BUCKETS,
+                &[],
+            )?,
+            e2e: histogram(
+                "vllm:e2e_request_latency_seconds",
+                "Request latency, submission to the last token",
+                LATENCY_BUCKETS,
+                &[],
+            )?,
+            finished,
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "Time to the response head (for streams: to the start of the stream)",
+                LATENCY_BUCKETS,
+                &["handler"],
+            )?,
             http_requests,
-            http_duration,
+            model: model.to_string(),
             last: Mutex::new(EngineStats::default()),
             registry: r,
         })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// The text exposition, with the engine's figures as of now.
@@ -108,6 +156,8 @@ impl Metrics {
         self.waiting.set(stats.num_waiting as i64);
         self.kv_blocks_total.set(stats.num_blocks as i64);
         self.kv_blocks_used.set(stats.used_blocks as i64);
+        self.kv_usage
+            .set(stats.used_blocks as f64 / stats.num_blocks.max(1) as f64);
         if let Ok(mut last) = self.last.lock() {
             let advance = |c: &IntCounter, now: u64, before: u64| c.inc_by(now.saturating_sub(before));
             advance(
@@ -132,6 +182,58 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Observes one request's latencies as its events pass: TTFT on the first token, the gap
+/// between a choice's consecutive tokens, end-to-end and the finish reason at the end.
+pub struct RequestTimer {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    first_token: bool,
+    /// Last token time per choice.
+    last_token: Vec<Option<Instant>>,
+}
+
+impl RequestTimer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            start: Instant::now(),
+            first_token: false,
+            last_token: Vec::new(),
+        }
+    }
+
+    pub fn token(&mut self, choice: usize) {
+        let now = Instant::now();
+        if !self.first_token {
+            self.first_token = true;
+            self.metrics
+                .ttft
+                .with_label_values(&[] as &[&str])
+                .observe((now - self.start).as_secs_f64());
+        }
+        if self.last_token.len() <= choice {
+            self.last_token.resize(choice + 1, None);
+        }
+        if let Some(prev) = self.last_token[choice].replace(now) {
+            self.metrics
+                .itl
+                .with_label_values(&[] as &[&str])
+                .observe((now - prev).as_secs_f64());
+        }
+    }
+
+    pub fn finished(&self, reason: &str) {
+        self.metrics.finished.with_label_values(&[reason]).inc();
+    }
+
+    pub fn done(&self) {
+        self.metrics
+            .e2e
+            .with_label_values(&[] as &[&str])
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,16 +20,18 @@ use wick_engine::Engine;
 use crate::chat_template::ChatTemplate;
 use crate::errors::ApiError;
 use crate::infer::{self, ChoiceOutput};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, RequestTimer};
 use crate::openai::*;
 use crate::stream::{self, StreamKind};
 use crate::validation;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Accepted bearer tokens for `/v1/*`; empty: no authentication.
     pub api_keys: Vec<String>,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
     /// The name clients use in `model`.
     pub model_id: String,
     pub template: Option<ChatTemplate>,
@@ -40,8 +43,9 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, model_id: String, template: Option<ChatTemplate>) -> Self {
         Self {
             engine,
-            metrics: Metrics::new().expect("metric names are valid"),
+            metrics: Arc::new(Metrics::new(&model_id).expect("metric names are valid")),
             api_keys: Vec::new(),
+            max_body_bytes: 8 << 20,
             model_id,
             template,
             created: unix_now(),
@@ -96,6 +100,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::metrics_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
 
@@ -158,8 +165,12 @@ fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiEr
     })
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     state.check_not_draining()?;
+    let body = body?;
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
     let messages = validation::chat_messages(&req.messages)?;
@@ -176,7 +187,8 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
     let n = params.n;
-    let events = infer::submit_all(&state.engine, vec![prompt], &params)?;
+    let timer = RequestTimer::new(state.metrics.clone());
+    let events = infer::submit_all(&state.engine, vec![prompt], &params, timer)?;
     let id = random_id("chatcmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -219,8 +231,12 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     .into_response())
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     state.check_not_draining()?;
+    let body = body?;
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -260,7 +276,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
     } else {
         Vec::new()
     };
-    let events = infer::submit_all(&state.engine, prompts, &params)?;
+    let timer = RequestTimer::new(state.metrics.clone());
+    let events = infer::submit_all(&state.engine, prompts, &params, timer)?;
     let id = random_id("cmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -344,6 +361,28 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// `x-request-id`: the client's (when it is a sane header value) or a fresh one, echoed on the
+/// response and recorded on the request's log span.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| random_id("req"));
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert("x-request-id", value.clone());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    response.headers_mut().insert("x-request-id", value);
+    response
 }
 
 async fn not_found() -> ApiError {

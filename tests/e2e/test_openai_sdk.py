@@ -11,6 +11,7 @@ import json
 import os
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 import openai
@@ -34,11 +35,28 @@ def metrics():
     return out
 
 
+def metric(m, name, **labels):
+    """A sample by name and labels (the server's `model_name` label is implied)."""
+    return m[(name, tuple(sorted({"model_name": MODEL, **labels}.items())))]
+
+
+def raw(method, path, body=None, headers=None):
+    """A request the SDK cannot make (malformed JSON, odd methods): (status, parsed JSON body)."""
+    root = BASE.rsplit("/v1", 1)[0]
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(root + path, data=body, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null"), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null"), dict(e.headers)
+
+
 def wait_until_idle(timeout=30):
     deadline = time.time() + timeout
     while True:
         m = metrics()
-        if m[("wick_num_requests_running", ())] == 0 and m[("wick_kv_cache_blocks_used", ())] == 0:
+        if metric(m, "vllm:num_requests_running") == 0 and metric(m, "wick:kv_cache_blocks_used") == 0:
             return m
         if time.time() > deadline:
             raise AssertionError(f"engine not idle: {m}")
@@ -165,6 +183,50 @@ class Errors(unittest.TestCase):
         self.check(openai.BadRequestError, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=21))
 
 
+class BadInputs(unittest.TestCase):
+    """Each bad input gets its status and OpenAI's error shape; the server keeps serving."""
+
+    CASES = [
+        # (method, path, body, status, param)
+        ("POST", "/v1/chat/completions", b"{not json", 400, None),
+        ("POST", "/v1/chat/completions", b"[1, 2]", 400, None),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": []}).encode(), 400, "messages"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": "hi"}).encode(), 400, "messages"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                      "max_tokens": -1}).encode(), 400, "max_tokens"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                      "n": 0}).encode(), 400, "n"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                      "top_p": 7}).encode(), 400, "top_p"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                      "logit_bias": {"abc": 1}}).encode(), 400, "logit_bias"),
+        ("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": [[10**9]]}).encode(), 400, "prompt"),
+        ("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": []}).encode(), 400, "prompt"),
+        ("DELETE", "/v1/models", None, 405, None),
+        ("GET", "/v1/nothing-here", None, 404, None),
+    ]
+
+    def test_table(self):
+        for method, path, body, status, param in self.CASES:
+            with self.subTest(body=body, path=path):
+                got, err, _ = raw(method, path, body)
+                self.assertEqual(got, status, err)
+                self.assertEqual(set(err["error"]), {"message", "type", "param", "code"}, err)
+                if param:
+                    self.assertEqual(err["error"]["param"], param, err)
+
+    def test_too_large_body_is_413(self):
+        got, err, _ = raw("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": "a" * (9 << 20)}).encode())
+        self.assertEqual(got, 413, err)
+        self.assertEqual(err["error"]["code"], "payload_too_large")
+
+    def test_request_id_is_echoed(self):
+        _, _, headers = raw("GET", "/v1/models", headers={"x-request-id": "e2e-42"})
+        self.assertEqual(headers.get("x-request-id"), "e2e-42")
+        _, _, headers = raw("GET", "/v1/models")
+        self.assertTrue(headers.get("x-request-id", "").startswith("req-"))
+
+
 class AuthAndMetrics(unittest.TestCase):
     def test_wrong_key_is_401(self):
         bad = openai.OpenAI(base_url=BASE, api_key="wrong", max_retries=0)
@@ -173,6 +235,7 @@ class AuthAndMetrics(unittest.TestCase):
         self.assertEqual(ctx.exception.body.get("code"), "invalid_api_key")
 
     def test_disconnect_frees_blocks_and_metrics_count(self):
+        chat(max_tokens=2, extra_body={"ignore_eos": True})  # One request that finishes by length.
         before = wait_until_idle()
         stream = chat(max_tokens=400, stream=True, extra_body={"ignore_eos": True})
         got = 0
@@ -182,12 +245,14 @@ class AuthAndMetrics(unittest.TestCase):
                 break
         stream.close()  # The client goes away mid-generation.
         after = wait_until_idle()
-        generated = after[("wick_generation_tokens_total", ())] - before[("wick_generation_tokens_total", ())]
+        generated = metric(after, "vllm:generation_tokens_total") - metric(before, "vllm:generation_tokens_total")
         self.assertGreaterEqual(generated, 3)
         self.assertLess(generated, 400, "the aborted request kept generating")
-        ok = after[("wick_http_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))]
+        ok = after[("http_requests_total", (("handler", "/v1/chat/completions"), ("status", "200")))]
         self.assertGreaterEqual(ok, 1)
-        self.assertGreater(after[("wick_kv_cache_blocks_total", ())], 0)
+        self.assertGreater(metric(after, "wick:kv_cache_blocks_total"), 0)
+        self.assertGreaterEqual(metric(after, "vllm:time_to_first_token_seconds_count"), 1)
+        self.assertGreaterEqual(metric(after, "vllm:request_success_total", finished_reason="length"), 1)
 
 
 if __name__ == "__main__":
