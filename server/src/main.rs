@@ -64,6 +64,13 @@ struct ServeArgs {
     /// Requests waiting for admission before new ones get 429.
     #[arg(long, default_value_t = 1024)]
     max_waiting_requests: usize,
+    /// On SIGTERM, keep accepting (answering 503, `/ready` 503) this long before closing the
+    /// listener, so load balancers stop routing here first.
+    #[arg(long, default_value_t = 5)]
+    drain_delay_secs: u64,
+    /// Then wait this long at most for in-flight requests to finish.
+    #[arg(long, default_value_t = 60)]
+    drain_grace_secs: u64,
     /// Request bodies above this many bytes get 413.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -245,17 +252,33 @@ fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(%addr, model = %state.model_id, "serving");
         let app = server::router(state.clone());
         let drain_state = state.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                // Readiness goes false and new requests get 503; in-flight ones finish.
-                drain_state
-                    .draining
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracing::info!("draining");
-            })
-            .await?;
+        let (drain_delay, grace) = (
+            std::time::Duration::from_secs(args.drain_delay_secs),
+            std::time::Duration::from_secs(args.drain_grace_secs),
+        );
+        let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Drain: readiness turns 503 and new requests get 503 while load balancers notice
+            // (`drain_delay`); then the listener closes and in-flight requests finish.
+            drain_state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            let _ = signalled_tx.send(true);
+            tracing::info!(delay_s = drain_delay.as_secs(), "draining");
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("listener closed; waiting for in-flight requests");
+        });
+        let deadline = async move {
+            let _ = signalled_rx.wait_for(|&s| s).await;
+            tokio::time::sleep(drain_delay + grace).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            _ = deadline => tracing::warn!("drain grace period over; exiting with requests in flight"),
+        }
         state.engine.shutdown();
+        tracing::info!("stopped");
         Ok(())
     })
 }

@@ -1,2 +1,94 @@
-//! End-to-end tests that start the real `wick` binary and talk to it with real clients land with
-//! the HTTP server (issue #5). The engine's own integration tests live in `engine/tests/`.
+//! Shared by the end-to-end tests: find the real `wick` binary, start it on a free port, and talk
+//! plain HTTP/1.1 to it (the SDK-level checks live in tests/e2e).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `wick` binary next to the test's build directory (target/<profile>/wick), or `WICK_BIN`.
+pub fn wick_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WICK_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("wick");
+    assert!(
+        bin.is_file(),
+        "{} missing: build it first (scripts/test runs `cargo build --release --bin wick`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `wick serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
+    pub fn start(extra: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("wick-e2e-{port}.log")))
+            .expect("log file");
+        let child = Command::new(wick_binary())
+            .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("wick starts");
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(port, "/ready") {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("wick serve did not become ready on port {port}");
+    }
+}
+
+/// `GET path` → (status, whole response text), or None if the connection failed.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    request(port, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the response is read to the end.
+pub fn request(port: u16, method: &str, path: &str, json: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    s.write_all(request_head(method, path, json).as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out))
+}
+
+pub fn request_head(method: &str, path: &str, json: Option<&str>) -> String {
+    let body = json.unwrap_or("");
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
