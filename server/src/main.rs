@@ -20,6 +20,9 @@ use wick_server::server::{self, AppState};
 #[derive(Parser)]
 #[command(name = "wick", version, about = "An OpenAI-compatible LLM serving daemon")]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line, for log collectors). Levels: RUST_LOG.
+    #[arg(long, global = true, env = "WICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +77,9 @@ struct ServeArgs {
     /// Request bodies above this many bytes get 413.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Allow browsers from these origins (comma-separated, or `*`) to call the API (CORS).
+    #[arg(long, env = "WICK_CORS_ALLOW_ORIGINS")]
+    cors_allow_origins: Option<String>,
     /// Require `Authorization: Bearer KEY` on /v1/* (comma-separated keys allowed).
     #[arg(long, env = "WICK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -242,6 +248,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         .filter(|k| !k.is_empty())
         .collect();
     state.max_body_bytes = args.max_body_bytes;
+    state.cors_allow_origins = args
+        .cors_allow_origins
+        .iter()
+        .flat_map(|o| o.split(','))
+        .map(|o| o.trim().to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -305,13 +318,17 @@ async fn shutdown_signal() {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
     }

@@ -8,13 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::Rng;
 use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use wick_engine::Engine;
 
 use crate::chat_template::ChatTemplate;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_allow_origins: Vec<String>,
     /// The name clients use in `model`.
     pub model_id: String,
     pub template: Option<ChatTemplate>,
@@ -46,6 +49,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new(&model_id).expect("metric names are valid")),
             api_keys: Vec::new(),
             max_body_bytes: 8 << 20,
+            cors_allow_origins: Vec::new(),
             model_id,
             template,
             created: unix_now(),
@@ -92,7 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -102,8 +106,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(middleware::from_fn(request_id))
-        .with_state(state)
+        .layer(middleware::from_fn(request_id));
+    let router = match cors(&state.cors_allow_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// CORS for browser clients: the listed origins (or any, for `*`), the API's methods, and the
+/// headers the SDKs send. Preflights are answered before authentication.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([HeaderName::from_static("x-request-id")]),
+    )
 }
 
 /// `Authorization: Bearer KEY` with one of the configured keys (OpenAI's 401 otherwise).

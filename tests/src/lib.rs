@@ -41,14 +41,18 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Where the server's log (stderr) goes.
+    pub fn log_path(port: u16) -> PathBuf {
+        std::env::temp_dir().join(format!("wick-e2e-{port}.log"))
+    }
+
     /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
     pub fn start(extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("wick-e2e-{port}.log")))
-            .expect("log file");
+        let log = std::fs::File::create(Self::log_path(port)).expect("log file");
         let child = Command::new(wick_binary())
             .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])
             .args(extra)
@@ -91,4 +95,14 @@ pub fn request_head(method: &str, path: &str, json: Option<&str>) -> String {
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request) and returns the whole response text.
+pub fn request_raw(port: u16, raw: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }
