@@ -126,26 +126,36 @@ fn resolve_model(spec: Option<&str>) -> Result<ModelSource> {
     }
 }
 
-fn generate(args: GenerateArgs) -> Result<()> {
-    let source = resolve_model(args.model.as_deref())?;
-    let mut opts = LoadOptions {
-        device: wick_engine::device_from_spec(&args.device)?,
+/// `--device` and `--dtype` as the loader takes them (shared by `serve` and `generate`).
+fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
+    let opts = LoadOptions {
+        device: wick_engine::device_from_spec(device)?,
         ..Default::default()
     };
-    if let Some(format) = &args.dtype {
-        opts = opts.with_format(format)?;
-    }
+    Ok(match dtype {
+        Some(format) => opts.with_format(format)?,
+        None => opts,
+    })
+}
+
+/// A comma-separated flag as its non-empty, trimmed items.
+fn comma_list(value: Option<&String>) -> Vec<String> {
+    value
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let source = resolve_model(args.model.as_deref())?;
+    let opts = load_options(&args.device, args.dtype.as_deref())?;
     let loaded = loader::load(&source, &opts).context("loading the model")?;
     let tok = &loaded.tokenizer;
     let prompt_ids = if args.chat {
-        let source = match &args.chat_template {
-            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            None => tok
-                .chat_template
-                .clone()
-                .context("the model has no chat template; pass --chat-template")?,
-        };
-        let tmpl = ChatTemplate::new(source, tok.bos_token(), tok.eos_token())?;
+        let tmpl = chat_template(args.chat_template.as_ref(), tok)?
+            .context("the model has no chat template; pass --chat-template")?;
         let text = tmpl.render(
             &[ChatMessage {
                 role: "user".into(),
@@ -214,13 +224,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .served_model_name
         .clone()
         .unwrap_or_else(|| source.display_name());
-    let mut opts = LoadOptions {
-        device: wick_engine::device_from_spec(&args.device)?,
-        ..Default::default()
-    };
-    if let Some(format) = &args.dtype {
-        opts = opts.with_format(format)?;
-    }
+    let opts = load_options(&args.device, args.dtype.as_deref())?;
     tracing::info!(model = %model_id, "loading");
     let loaded = loader::load(&source, &opts).context("loading the model")?;
     let template = chat_template(args.chat_template.as_ref(), &loaded.tokenizer)?;
@@ -240,21 +244,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
     )?;
     let mut state = AppState::new(Arc::new(engine), model_id, template);
-    state.api_keys = args
-        .api_key
-        .iter()
-        .flat_map(|k| k.split(','))
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
+    state.api_keys = comma_list(args.api_key.as_ref());
     state.max_body_bytes = args.max_body_bytes;
-    state.cors_allow_origins = args
-        .cors_allow_origins
-        .iter()
-        .flat_map(|o| o.split(','))
-        .map(|o| o.trim().to_string())
-        .filter(|o| !o.is_empty())
-        .collect();
+    state.cors_allow_origins = comma_list(args.cors_allow_origins.as_ref());
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
