@@ -27,6 +27,14 @@ pub fn wick_binary() -> PathBuf {
     bin
 }
 
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A running `wick serve`, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -48,10 +56,7 @@ impl Server {
 
     /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
     pub fn start(extra: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(Self::log_path(port)).expect("log file");
         let child = Command::new(wick_binary())
             .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])

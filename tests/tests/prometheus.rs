@@ -2,12 +2,11 @@
 //! `wick serve`'s `/metrics`, and the test reads wick's figures back through Prometheus' query
 //! API: the exposition is valid for the real parser, and the names are queryable as vLLM's.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wick_tests::{http_get, request, Server};
+use wick_tests::{free_port, http_get, request, Server};
 
 struct Prometheus(Child);
 
@@ -31,13 +30,6 @@ fn prometheus_binary() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The value of the first series of an instant query, once Prometheus has one.
