@@ -1,0 +1,267 @@
+//! The schema: one struct per TOML table. Every table denies unknown keys (a typo is an error,
+//! never a silently ignored setting) and every field has a default, so an empty file is the same
+//! as no file: `wick serve` on 127.0.0.1:8080 with the embedded default model.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub engine: EngineConfig,
+    /// `[[models]]`: local models (a source) and remote OpenAI-compatible endpoints (a URL).
+    /// Empty means the embedded default model.
+    pub models: Vec<ModelConfig>,
+    /// `[[routes]]`: model names that map to ordered tiers (the router, issue #7, serves them).
+    pub routes: Vec<RouteConfig>,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// The `[[models]]` id this process serves; may be left out when there is one local model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Bearer tokens accepted on `/v1/*`; empty: no authentication. Prefer `WICK_API_KEY` (from a
+    /// secret) to keys written in the file.
+    pub api_keys: Vec<Secret>,
+    /// Browser origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_allow_origins: Vec<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// On SIGTERM: keep the listener open (answering 503) this long so load balancers notice.
+    pub drain_delay_secs: u64,
+    /// Then wait this long at most for in-flight requests.
+    pub drain_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model: None,
+            api_keys: Vec::new(),
+            cors_allow_origins: Vec::new(),
+            max_body_bytes: 8 << 20,
+            drain_delay_secs: 5,
+            drain_grace_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Load weights dequantized (`f32`, `f16`, `bf16`) or re-quantized (`q8_0`, `q4_0`);
+    /// unset keeps GGUF weights as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// KV cache budget (K and V, all layers) in MiB; the block count follows from it.
+    pub kv_cache_mib: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub max_num_seqs: usize,
+    /// Token budget of one step (chunked prefill).
+    pub max_num_batched_tokens: usize,
+    /// Requests waiting for admission before new ones get 429.
+    pub max_waiting_requests: usize,
+    pub enable_prefix_caching: bool,
+    /// Caps the context below the model's own limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            dtype: None,
+            kv_cache_mib: 1024,
+            block_size: 16,
+            max_num_seqs: 32,
+            max_num_batched_tokens: 256,
+            max_waiting_requests: 1024,
+            enable_prefix_caching: true,
+            max_model_len: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// How routes and `server.model` refer to this model.
+    pub id: String,
+    /// Local: a `.gguf` file, a Hugging Face model directory, or a Hub id
+    /// `org/name[@rev][:file.gguf]`. Neither `source` nor `url`: the embedded default model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Remote: an OpenAI-compatible base URL (`http://wick-large:8080/v1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Remote: the environment variable holding its API key (never the key itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Remote: per-request timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Remote: requests in flight at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// The name clients pass as `model` (default: the file stem, directory name or Hub id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_name: Option<String>,
+    /// A Jinja chat template file overriding the model's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
+    /// How tool calls are parsed from the output (issue #6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_parser: Option<ToolCallParser>,
+}
+
+impl ModelConfig {
+    pub fn is_remote(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallParser {
+    /// Llama 3.x JSON tool calls.
+    Llama3Json,
+    /// Mistral `[TOOL_CALLS]`.
+    Mistral,
+}
+
+/// A route: clients ask for `name` and the tiers answer cheapest first (schema for issue #7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Model ids, cheapest first; the last is the fallback.
+    pub tiers: Vec<String>,
+    #[serde(default)]
+    pub policy: RoutePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutePolicy {
+    /// Escalate when the cheap tier stops with `length` before finishing.
+    pub escalate_on_length: bool,
+    /// Escalate when a tool call does not parse or validate.
+    pub escalate_on_invalid_tool_call: bool,
+    /// Escalate when the mean token logprob falls under this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_mean_logprob: Option<f64>,
+    /// Escalate when any token's logprob falls under this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_token_logprob: Option<f64>,
+    /// Escalate when the answer matches one of these (case-insensitive substrings).
+    pub abstain_patterns: Vec<String>,
+    /// Streaming: tokens of the cheap tier held back before deciding.
+    pub stream_hold_tokens: usize,
+    /// Failover: retries across tiers per request.
+    pub max_retries: usize,
+    /// Failover: consecutive failures that open a backend's circuit breaker.
+    pub breaker_failures: usize,
+    /// Failover: how long an open breaker waits before half-opening.
+    pub breaker_cooldown_secs: u64,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        Self {
+            escalate_on_length: true,
+            escalate_on_invalid_tool_call: true,
+            min_mean_logprob: None,
+            min_token_logprob: None,
+            abstain_patterns: Vec::new(),
+            stream_hold_tokens: 32,
+            max_retries: 2,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on `/metrics` (off: 404 there).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `wick_server=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A value that must not be printed: `Debug` and `Serialize` show `"********"`, so neither logs
+/// nor `wick config print` can leak it. [`Secret::expose`] gives the value to the one place
+/// that needs it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+pub const MASK: &str = "********";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(MASK)
+    }
+}

@@ -1,0 +1,244 @@
+//! Checks that a deserialized configuration can start: everything that serde's types cannot say
+//! (sizes above zero, device and dtype names, references between models, routes and
+//! `server.model`). Every problem is collected, not only the first.
+
+use std::collections::HashSet;
+
+use crate::error::did_you_mean;
+use crate::schema::Config;
+
+/// The weight formats the loader accepts (`WeightFormat::parse` in wick-engine).
+pub const DTYPES: &[&str] = &["f32", "f16", "bf16", "q8_0", "q4_0"];
+
+/// (field path, message, suggestion) for each problem; the caller adds where it came from.
+pub type Finding = (String, String, Option<String>);
+
+pub fn validate(cfg: &Config) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    let mut bad = |field: &str, msg: String| out.push((field.to_string(), msg, None));
+    let s = &cfg.server;
+    if s.host.trim().is_empty() {
+        bad("server.host", "must not be empty".into());
+    }
+    if s.port == 0 {
+        // Probes, Services and clients need a known port.
+        bad("server.port", "must be between 1 and 65535".into());
+    }
+    if s.max_body_bytes == 0 {
+        bad("server.max_body_bytes", "must be greater than 0".into());
+    }
+    for (i, key) in s.api_keys.iter().enumerate() {
+        if key.expose().trim().is_empty() {
+            bad(&format!("server.api_keys[{i}]"), "must not be empty".into());
+        }
+    }
+    for (i, origin) in s.cors_allow_origins.iter().enumerate() {
+        if origin != "*" && !origin.starts_with("http://") && !origin.starts_with("https://") {
+            bad(
+                &format!("server.cors_allow_origins[{i}]"),
+                format!("`{origin}` is not an origin (`*`, or `https://host[:port]`)"),
+            );
+        }
+    }
+
+    let e = &cfg.engine;
+    if let Err(msg) = check_device(&e.device) {
+        bad("engine.device", msg);
+    }
+    for (field, value) in [
+        ("engine.kv_cache_mib", e.kv_cache_mib),
+        ("engine.block_size", e.block_size),
+        ("engine.max_num_seqs", e.max_num_seqs),
+        ("engine.max_num_batched_tokens", e.max_num_batched_tokens),
+        ("engine.max_waiting_requests", e.max_waiting_requests),
+    ] {
+        if value == 0 {
+            bad(field, "must be greater than 0".into());
+        }
+    }
+    if e.max_model_len == Some(0) {
+        bad("engine.max_model_len", "must be greater than 0".into());
+    }
+    if cfg.logging.level.trim().is_empty() {
+        bad("logging.level", "must not be empty (e.g. `info`)".into());
+    }
+    if let Some(dtype) = &e.dtype {
+        if !DTYPES.contains(&dtype.as_str()) {
+            out.push((
+                "engine.dtype".into(),
+                format!("unknown dtype `{dtype}`; expected one of {}", DTYPES.join(", ")),
+                did_you_mean(dtype, DTYPES.iter().copied()),
+            ));
+        }
+    }
+
+    check_models(cfg, &mut out);
+    check_routes(cfg, &mut out);
+    out
+}
+
+/// `cpu`, `cuda` or `cuda:N` (the syntax `wick_engine::device_from_spec` takes).
+pub fn check_device(device: &str) -> Result<(), String> {
+    match device {
+        "cpu" | "cuda" => Ok(()),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "`{device}` is not a device (expected `cpu`, `cuda` or `cuda:N`)"
+            )),
+        },
+    }
+}
+
+fn check_models(cfg: &Config, out: &mut Vec<Finding>) {
+    let mut ids = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, m) in cfg.models.iter().enumerate() {
+        let at = |f: &str| format!("models[{i}].{f}");
+        if m.id.trim().is_empty() {
+            out.push((at("id"), "every model needs an `id`".into(), None));
+        } else if !ids.insert(m.id.as_str()) {
+            out.push((at("id"), format!("duplicate model id `{}`", m.id), None));
+        }
+        if let Some(name) = &m.served_name {
+            if !names.insert(name.as_str()) {
+                out.push((at("served_name"), format!("`{name}` is served twice"), None));
+            }
+        }
+        match (&m.source, &m.url) {
+            (Some(_), Some(_)) => out.push((
+                at("url"),
+                "a model is local (`source`) or remote (`url`), not both".into(),
+                None,
+            )),
+            (None, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                out.push((at("url"), format!("`{url}` is not an http(s) URL"), None));
+            }
+            (Some(src), None) if src.trim().is_empty() => {
+                out.push((at("source"), "must not be empty".into(), None));
+            }
+            _ => {}
+        }
+        if m.url.is_none() {
+            for (field, set) in [
+                ("api_key_env", m.api_key_env.is_some()),
+                ("timeout_secs", m.timeout_secs.is_some()),
+                ("max_concurrency", m.max_concurrency.is_some()),
+            ] {
+                if set {
+                    out.push((at(field), "only applies to a remote model (`url`)".into(), None));
+                }
+            }
+        }
+        if let Some(var) = &m.api_key_env {
+            let ok = !var.is_empty()
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !var.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                out.push((
+                    at("api_key_env"),
+                    format!("`{var}` is not an environment variable name"),
+                    None,
+                ));
+            }
+        }
+        if m.timeout_secs == Some(0) {
+            out.push((at("timeout_secs"), "must be greater than 0".into(), None));
+        }
+        if m.max_concurrency == Some(0) {
+            out.push((at("max_concurrency"), "must be greater than 0".into(), None));
+        }
+    }
+    let local: Vec<&str> = cfg
+        .models
+        .iter()
+        .filter(|m| !m.is_remote())
+        .map(|m| m.id.as_str())
+        .collect();
+    match &cfg.server.model {
+        Some(id) => match cfg.models.iter().find(|m| &m.id == id) {
+            None if !cfg.models.is_empty() => out.push((
+                "server.model".into(),
+                format!("no model has id `{id}`"),
+                did_you_mean(id, local.iter().copied()),
+            )),
+            Some(m) if m.is_remote() => out.push((
+                "server.model".into(),
+                format!("`{id}` is remote (`url`); this process can only serve a local model"),
+                None,
+            )),
+            _ => {}
+        },
+        None if local.len() > 1 => out.push((
+            "server.model".into(),
+            format!(
+                "several local models ({}): say which this process serves (`server.model` or --model-id)",
+                local.join(", ")
+            ),
+            None,
+        )),
+        None => {}
+    }
+}
+
+fn check_routes(cfg: &Config, out: &mut Vec<Finding>) {
+    let ids: Vec<&str> = cfg.models.iter().map(|m| m.id.as_str()).collect();
+    let mut names = HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        if r.name.trim().is_empty() {
+            out.push((at("name"), "every route needs a `name`".into(), None));
+        } else if !names.insert(r.name.as_str()) {
+            out.push((at("name"), format!("duplicate route `{}`", r.name), None));
+        } else if cfg
+            .models
+            .iter()
+            .any(|m| m.served_name.as_deref() == Some(r.name.as_str()))
+        {
+            out.push((
+                at("name"),
+                format!("`{}` is also a model's served_name", r.name),
+                None,
+            ));
+        }
+        if r.tiers.is_empty() {
+            out.push((at("tiers"), "needs at least one model id".into(), None));
+        }
+        let mut seen = HashSet::new();
+        for (j, tier) in r.tiers.iter().enumerate() {
+            let field = format!("routes[{i}].tiers[{j}]");
+            if !ids.contains(&tier.as_str()) {
+                out.push((
+                    field,
+                    format!("no model has id `{tier}`"),
+                    did_you_mean(tier, ids.iter().copied()),
+                ));
+            } else if !seen.insert(tier.as_str()) {
+                out.push((field, format!("`{tier}` is listed twice"), None));
+            }
+        }
+        let p = &r.policy;
+        for (field, v) in [
+            ("min_mean_logprob", p.min_mean_logprob),
+            ("min_token_logprob", p.min_token_logprob),
+        ] {
+            if let Some(v) = v {
+                if v > 0.0 || v.is_nan() {
+                    // A logprob is at most 0, so such a threshold would escalate every answer.
+                    out.push((
+                        at(&format!("policy.{field}")),
+                        format!("{v} must be at most 0"),
+                        None,
+                    ));
+                }
+            }
+        }
+        if p.breaker_failures == 0 {
+            out.push((
+                at("policy.breaker_failures"),
+                "must be greater than 0".into(),
+                None,
+            ));
+        }
+    }
+}
