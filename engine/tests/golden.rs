@@ -66,10 +66,14 @@ fn golden_cases() -> Vec<Case> {
 
 /// Greedy steps of every golden prompt: (token, full logprobs) per step.
 fn run_all(opts: LoadOptions, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
-    let loaded = common::load_default_with(opts);
+    // On the device of WICK_TEST_DEVICE (CPU by default): scripts/gpu-check runs these on a GPU.
+    let loaded = common::load_default_with(LoadOptions {
+        device: common::test_device(),
+        ..opts
+    });
     let cfg = loaded.config().clone();
     let blocks = 64;
-    let cache = PagedKvCache::new(&cfg, 16, blocks, loaded.model.dtype(), &candle_core::Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(&cfg, 16, blocks, loaded.model.dtype(), loaded.model.device()).unwrap();
     let mut alloc = BlockManager::new(blocks, 16).unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     cases
@@ -126,11 +130,14 @@ fn dequantized_f32_matches_reference_exactly() {
 /// Weights kept Q4_1: activations are quantized to 8 bits per matmul (as in llama.cpp), so
 /// logits move by a few tenths of a nat. Tokens must agree while the reference's top-1/top-2
 /// margin is at least 0.5 nats; past a closer call either answer is right. Top-5 logprobs must
-/// be within 0.4 nats: measured worst 0.33, for a chosen token at -2.6 nats (confident tokens
-/// stay within 0.15: log-softmax normalises their error away).
+/// be within 0.35 nats: measured worst 0.331, for a chosen token at -2.6 nats (confident tokens
+/// stay within 0.15: log-softmax normalises their error away). llama.cpp's own Q4_1 path, on
+/// the same GGUF, prompts and steps (tests/reference/llama_cpp_deviation.py), is off by up to
+/// 0.308 (RMS over the chosen tokens: llama.cpp 0.052, wick 0.074), so 0.3 is below what this
+/// quantization allows on these prompts.
 #[test]
 fn quantized_matches_reference_until_a_close_call() {
-    quantized_check(LoadOptions::default(), "Q4_1", 0.4);
+    quantized_check(LoadOptions::default(), "Q4_1", 0.35);
 }
 
 /// Q4_1 re-quantized to Q8_0 at load (`--dtype q8_0`, the faster CPU format). Same tokens; the
