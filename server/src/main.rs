@@ -1,5 +1,7 @@
 //! The `wick` binary.
 
+mod config_cmd;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -17,12 +19,15 @@ use wick_engine::{Engine, EngineConfig};
 use wick_server::chat_template::{ChatMessage, ChatTemplate};
 use wick_server::server::{self, AppState};
 
+use config_cmd::{ConfigCommand, ServeArgs};
+
 #[derive(Parser)]
 #[command(name = "wick", version, about = "An OpenAI-compatible LLM serving daemon")]
 struct Cli {
-    /// Log lines as text or as JSON objects (one per line, for log collectors). Levels: RUST_LOG.
-    #[arg(long, global = true, env = "WICK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// Log lines as text (default) or as JSON objects (one per line, for log collectors).
+    /// Levels: RUST_LOG.
+    #[arg(long, global = true, env = "WICK_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,59 +35,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the OpenAI-compatible API.
+    #[command(after_help = config_cmd::serve_after_help())]
     Serve(ServeArgs),
+    /// Check configuration files, or print the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Generate a completion for one prompt and report prompt/decode speed.
     Generate(GenerateArgs),
-}
-
-#[derive(Parser)]
-struct ServeArgs {
-    /// A .gguf file, a Hugging Face model directory, or a Hub id `org/name[@rev][:file]`.
-    /// Default: the embedded SmolLM2-135M-Instruct (see scripts/fetch-default-model).
-    #[arg(long, env = "WICK_MODEL")]
-    model: Option<String>,
-    #[arg(long, env = "WICK_HOST", default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, env = "WICK_PORT", default_value_t = 8080)]
-    port: u16,
-    /// The name clients pass as `model` (default: the model file or id).
-    #[arg(long)]
-    served_model_name: Option<String>,
-    /// A Jinja chat template file overriding the model's own.
-    #[arg(long)]
-    chat_template: Option<PathBuf>,
-    /// Load GGUF weights dequantized (f32, f16, bf16) or re-quantized (q8_0, q4_0).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// KV cache size in MiB.
-    #[arg(long, default_value_t = 1024)]
-    kv_cache_mib: usize,
-    #[arg(long, default_value_t = 32)]
-    max_num_seqs: usize,
-    #[arg(long, default_value_t = 256)]
-    max_num_batched_tokens: usize,
-    /// Requests waiting for admission before new ones get 429.
-    #[arg(long, default_value_t = 1024)]
-    max_waiting_requests: usize,
-    /// On SIGTERM, keep accepting (answering 503, `/ready` 503) this long before closing the
-    /// listener, so load balancers stop routing here first.
-    #[arg(long, default_value_t = 5)]
-    drain_delay_secs: u64,
-    /// Then wait this long at most for in-flight requests to finish.
-    #[arg(long, default_value_t = 60)]
-    drain_grace_secs: u64,
-    /// Request bodies above this many bytes get 413.
-    #[arg(long, default_value_t = 8 << 20)]
-    max_body_bytes: usize,
-    /// Allow browsers from these origins (comma-separated, or `*`) to call the API (CORS).
-    #[arg(long, env = "WICK_CORS_ALLOW_ORIGINS")]
-    cors_allow_origins: Option<String>,
-    /// Require `Authorization: Bearer KEY` on /v1/* (comma-separated keys allowed).
-    #[arg(long, env = "WICK_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
 }
 
 #[derive(Parser)]
@@ -136,16 +95,6 @@ fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
         Some(format) => opts.with_format(format)?,
         None => opts,
     })
-}
-
-/// A comma-separated flag as its non-empty, trimmed items.
-fn comma_list(value: Option<&String>) -> Vec<String> {
-    value
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect()
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -218,48 +167,61 @@ fn chat_template(
         .context("parsing the chat template")
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let source = resolve_model(args.model.as_deref())?;
-    let model_id = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| source.display_name());
-    let opts = load_options(&args.device, args.dtype.as_deref())?;
+fn serve(cfg: wick_config::Config) -> Result<()> {
+    config_cmd::warn_unserved(&cfg);
+    // wick-config validated that exactly one local model is served.
+    let model = cfg.served_model().context("no local model to serve")?;
+    let source = resolve_model(model.source.as_deref())?;
+    let model_id = model.served_name.clone().unwrap_or_else(|| source.display_name());
+    let (engine_cfg, server_cfg) = (&cfg.engine, &cfg.server);
+    let opts = load_options(&engine_cfg.device, engine_cfg.dtype.as_deref())?;
     tracing::info!(model = %model_id, "loading");
     let loaded = loader::load(&source, &opts).context("loading the model")?;
-    let template = chat_template(args.chat_template.as_ref(), &loaded.tokenizer)?;
+    let template = chat_template(model.chat_template.as_ref(), &loaded.tokenizer)?;
     if template.is_none() {
         tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400");
     }
     let engine = Engine::new(
         loaded,
         EngineConfig {
-            kv_cache_bytes: args.kv_cache_mib << 20,
-            max_waiting_requests: args.max_waiting_requests,
+            kv_cache_bytes: engine_cfg.kv_cache_mib << 20,
+            block_size: engine_cfg.block_size,
+            enable_prefix_caching: engine_cfg.enable_prefix_caching,
+            max_model_len: engine_cfg.max_model_len,
+            max_waiting_requests: engine_cfg.max_waiting_requests,
             scheduler: SchedulerConfig {
-                max_num_seqs: args.max_num_seqs,
-                max_num_batched_tokens: args.max_num_batched_tokens,
+                max_num_seqs: engine_cfg.max_num_seqs,
+                max_num_batched_tokens: engine_cfg.max_num_batched_tokens,
             },
             ..EngineConfig::default()
         },
     )?;
     let mut state = AppState::new(Arc::new(engine), model_id, template);
-    state.api_keys = comma_list(args.api_key.as_ref());
-    state.max_body_bytes = args.max_body_bytes;
-    state.cors_allow_origins = comma_list(args.cors_allow_origins.as_ref());
+    state.api_keys = server_cfg
+        .api_keys
+        .iter()
+        .map(|k| k.expose().to_string())
+        .collect();
+    state.max_body_bytes = server_cfg.max_body_bytes;
+    state.cors_allow_origins = server_cfg.cors_allow_origins.clone();
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let addr = format!("{}:{}", args.host, args.port);
+        let addr = format!("{}:{}", server_cfg.host, server_cfg.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, model = %state.model_id, "serving");
         let app = server::router(state.clone());
+        let app = if cfg.metrics.enabled {
+            app
+        } else {
+            config_cmd::without_metrics(app)
+        };
         let drain_state = state.clone();
         let (drain_delay, grace) = (
-            std::time::Duration::from_secs(args.drain_delay_secs),
-            std::time::Duration::from_secs(args.drain_grace_secs),
+            std::time::Duration::from_secs(server_cfg.drain_delay_secs),
+            std::time::Duration::from_secs(server_cfg.drain_grace_secs),
         );
         let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -311,17 +273,21 @@ async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().with_current_span(true).init();
-    } else {
-        logs.init();
-    }
+    let log_format = match cli.log_format.as_deref() {
+        Some("json") => wick_config::LogFormat::Json,
+        _ => wick_config::LogFormat::Text,
+    };
     match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Generate(args) => generate(args),
+        Command::Serve(args) => {
+            // Logging follows the configuration, so it starts once that is read.
+            let cfg = args.load(cli.log_format.as_deref())?;
+            config_cmd::init_logging(cfg.logging.format, &cfg.logging.level)?;
+            serve(cfg)
+        }
+        Command::Generate(args) => {
+            config_cmd::init_logging(log_format, "info")?;
+            generate(args)
+        }
+        Command::Config(cmd) => std::process::exit(config_cmd::run(cmd)?),
     }
 }
