@@ -2,9 +2,10 @@
 //! tokens of the batch to an [`AttentionBackend`]; the backend stores K/V and attends.
 //!
 //! - [`PagedAttention`]: the serving path. K/V go to their slots in the paged pool; each
-//!   sequence reads its context through its block table. Built only from portable candle ops
-//!   (scatter_set, index_select, matmul, softmax), so it runs on CPU and CUDA unchanged; a fused
-//!   paged-attention kernel can replace it behind the same trait.
+//!   sequence reads its context through its block table. Three implementations: the CPU kernel
+//!   (`cpu_attention`, f32 on the CPU), the fused decode kernel (`paged_decode`, decode rows on
+//!   CUDA) and portable candle ops (scatter_set, index_select, matmul, softmax) for the rest,
+//!   which run on any device and are the reference the others are tested against.
 //! - [`ContiguousAttention`]: one sequence, K/V concatenated in plain tensors, the textbook
 //!   formulation (K/V heads repeated for GQA). The reference the paged path is tested against.
 
@@ -13,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::cpu_attention::CpuSpan;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{BlockTable, PagedKvCache};
+use crate::paged_decode::{DecodeSeq, DecodeTable, PagedDecodeOp};
 
 /// Contexts are padded (with masked slots) to a multiple of this. The reductions over the context
 /// (softmax sums, probs x V) then run over whole SIMD strides whatever the batch holds: padded
@@ -60,6 +62,8 @@ pub struct PagedAttentionMetadata {
     restore_order: Option<Tensor>,
     /// Set when the CPU kernel runs instead of the portable groups.
     cpu: Option<CpuLayout>,
+    /// Set when the fused decode op attends the decode rows (then no group holds them).
+    decode: Option<PagedDecodeOp>,
     scale: f64,
 }
 
@@ -72,11 +76,16 @@ struct CpuLayout {
 /// Which implementation attends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionImpl {
-    /// The CPU kernel for f32 on the CPU, the portable candle ops elsewhere.
+    /// The CPU kernel for f32 on the CPU; on CUDA the fused decode kernel for decode rows and
+    /// the portable candle ops for prefill rows; the portable ops elsewhere.
     #[default]
     Auto,
-    /// Always the portable candle ops (what CUDA runs).
+    /// Always the portable candle ops (the reference).
     Portable,
+    /// The fused decode op for decode rows on any device (on the CPU its Rust transcription,
+    /// which is slow: tests use it to run the CUDA path's host logic without a GPU), portable
+    /// ops for prefill rows.
+    FusedDecode,
 }
 
 impl PagedAttentionMetadata {
@@ -132,6 +141,7 @@ impl PagedAttentionMetadata {
                     spans: cpu_spans,
                     row_span,
                 }),
+                decode: None,
                 scale,
             });
         }
@@ -139,12 +149,33 @@ impl PagedAttentionMetadata {
         // Decodes (one new token) attend together; every longer chunk attends alone.
         let (decodes, prefills): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) =
             spans.iter().partition(|s| s.query_len == 1);
-        let mut members: Vec<Vec<&SequenceSpan>> = prefills.into_iter().map(|s| vec![s]).collect();
-        if !decodes.is_empty() {
-            members.insert(0, decodes);
-        }
-        let mut groups = Vec::with_capacity(members.len());
+        let fused = match implementation {
+            AttentionImpl::FusedDecode => true,
+            AttentionImpl::Auto => device.is_cuda(),
+            AttentionImpl::Portable => false,
+        };
         let mut concat_rows: Vec<u32> = Vec::with_capacity(num_tokens);
+        let mut members: Vec<Vec<&SequenceSpan>> = prefills.into_iter().map(|s| vec![s]).collect();
+        // The decode rows' output comes first, from the fused op or from their group.
+        let decode = if decodes.is_empty() {
+            None
+        } else if fused {
+            let seqs: Vec<DecodeSeq<'_>> = decodes
+                .iter()
+                .map(|s| DecodeSeq {
+                    row: s.query_start,
+                    context_len: s.context_len,
+                    block_table: &s.block_table,
+                })
+                .collect();
+            concat_rows.extend(decodes.iter().map(|s| s.query_start as u32));
+            let table = DecodeTable::new(&seqs, block_size)?;
+            Some(PagedDecodeOp::new(table, block_size, scale as f32, device)?)
+        } else {
+            members.insert(0, decodes);
+            None
+        };
+        let mut groups = Vec::with_capacity(members.len());
         for group in members {
             let g = Self::group(&group, block_size, dtype, device)?;
             for s in &group {
@@ -167,6 +198,7 @@ impl PagedAttentionMetadata {
             groups,
             restore_order,
             cpu: None,
+            decode,
             scale,
         })
     }
@@ -243,7 +275,11 @@ impl AttentionBackend for PagedAttention<'_> {
                 meta.scale as f32,
             );
         }
-        let mut outputs = Vec::with_capacity(meta.groups.len());
+        let mut outputs = Vec::with_capacity(meta.groups.len() + 1);
+        if let Some(op) = &meta.decode {
+            let (kc, vc) = self.cache.layer(layer);
+            outputs.push(crate::paged_decode::paged_decode(q, kc, vc, op)?);
+        }
         for g in &meta.groups {
             let (b, l, c) = (g.seqs, g.query_len, g.max_context);
             // (b*l, heads, hd) -> (kv_heads, b, q_per_kv * l, hd): each KV head serves its

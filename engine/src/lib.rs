@@ -3,8 +3,8 @@
 //!
 //! Layout, one concept per file: [`model_source`] (what to load), [`loader`], [`weights`],
 //! [`model_config`], [`tokenizer`] and [`detokenizer`], [`llama`] (the architecture),
-//! [`attention`] (how K/V are stored and read), [`kv_cache`] (the paged pool),
-//! [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out),
+//! [`attention`] (how K/V are stored and read; [`paged_decode`]: the fused decode kernel),
+//! [`kv_cache`] (the paged pool), [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out),
 //! [`sampling_params`] (what a request asks for), [`sampler`] (logits to tokens), [`stop`]
 //! (when a sequence ends, and which text may be streamed), [`sequence`] (one generation
 //! stream's state), [`scheduler`] (the batching policy) and [`engine`] (the handle the server
@@ -26,6 +26,9 @@ pub mod loader;
 pub mod model_config;
 pub mod model_runner;
 pub mod model_source;
+pub mod paged_decode;
+#[cfg(feature = "cuda")]
+mod paged_decode_cuda;
 pub mod q4_1_matmul;
 pub mod sampler;
 pub mod sampling_params;

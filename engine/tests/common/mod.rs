@@ -23,8 +23,18 @@ pub fn default_model_path() -> PathBuf {
     path
 }
 
+/// `tests/reference`; `WICK_REFERENCE_DIR` overrides it for test binaries run away from the
+/// checkout they were built in (scripts/gpu-check carries them to a GPU machine).
 pub fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
+    std::env::var_os("WICK_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference"))
+}
+
+/// The device tests that may run on a GPU use: `WICK_TEST_DEVICE` (`cpu`, `cuda:N`), default CPU.
+pub fn test_device() -> candle_core::Device {
+    let spec = std::env::var("WICK_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    wick_engine::device_from_spec(&spec).unwrap_or_else(|e| panic!("WICK_TEST_DEVICE={spec}: {e}"))
 }
 
 pub fn load_default(dtype: Option<DType>) -> LoadedModel {
