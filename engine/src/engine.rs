@@ -30,8 +30,13 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Bytes of KV cache (K and V, every layer); the block count follows from it.
+    /// Bytes of KV cache (K and V, every layer); the block count follows from it. On a GPU
+    /// only when `gpu_memory_headroom_bytes` is None.
     pub kv_cache_bytes: usize,
+    /// On a GPU, the KV pool takes the free device memory (measured once the weights are
+    /// loaded) minus this headroom, and `kv_cache_bytes` is ignored. None: `kv_cache_bytes`
+    /// everywhere. No effect on the CPU.
+    pub gpu_memory_headroom_bytes: Option<usize>,
     /// An exact block count, overriding `kv_cache_bytes` (tests use small pools).
     pub num_blocks: Option<usize>,
     /// Fraction of blocks kept free at admission, so running sequences can grow without
@@ -51,6 +56,7 @@ impl Default for EngineConfig {
             scheduler: SchedulerConfig::default(),
             block_size: 16,
             kv_cache_bytes: 1 << 30,
+            gpu_memory_headroom_bytes: Some(crate::device::DEFAULT_GPU_HEADROOM_BYTES),
             num_blocks: None,
             watermark: 0.01,
             enable_prefix_caching: true,
@@ -198,12 +204,16 @@ impl Engine {
         let device = loaded.model.device().clone();
         let num_blocks = match config.num_blocks {
             Some(n) => n,
-            None => PagedKvCache::blocks_for_budget(
-                &model_cfg,
-                config.block_size.max(1),
-                dtype,
-                config.kv_cache_bytes,
-            ),
+            None => {
+                let block_bytes = PagedKvCache::bytes_per_block(&model_cfg, config.block_size.max(1), dtype);
+                let budget = crate::device::kv_cache_budget(
+                    crate::device::gpu_memory(&device)?,
+                    config.kv_cache_bytes,
+                    config.gpu_memory_headroom_bytes,
+                    block_bytes,
+                )?;
+                PagedKvCache::blocks_for_budget(&model_cfg, config.block_size.max(1), dtype, budget)
+            }
         };
         if !(0.0..1.0).contains(&config.watermark) {
             return Err(EngineError::InvalidConfig(format!(
@@ -211,6 +221,12 @@ impl Engine {
                 config.watermark
             )));
         }
+        tracing::info!(
+            num_blocks,
+            mib = (num_blocks * PagedKvCache::bytes_per_block(&model_cfg, config.block_size.max(1), dtype))
+                >> 20,
+            "KV cache"
+        );
         let cache = PagedKvCache::new(&model_cfg, config.block_size, num_blocks, dtype, &device)?;
         // One sequence must always fit in the whole pool, or it could never finish.
         let max_model_len = [

@@ -32,6 +32,10 @@ pub enum EngineError {
     #[error("KV cache is out of blocks: need {needed}, have {free} free")]
     OutOfBlocks { needed: usize, free: usize },
 
+    /// The device asked for cannot be used (no CUDA support built in, no driver, no such GPU).
+    #[error("device unavailable: {0}")]
+    Device(String),
+
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
 

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod block_manager;
 pub mod cpu_attention;
 pub mod detokenizer;
+pub mod device;
 pub mod engine;
 mod engine_loop;
 pub mod error;
@@ -38,6 +39,7 @@ pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 
+pub use device::device_from_spec;
 pub use engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, GenerationStream};
 pub use error::{EngineError, Result};
 
@@ -57,23 +59,4 @@ pub fn default_model_path() -> std::path::PathBuf {
             .join("wick")
     });
     dir.join(DEFAULT_MODEL_FILE)
-}
-
-/// candle's CPU device, or CUDA device `n` when built with the `cuda` feature.
-pub fn device_from_spec(spec: &str) -> Result<candle_core::Device> {
-    match spec {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), |n| n.parse::<usize>())
-                .map_err(|_| {
-                    EngineError::InvalidConfig(format!("bad device `{s}` (expected cpu, cuda or cuda:N)"))
-                })?;
-            Ok(candle_core::Device::new_cuda(ordinal)?)
-        }
-        other => Err(EngineError::InvalidConfig(format!(
-            "unknown device `{other}` (expected cpu, cuda or cuda:N)"
-        ))),
-    }
 }
