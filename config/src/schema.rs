@@ -66,8 +66,14 @@ pub struct EngineConfig {
     /// unset keeps GGUF weights as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
-    /// KV cache budget (K and V, all layers) in MiB; the block count follows from it.
-    pub kv_cache_mib: usize,
+    /// KV cache budget (K and V, all layers) in MiB; the block count follows from it. Unset:
+    /// 1024 on the CPU; on a GPU, the memory free once the weights are loaded minus
+    /// `gpu_memory_headroom_mib`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_cache_mib: Option<usize>,
+    /// On a GPU with `kv_cache_mib` unset: device memory left to activations and the CUDA
+    /// context after the KV pool is carved out.
+    pub gpu_memory_headroom_mib: usize,
     /// Tokens per KV block.
     pub block_size: usize,
     pub max_num_seqs: usize,
@@ -86,7 +92,8 @@ impl Default for EngineConfig {
         Self {
             device: "cpu".into(),
             dtype: None,
-            kv_cache_mib: 1024,
+            kv_cache_mib: None,
+            gpu_memory_headroom_mib: 2048,
             block_size: 16,
             max_num_seqs: 32,
             max_num_batched_tokens: 256,

@@ -34,7 +34,11 @@ fn no_file_and_an_empty_file_are_the_defaults() {
     let empty = load_text("", &[], &Overrides::default()).unwrap();
     assert_eq!(none, empty);
     assert_eq!((none.server.host.as_str(), none.server.port), ("127.0.0.1", 8080));
-    assert_eq!(none.engine.kv_cache_mib, 1024);
+    // CPU: 1024 MiB (wick serve applies it); GPU: free memory minus the headroom.
+    assert_eq!(
+        (none.engine.kv_cache_mib, none.engine.gpu_memory_headroom_mib),
+        (None, 2048)
+    );
     assert_eq!(
         (none.server.drain_delay_secs, none.server.drain_grace_secs),
         (5, 60)
@@ -180,7 +184,7 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
             file.engine.max_num_seqs,
             file.engine.kv_cache_mib
         ),
-        (9000, 8, 64)
+        (9000, 8, Some(64))
     );
     assert_eq!(
         file.engine.max_num_batched_tokens, 256,
@@ -198,7 +202,7 @@ fn precedence_is_defaults_then_file_then_env_then_flags() {
         with_env.server.host, "0.0.0.0",
         "an empty variable leaves the file's value"
     );
-    assert_eq!(with_env.engine.kv_cache_mib, 64);
+    assert_eq!(with_env.engine.kv_cache_mib, Some(64));
 
     let cli = Overrides {
         port: Some(9200),

@@ -46,7 +46,6 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
         bad("engine.device", msg);
     }
     for (field, value) in [
-        ("engine.kv_cache_mib", e.kv_cache_mib),
         ("engine.block_size", e.block_size),
         ("engine.max_num_seqs", e.max_num_seqs),
         ("engine.max_num_batched_tokens", e.max_num_batched_tokens),
@@ -55,6 +54,9 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
         if value == 0 {
             bad(field, "must be greater than 0".into());
         }
+    }
+    if e.kv_cache_mib == Some(0) {
+        bad("engine.kv_cache_mib", "must be greater than 0".into());
     }
     if e.max_model_len == Some(0) {
         bad("engine.max_model_len", "must be greater than 0".into());

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use clap::{Parser, Subcommand};
 use wick_config::{Config, ConfigError, LogFormat, Overrides, Secret};
+use wick_engine::scheduler::SchedulerConfig;
 use wick_server::errors::ApiError;
 
 /// `wick serve`'s flags. None has a default here: unset flags leave the value to the layers
@@ -183,6 +184,27 @@ fn check(file: &Path) -> bool {
             eprintln!("{e}");
             false
         }
+    }
+}
+
+/// The engine's settings from `[engine]`.
+pub fn engine_config(e: &wick_config::EngineConfig) -> wick_engine::EngineConfig {
+    wick_engine::EngineConfig {
+        // The CPU default; on a GPU an explicit size wins over sizing from free memory.
+        kv_cache_bytes: e.kv_cache_mib.unwrap_or(1024) << 20,
+        gpu_memory_headroom_bytes: match e.kv_cache_mib {
+            Some(_) => None,
+            None => Some(e.gpu_memory_headroom_mib << 20),
+        },
+        block_size: e.block_size,
+        enable_prefix_caching: e.enable_prefix_caching,
+        max_model_len: e.max_model_len,
+        max_waiting_requests: e.max_waiting_requests,
+        scheduler: SchedulerConfig {
+            max_num_seqs: e.max_num_seqs,
+            max_num_batched_tokens: e.max_num_batched_tokens,
+        },
+        ..wick_engine::EngineConfig::default()
     }
 }
 

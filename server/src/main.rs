@@ -14,8 +14,7 @@ use wick_engine::kv_cache::{PagedKvCache, DEFAULT_BLOCK_SIZE};
 use wick_engine::loader::{self, LoadOptions};
 use wick_engine::model_runner::ModelRunner;
 use wick_engine::model_source::ModelSource;
-use wick_engine::scheduler::SchedulerConfig;
-use wick_engine::{Engine, EngineConfig};
+use wick_engine::Engine;
 use wick_server::chat_template::{ChatMessage, ChatTemplate};
 use wick_server::server::{self, AppState};
 
@@ -181,21 +180,7 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
     if template.is_none() {
         tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400");
     }
-    let engine = Engine::new(
-        loaded,
-        EngineConfig {
-            kv_cache_bytes: engine_cfg.kv_cache_mib << 20,
-            block_size: engine_cfg.block_size,
-            enable_prefix_caching: engine_cfg.enable_prefix_caching,
-            max_model_len: engine_cfg.max_model_len,
-            max_waiting_requests: engine_cfg.max_waiting_requests,
-            scheduler: SchedulerConfig {
-                max_num_seqs: engine_cfg.max_num_seqs,
-                max_num_batched_tokens: engine_cfg.max_num_batched_tokens,
-            },
-            ..EngineConfig::default()
-        },
-    )?;
+    let engine = Engine::new(loaded, config_cmd::engine_config(engine_cfg))?;
     let mut state = AppState::new(Arc::new(engine), model_id, template);
     state.api_keys = server_cfg
         .api_keys
