@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API.
     #[command(after_help = config_cmd::serve_after_help())]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check configuration files, or print the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
