@@ -2,6 +2,7 @@
 //! [`validation`] (request checks), [`infer`] (the engine interface), [`chat_template`],
 //! [`openai`] (wire types), [`stream`] (SSE) and [`errors`].
 
+pub mod bench;
 pub mod chat_template;
 pub mod errors;
 pub mod infer;

@@ -41,6 +41,8 @@ enum Command {
     Config(ConfigCommand),
     /// Generate a completion for one prompt and report prompt/decode speed.
     Generate(GenerateArgs),
+    /// Load-test any OpenAI-compatible server with concurrent streaming requests.
+    Bench(wick_server::bench::BenchArgs),
 }
 
 #[derive(Parser)]
@@ -274,5 +276,10 @@ fn main() -> Result<()> {
             generate(args)
         }
         Command::Config(cmd) => std::process::exit(config_cmd::run(cmd)?),
+        Command::Bench(args) => {
+            config_cmd::init_logging(log_format, "info")?;
+            wick_server::bench::run(args)?;
+            Ok(())
+        }
     }
 }
