@@ -105,6 +105,8 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens whose K/V came from the prefix cache.
     pub cached_prompt_tokens: usize,
+    /// Time from `submit` until the request was first scheduled (waiting in the queue).
+    pub queue_time: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

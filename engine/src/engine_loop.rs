@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use candle_core::Tensor;
@@ -30,6 +30,7 @@ struct RequestState {
     unfinished: usize,
     /// Admitted at least once (no longer counted in the bounded queue).
     admitted: bool,
+    submitted: Instant,
     usage: Usage,
 }
 
@@ -169,6 +170,7 @@ impl EngineLoop {
                 events,
                 unfinished: n,
                 admitted: false,
+                submitted: Instant::now(),
                 usage: Usage {
                     prompt_tokens: prompt.len(),
                     ..Usage::default()
@@ -228,6 +230,7 @@ impl EngineLoop {
                 if !state.admitted {
                     state.admitted = true;
                     state.usage.cached_prompt_tokens = cached;
+                    state.usage.queue_time = state.submitted.elapsed();
                     self.prompt_tokens_total += state.usage.prompt_tokens as u64;
                     self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 }

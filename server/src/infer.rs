@@ -85,6 +85,7 @@ impl MergedEvents {
                     self.usage.prompt_tokens += u.prompt_tokens;
                     self.usage.completion_tokens += u.completion_tokens;
                     self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
+                    self.timer.queued(u.queue_time);
                     self.remaining -= 1;
                     if self.remaining == 0 {
                         self.timer.done();

@@ -39,6 +39,7 @@ pub struct Metrics {
     ttft: HistogramVec,
     itl: HistogramVec,
     e2e: HistogramVec,
+    queue_time: HistogramVec,
     finished: IntCounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
@@ -129,6 +130,12 @@ impl Metrics {
             e2e: histogram(
                 "vllm:e2e_request_latency_seconds",
                 "Request latency, submission to the last token",
+                LATENCY_BUCKETS,
+                &[],
+            )?,
+            queue_time: histogram(
+                "vllm:request_queue_time_seconds",
+                "Time a request waited in the queue before it was first scheduled",
                 LATENCY_BUCKETS,
                 &[],
             )?,
@@ -227,6 +234,15 @@ impl RequestTimer {
 
     pub fn finished(&self, reason: &str) {
         self.metrics.finished.with_label_values(&[reason]).inc();
+    }
+
+    /// One engine request's wait before it was first scheduled (a request with several
+    /// prompts is several engine requests, as in vLLM).
+    pub fn queued(&self, wait: std::time::Duration) {
+        self.metrics
+            .queue_time
+            .with_label_values(&[] as &[&str])
+            .observe(wait.as_secs_f64());
     }
 
     pub fn done(&self) {

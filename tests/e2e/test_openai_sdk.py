@@ -253,6 +253,11 @@ class AuthAndMetrics(unittest.TestCase):
         self.assertGreater(metric(after, "wick:kv_cache_blocks_total"), 0)
         self.assertGreaterEqual(metric(after, "vllm:time_to_first_token_seconds_count"), 1)
         self.assertGreaterEqual(metric(after, "vllm:request_success_total", finished_reason="length"), 1)
+        # Queue time is observed for finished requests and is part of their end-to-end latency.
+        self.assertGreaterEqual(metric(after, "vllm:request_queue_time_seconds_count"), 1)
+        self.assertLessEqual(
+            metric(after, "vllm:request_queue_time_seconds_sum"), metric(after, "vllm:e2e_request_latency_seconds_sum")
+        )
 
 
 if __name__ == "__main__":
