@@ -4,12 +4,17 @@
 //!
 //!     cargo run --release -p wick-engine --features cuda --example gpu_check -- \
 //!         [--device cuda:0] [--model PATH] [--dtype FORMAT] [--levels 1,16,64]
+//!         [--attention auto|portable] [--phases equivalence,serving,kv-auto] [--json PATH]
 //!
+//! `--model` takes a GGUF file or a Hugging Face directory. `--json` writes the serving figures
+//! (decode tok/s at batch 1, aggregate tok/s per concurrency, GPU memory) for scripts/gpu-check.
 //! Every phase reports and goes on when it fails, so one run shows as much as possible.
 
 use std::time::Instant;
 
 use candle_core::Device;
+use serde_json::json;
+use wick_engine::attention::AttentionImpl;
 use wick_engine::block_manager::BlockManager;
 use wick_engine::engine::EngineEvent;
 use wick_engine::generate::{greedy, StepOutput};
@@ -103,17 +108,63 @@ fn equivalence(source: &ModelSource, device: &Device, dtype: Option<&str>) -> Re
     Ok(())
 }
 
+/// Used and total GPU memory in MiB (None on the CPU).
+fn gpu_mib(device: &Device) -> Option<(usize, usize)> {
+    let (free, total) = wick_engine::device::gpu_memory(device).ok()??;
+    Some(((total - free) >> 20, total >> 20))
+}
+
+/// Sizes the KV pool from free memory (the default on a GPU), serves one short request from it,
+/// and prints the pool. Run it in a process of its own (scripts/gpu-check does): on the H200,
+/// loading a model again after this engine's thread had exited failed with
+/// CUDA_ERROR_INVALID_CONTEXT, which a server (one engine per process) never does.
+fn kv_auto(source: &ModelSource, device: &Device, dtype: Option<&str>) -> Result<serde_json::Value, Error> {
+    let before = gpu_mib(device);
+    let engine = Engine::new(load(source, device, dtype)?, EngineConfig::default())?;
+    let after = gpu_mib(device);
+    let prompt = engine.tokenizer().encode("The capital of France is", true)?;
+    let mut s = engine.submit(GenerateRequest::new(
+        prompt,
+        SamplingParams {
+            max_tokens: Some(8),
+            ..SamplingParams::greedy()
+        },
+    ))?;
+    let mut tokens = 0;
+    while let Some(e) = s.blocking_recv() {
+        if let EngineEvent::Token(_) = e {
+            tokens += 1;
+        }
+    }
+    // The engine publishes its stats after a step, so they are read after the request.
+    let stats = engine.stats();
+    println!(
+        "KV pool sized from free memory (headroom {} MiB): {} blocks; {tokens} tokens served from it; GPU memory (MiB used, total) before {before:?}, with the engine {after:?}",
+        wick_engine::device::DEFAULT_GPU_HEADROOM_BYTES >> 20,
+        stats.num_blocks
+    );
+    if tokens == 0 {
+        return Err("no token came back from the auto-sized pool".into());
+    }
+    Ok(
+        json!({"num_blocks": stats.num_blocks, "tokens": tokens, "gpu_mib_used_before": before.map(|a| a.0), "gpu_mib_used_with_engine": after.map(|a| a.0)}),
+    )
+}
+
 fn serving(
     source: &ModelSource,
     device: &Device,
     dtype: Option<&str>,
     levels: &[usize],
-) -> Result<(), Error> {
+    attention: AttentionImpl,
+) -> Result<serde_json::Value, Error> {
     let loaded = load(source, device, dtype)?;
     let engine = Engine::new(
         loaded,
         EngineConfig {
             kv_cache_bytes: 4 << 30,
+            gpu_memory_headroom_bytes: None,
+            attention,
             scheduler: wick_engine::scheduler::SchedulerConfig {
                 max_num_seqs: 128,
                 max_num_batched_tokens: 2048,
@@ -144,6 +195,8 @@ fn serving(
     while s.blocking_recv().is_some() {}
     println!("| concurrency | output tok/s | mean TTFT ms | mean ITL ms |");
     println!("|---|---|---|---|");
+    let mut rows = Vec::new();
+    let mut peak_mib = gpu_mib(device);
     for &c in levels {
         let start = Instant::now();
         let streams = (0..c)
@@ -184,20 +237,47 @@ fn serving(
             ttft * 1e3,
             itl * 1e3
         );
+        rows.push(json!({
+            "concurrency": c,
+            "output_tok_s": tokens as f64 / wall,
+            "mean_ttft_ms": ttft * 1e3,
+            "mean_itl_ms": itl * 1e3,
+            // One stream's decode rate: the inverse of its inter-token latency.
+            "decode_tok_s_per_stream": 1.0 / itl.max(1e-9),
+        }));
+        peak_mib = peak_mib.max(gpu_mib(device));
     }
-    Ok(())
+    Ok(json!({
+        "levels": rows,
+        "gpu_mib_used": peak_mib.map(|m| m.0),
+        "gpu_mib_total": peak_mib.map(|m| m.1),
+        "kv_cache_mib": 4096,
+    }))
 }
 
 fn main() {
     let device_spec = arg("--device").unwrap_or_else(|| "cuda:0".into());
-    let source =
-        ModelSource::GgufFile(arg("--model").map_or_else(wick_engine::default_model_path, Into::into));
+    let model = arg("--model").map_or_else(wick_engine::default_model_path, Into::into);
+    let source = if model.is_dir() {
+        ModelSource::HfDirectory(model)
+    } else {
+        ModelSource::GgufFile(model)
+    };
     let dtype = arg("--dtype");
     let levels: Vec<usize> = arg("--levels")
         .unwrap_or_else(|| "1,16,64".into())
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
+    let phases = arg("--phases").unwrap_or_else(|| "equivalence,serving".into());
+    let attention = match arg("--attention").as_deref() {
+        None | Some("auto") => AttentionImpl::Auto,
+        Some("portable") => AttentionImpl::Portable,
+        Some(other) => {
+            println!("--attention {other}: expected auto or portable");
+            std::process::exit(2);
+        }
+    };
     let device = match wick_engine::device_from_spec(&device_spec) {
         Ok(d) => d,
         Err(e) => {
@@ -206,15 +286,39 @@ fn main() {
         }
     };
     println!(
-        "device {device_spec}, model {source:?}, format {}",
+        "device {device_spec}, model {source:?}, format {}, attention {attention:?}",
         dtype.as_deref().unwrap_or("as stored")
     );
-    println!("\n## equivalence with the CPU");
-    if let Err(e) = equivalence(&source, &device, dtype.as_deref()) {
-        println!("FAILED: {e}");
+    let mut report = json!({
+        "device": device_spec,
+        "model": format!("{source:?}"),
+        "format": dtype.clone().unwrap_or_else(|| "as stored".into()),
+        "attention": format!("{attention:?}"),
+    });
+    if phases.contains("equivalence") {
+        println!("\n## equivalence with the CPU");
+        if let Err(e) = equivalence(&source, &device, dtype.as_deref()) {
+            println!("FAILED: {e}");
+        }
     }
-    println!("\n## serving through the engine API (115-token prompts, 128 tokens, greedy)");
-    if let Err(e) = serving(&source, &device, dtype.as_deref(), &levels) {
-        println!("FAILED: {e}");
+    if phases.contains("kv-auto") {
+        println!("\n## KV pool from free GPU memory");
+        match kv_auto(&source, &device, dtype.as_deref()) {
+            Ok(v) => report["kv_auto"] = v,
+            Err(e) => println!("FAILED: {e}"),
+        }
+    }
+    if phases.contains("serving") {
+        println!("\n## serving through the engine API (115-token prompts, 128 tokens, greedy)");
+        match serving(&source, &device, dtype.as_deref(), &levels, attention) {
+            Ok(v) => report["serving"] = v,
+            Err(e) => println!("FAILED: {e}"),
+        }
+    }
+    if let Some(path) = arg("--json") {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, text) {
+            println!("could not write {path}: {e}");
+        }
     }
 }

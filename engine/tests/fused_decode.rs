@@ -253,7 +253,13 @@ fn default_model_greedy_tokens_identical_fused_vs_portable() {
         // Log-probabilities of the portable path's top 5 tokens must agree within `tol`. Tokens
         // must be identical; in half precision a step whose top-2 margin is under 2 * tol may
         // flip (both answers are within rounding), and the steps after it are not compared.
-        let tol = if dtype == DType::F32 { 1e-3 } else { 0.15 };
+        // bf16 keeps 8 significant bits: the portable path rounds every score and probability
+        // to it, the fused op only its output; measured on an H200: 0.21 after 30 layers.
+        let tol = match dtype {
+            DType::F32 => 1e-3,
+            DType::F16 => 0.15,
+            _ => 0.35,
+        };
         for (i, ((ft, fd), (pt, pd))) in fused.iter().zip(&portable).enumerate() {
             let agree = ft.iter().zip(pt).take_while(|(a, b)| a == b).count();
             let mut worst = 0f32;
