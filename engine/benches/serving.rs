@@ -77,7 +77,7 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, output_tokens: usize) -> Reque
             }
             EngineEvent::Done(_) => break,
             EngineEvent::Error(e) => panic!("engine error: {e}"),
-            EngineEvent::Finished { .. } => {}
+            EngineEvent::Finished { .. } | EngineEvent::PromptLogprobs(_) => {}
         }
     }
     RequestTiming {

@@ -188,7 +188,12 @@ impl BlockManager {
     /// How many of [`num_free_blocks`](Self::num_free_blocks) `allocate_prompt(prompt)` would
     /// consume now: new blocks plus cached hits that are currently evictable.
     pub fn num_blocks_to_allocate(&self, prompt: &[u32]) -> usize {
-        self.plan_prompt(prompt).1
+        self.plan_prompt(prompt, true).1
+    }
+
+    /// As [`Self::num_blocks_to_allocate`]; `use_cache: false` plans without prefix-cache hits.
+    pub fn num_blocks_to_allocate_with(&self, prompt: &[u32], use_cache: bool) -> usize {
+        self.plan_prompt(prompt, use_cache).1
     }
 
     /// References held on `block` (0 when free, evictable, or out of range).
@@ -221,12 +226,18 @@ impl BlockManager {
     /// so that its logits exist). Cached full blocks are shared; the rest are fresh blocks.
     /// All or nothing: on [`EngineError::OutOfBlocks`] nothing changed.
     pub fn allocate_prompt(&mut self, prompt: &[u32]) -> Result<(BlockTable, usize)> {
+        self.allocate_prompt_with(prompt, true)
+    }
+
+    /// As [`Self::allocate_prompt`]; `use_cache: false` takes only fresh blocks, so the whole
+    /// prompt is computed (needed when every prompt position's logits are wanted).
+    pub fn allocate_prompt_with(&mut self, prompt: &[u32], use_cache: bool) -> Result<(BlockTable, usize)> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidBatch("an empty prompt".into()));
         }
-        let (hits, cost) = self.plan_prompt(prompt);
+        let (hits, cost) = self.plan_prompt(prompt, use_cache);
         self.check_available(cost)?;
-        if self.prefix_caching {
+        if self.prefix_caching && use_cache {
             self.prefix_query_tokens += prompt.len() as u64;
             self.prefix_hit_tokens += (hits.len() * self.block_size) as u64;
         }
@@ -427,7 +438,10 @@ impl BlockManager {
     }
 
     /// The cached prefix blocks of `prompt`, and how many free blocks allocating it takes.
-    fn plan_prompt(&self, prompt: &[u32]) -> (Vec<u32>, usize) {
+    fn plan_prompt(&self, prompt: &[u32], use_cache: bool) -> (Vec<u32>, usize) {
+        if !use_cache {
+            return (Vec::new(), self.blocks_for(prompt.len()));
+        }
         let hits = self.cached_prefix(prompt);
         let revived = hits
             .iter()

@@ -109,8 +109,19 @@ pub struct Usage {
     pub queue_time: std::time::Duration,
 }
 
+/// A prompt token's logprob given the tokens before it, with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptTokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
+    /// With `prompt_logprobs`: one entry per prompt token after the first, sent once the
+    /// prompt is computed, before any token.
+    PromptLogprobs(Vec<PromptTokenLogprob>),
     Token(TokenEvent),
     /// Choice `index` ended; `text` is what was still held back (emit it before finishing).
     Finished {

@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_manager::BlockManager;
-use crate::engine::{Command, EngineEvent, EngineStats, GenerateRequest, Shared, TokenEvent, Usage};
+use crate::engine::{
+    Command, EngineEvent, EngineStats, GenerateRequest, PromptTokenLogprob, Shared, TokenEvent, Usage,
+};
 use crate::error::Result;
 use crate::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
-use crate::sampler::{sample_batch, SampledToken, SequenceSamplingState};
+use crate::sampler::{sample_batch, token_logprobs, SampledToken, SequenceSamplingState};
 use crate::scheduler::Scheduler;
 use crate::sequence::{RequestId, Sequence};
 use crate::stop::FinishReason;
@@ -241,39 +243,44 @@ impl EngineLoop {
         }
         self.runner.cache().copy_blocks(&out.block_copies)?;
 
-        // Run the chunks; the ones that reach the end of their sequence are sampled.
+        // Run the chunks; the ones that reach the end of their sequence are sampled. Chunks of
+        // a prompt whose logprobs are wanted return every row's logits.
         let running = self.scheduler.running();
         let mut sampled = Vec::new();
-        let chunks: Vec<SequenceChunk<'_>> = out
-            .chunks
-            .iter()
-            .map(|c| {
-                let seq = &running[c.seq];
-                let end = seq.num_computed + c.num_tokens;
-                let last = end == seq.tokens.len();
-                if last {
-                    sampled.push(c.seq);
-                }
-                SequenceChunk {
-                    tokens: &seq.tokens[seq.num_computed..end],
-                    num_cached: seq.num_computed,
-                    block_table: &seq.block_table,
-                    logits: if last {
-                        LogitsWanted::Last
-                    } else {
-                        LogitsWanted::None
-                    },
-                }
-            })
-            .collect();
+        let mut layout = LogitsLayout::default();
+        let mut chunks: Vec<SequenceChunk<'_>> = Vec::with_capacity(out.chunks.len());
+        for c in &out.chunks {
+            let seq = &running[c.seq];
+            let start = seq.num_computed;
+            let end = start + c.num_tokens;
+            let last = end == seq.tokens.len();
+            if last {
+                sampled.push(c.seq);
+            }
+            let all = seq.wants_prompt_logprobs() && start < seq.prompt_len;
+            chunks.push(SequenceChunk {
+                tokens: &seq.tokens[start..end],
+                num_cached: start,
+                block_table: &seq.block_table,
+                logits: layout.add(c.seq, start, c.num_tokens, last, all),
+            });
+        }
         let logits = self.runner.execute(&chunks)?;
         drop(chunks);
         self.steps += 1;
+        let logits = self.take_prompt_logprobs(&layout, logits)?;
         for c in &out.chunks {
             let seq = &mut self.scheduler.running_mut()[c.seq];
             seq.num_computed += c.num_tokens;
             self.blocks
                 .commit_full_blocks(&seq.block_table, &seq.tokens[..seq.num_computed])?;
+            if seq.wants_prompt_logprobs() && seq.num_computed >= seq.prompt_len {
+                seq.prompt_logprobs_sent = true;
+                let entries = std::mem::take(&mut seq.prompt_logprobs);
+                if let Some(state) = self.requests.get(&seq.request_id) {
+                    let _ = state.events.send(EngineEvent::PromptLogprobs(entries));
+                }
+            }
         }
 
         // Siblings waiting for a prompt that is now computed share its blocks and its logits row.
@@ -283,6 +290,8 @@ impl EngineLoop {
             let lead = &mut self.scheduler.running_mut()[i];
             for mut fork in std::mem::take(&mut lead.forks) {
                 fork.block_table = self.blocks.fork(&lead.block_table)?;
+                // The request's prompt logprobs come from the lead.
+                fork.prompt_logprobs_sent = true;
                 fork.num_computed = lead.num_computed;
                 fork.cached_prompt_tokens = lead.cached_prompt_tokens;
                 forks.push(fork);
@@ -400,4 +409,71 @@ fn emit(
         text,
     });
     Ok(true)
+}
+
+/// Which rows of a step's logits are whose: a sampled chunk contributes its last row, a chunk
+/// of a prompt whose logprobs are wanted all of its rows.
+#[derive(Default)]
+struct LogitsLayout {
+    rows: usize,
+    /// Row of each sampled sequence, in chunk order.
+    sample_rows: Vec<u32>,
+    /// `(running index, first position, rows, first row)` of chunks returning every row.
+    prompt_chunks: Vec<(usize, usize, usize, usize)>,
+}
+
+impl LogitsLayout {
+    fn add(&mut self, seq: usize, start: usize, len: usize, last: bool, all: bool) -> LogitsWanted {
+        if all {
+            self.prompt_chunks.push((seq, start, len, self.rows));
+            self.rows += len;
+            if last {
+                self.sample_rows.push((self.rows - 1) as u32);
+            }
+            LogitsWanted::All
+        } else if last {
+            self.sample_rows.push(self.rows as u32);
+            self.rows += 1;
+            LogitsWanted::Last
+        } else {
+            LogitsWanted::None
+        }
+    }
+}
+
+impl EngineLoop {
+    /// Records the prompt logprobs the step computed and returns the logits of the sampled rows
+    /// only (one per sampled sequence, in chunk order).
+    fn take_prompt_logprobs(&mut self, layout: &LogitsLayout, logits: Tensor) -> Result<Tensor> {
+        if layout.prompt_chunks.is_empty() {
+            return Ok(logits);
+        }
+        for &(i, start, len, first_row) in &layout.prompt_chunks {
+            let rows = logits
+                .narrow(0, first_row, len)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            let seq = &mut self.scheduler.running_mut()[i];
+            let top = seq.sampling.params().prompt_logprobs.unwrap_or(0);
+            for (p, row) in (start..).zip(&rows) {
+                // Row p predicts token p + 1. After a preemption, positions already recorded
+                // are recomputed: skip them.
+                if p + 1 >= seq.prompt_len || p < seq.prompt_logprobs.len() {
+                    continue;
+                }
+                let token = seq.tokens[p + 1];
+                let (logprob, top_logprobs) = token_logprobs(row, token, top);
+                seq.prompt_logprobs.push(PromptTokenLogprob {
+                    token,
+                    logprob,
+                    top_logprobs,
+                });
+            }
+        }
+        if layout.sample_rows.is_empty() {
+            return Ok(logits.narrow(0, 0, 0)?);
+        }
+        let rows = Tensor::new(layout.sample_rows.as_slice(), logits.device())?;
+        Ok(logits.index_select(&rows, 0)?)
+    }
 }

@@ -282,6 +282,13 @@ impl RawLogprobs {
     }
 }
 
+/// The logprob of `token` in one row of raw logits, and the row's `top` most likely tokens
+/// (the distribution a prompt position predicts for the next prompt token).
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let raw = RawLogprobs::new(logits, top);
+    (raw.logprob(token), raw.top)
+}
+
 /// Heaviest first; equal weights by lower id, so every selection below is deterministic.
 fn by_weight_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))

@@ -46,6 +46,10 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// Also return this many most likely alternatives per position (0..=20).
     pub top_logprobs: usize,
+    /// Return the logprob of every prompt token after the first, given the tokens before it,
+    /// with this many alternatives (0..=20). Such a prompt is computed in full: no prefix-cache
+    /// hits, since the logits of cached positions are never computed.
+    pub prompt_logprobs: Option<usize>,
     /// Generated-token limit; `None` means until the model's context is full.
     pub max_tokens: Option<usize>,
     /// EOS and stop conditions are ignored until this many tokens have been generated.
@@ -75,6 +79,7 @@ impl Default for SamplingParams {
             seed: None,
             logprobs: false,
             top_logprobs: 0,
+            prompt_logprobs: None,
             max_tokens: None,
             min_tokens: 0,
             stop: Vec::new(),
@@ -182,6 +187,12 @@ impl SamplingParams {
                     "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {}",
                     self.top_logprobs
                 ),
+            ));
+        }
+        if let Some(k) = self.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(invalid(
+                "prompt_logprobs",
+                format!("prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
             ));
         }
         if self.top_logprobs > 0 && !self.logprobs {
@@ -295,6 +306,11 @@ mod tests {
                 "between 0 and 20",
             ),
             (with(|p| p.top_logprobs = 2), "top_logprobs", "requires logprobs"),
+            (
+                with(|p| p.prompt_logprobs = Some(21)),
+                "prompt_logprobs",
+                "between 0 and 20",
+            ),
             (with(|p| p.max_tokens = Some(0)), "max_tokens", "at least 1"),
             (
                 with(|p| (p.max_tokens, p.min_tokens) = (Some(3), 4)),

@@ -224,7 +224,7 @@ impl Scheduler {
             if self.running.len() + head.group_size() > self.config.max_num_seqs {
                 break;
             }
-            let needed = blocks.num_blocks_to_allocate(&head.tokens);
+            let needed = blocks.num_blocks_to_allocate_with(&head.tokens, !head.wants_prompt_logprobs());
             // With nothing running no block will ever come back: then the watermark (headroom
             // for running sequences to grow) has nothing to protect.
             let fits = if self.running.is_empty() {
@@ -238,7 +238,7 @@ impl Scheduler {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
-            let (table, cached) = blocks.allocate_prompt(&seq.tokens)?;
+            let (table, cached) = blocks.allocate_prompt_with(&seq.tokens, !seq.wants_prompt_logprobs())?;
             seq.block_table = table;
             seq.num_computed = cached;
             if seq.cached_prompt_tokens.is_none() {

@@ -7,6 +7,7 @@
 //! and sample their first token from the same logits. From then on each is on its own.
 
 use crate::detokenizer::IncrementalDetokenizer;
+use crate::engine::PromptTokenLogprob;
 use crate::kv_cache::BlockTable;
 use crate::sampler::SequenceSamplingState;
 use crate::sampling_params::SamplingParams;
@@ -40,6 +41,10 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache at the first admission (reported in usage).
     pub cached_prompt_tokens: Option<usize>,
     pub num_preemptions: usize,
+    /// With `prompt_logprobs`: the entries computed so far (for prompt positions 1..), until
+    /// they are sent.
+    pub prompt_logprobs: Vec<PromptTokenLogprob>,
+    pub prompt_logprobs_sent: bool,
 }
 
 impl Sequence {
@@ -70,6 +75,8 @@ impl Sequence {
             forks: Vec::new(),
             cached_prompt_tokens: None,
             num_preemptions: 0,
+            prompt_logprobs: Vec::new(),
+            prompt_logprobs_sent: false,
         }
     }
 
@@ -85,6 +92,12 @@ impl Sequence {
     /// Tokens still to run through the model before the next token can be sampled.
     pub fn num_uncomputed(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+
+    /// Whether this sequence still owes prompt logprobs: its prompt must then be computed in
+    /// full (no prefix-cache hits) with every row's logits.
+    pub fn wants_prompt_logprobs(&self) -> bool {
+        self.sampling.params().prompt_logprobs.is_some() && !self.prompt_logprobs_sent
     }
 
     /// Sequences scheduled together at admission: this one and its waiting siblings.

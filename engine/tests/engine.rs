@@ -81,6 +81,7 @@ fn collect(mut stream: GenerationStream) -> Outcome {
                 assert!(stream.blocking_recv().is_none(), "an event after Done");
                 return out;
             }
+            EngineEvent::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
             EngineEvent::Error(e) => panic!("engine error: {e}"),
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use wick_engine::engine::{EngineEvent, Usage};
+use wick_engine::engine::{EngineEvent, PromptTokenLogprob, Usage};
 use wick_engine::sampling_params::SamplingParams;
 use wick_engine::stop::FinishReason;
 use wick_engine::{Engine, GenerateRequest};
@@ -117,6 +117,8 @@ pub struct ChoiceOutput {
     /// Per token: its logprob and the top alternatives (when asked for).
     pub logprobs: Vec<(f32, Vec<(u32, f32)>)>,
     pub finish: Option<FinishReason>,
+    /// The prompt's token logprobs (asked for by completions' `echo` with `logprobs`).
+    pub prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
 }
 
 /// Reads everything: choices indexed `prompt * n + index`, and the summed usage.
@@ -146,6 +148,11 @@ pub async fn collect(
                 let c = &mut choices[p * n + index];
                 c.text.push_str(&text);
                 c.finish = Some(reason);
+            }
+            Merged::Event(p, EngineEvent::PromptLogprobs(entries)) => {
+                for c in &mut choices[p * n..(p + 1) * n] {
+                    c.prompt_logprobs = Some(entries.clone());
+                }
             }
             Merged::Event(_, EngineEvent::Error(e)) => return Err(ApiError::internal(e)),
             Merged::Event(_, EngineEvent::Done(_)) => {}

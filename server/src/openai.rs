@@ -209,6 +209,16 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
+impl CompletionLogprobs {
+    /// Appends `other`'s entries (the generated tokens after an echoed prompt).
+    pub fn append(&mut self, other: Self) {
+        self.tokens.extend(other.tokens);
+        self.token_logprobs.extend(other.token_logprobs);
+        self.top_logprobs.extend(other.top_logprobs);
+        self.text_offset.extend(other.text_offset);
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionChoice {
     pub index: usize,

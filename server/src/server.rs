@@ -298,6 +298,11 @@ async fn completions(
     if echo && sampling.stream.unwrap_or(false) {
         return Err(ApiError::invalid("echo", "echo is not supported with stream"));
     }
+    // Echo with logprobs also gives the prompt's token logprobs (lm-eval-harness' loglikelihood).
+    let echoed_ids = (echo && params.logprobs).then(|| prompts.clone());
+    if echoed_ids.is_some() {
+        params.prompt_logprobs = Some(params.top_logprobs);
+    }
     let n = params.n;
     let num_prompts = prompts.len();
     let echoed: Vec<String> = if echo {
@@ -329,11 +334,20 @@ async fn completions(
         .enumerate()
         .map(|(index, c): (usize, ChoiceOutput)| {
             let prefix = echoed.get(index / n).cloned().unwrap_or_default();
+            let logprobs = params.logprobs.then(|| {
+                let generated = stream::completion_logprobs(&tokenizer, &c.tokens, &c.logprobs, prefix.len());
+                match (&echoed_ids, &c.prompt_logprobs) {
+                    (Some(ids), Some(entries)) => {
+                        let mut all = stream::prompt_logprobs(&tokenizer, &ids[index / n], entries);
+                        all.append(generated);
+                        all
+                    }
+                    _ => generated,
+                }
+            });
             CompletionChoice {
                 index,
-                logprobs: params
-                    .logprobs
-                    .then(|| stream::completion_logprobs(&tokenizer, &c.tokens, &c.logprobs, prefix.len())),
+                logprobs,
                 finish_reason: c.finish.map(|f| f.as_str()),
                 text: prefix + &c.text,
             }

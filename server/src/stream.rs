@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Serialize;
-use wick_engine::engine::{EngineEvent, Usage as EngineUsage};
+use wick_engine::engine::{EngineEvent, PromptTokenLogprob, Usage as EngineUsage};
 use wick_engine::tokenizer::Tokenizer;
 
 use crate::errors::ApiError;
@@ -89,6 +89,37 @@ pub fn completion_logprobs(
         out.token_logprobs.push(Some(*lp));
         let map: HashMap<String, f32> = top.iter().map(|&(t, l)| (token_text(tokenizer, t), l)).collect();
         out.top_logprobs.push(Some(map));
+    }
+    out
+}
+
+/// Completions' legacy logprobs of an echoed prompt, OpenAI's way: the first token has none
+/// (`null`), every later one its logprob given the tokens before it, and its alternatives with
+/// the token itself among them (as vLLM does).
+pub fn prompt_logprobs(
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    entries: &[PromptTokenLogprob],
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut offset = 0;
+    for (i, &id) in prompt.iter().enumerate() {
+        let token = token_text(tokenizer, id);
+        out.text_offset.push(offset);
+        offset += token.len();
+        // entries[i - 1] is prompt[i]'s; a shorter list (never expected) leaves nulls.
+        let entry = i.checked_sub(1).and_then(|e| entries.get(e));
+        out.token_logprobs.push(entry.map(|e| e.logprob));
+        out.top_logprobs.push(entry.map(|e| {
+            let mut map: HashMap<String, f32> = e
+                .top_logprobs
+                .iter()
+                .map(|&(t, l)| (token_text(tokenizer, t), l))
+                .collect();
+            map.insert(token.clone(), e.logprob);
+            map
+        }));
+        out.tokens.push(token);
     }
     out
 }
@@ -210,7 +241,8 @@ impl StreamState {
                 self.pending.push_back(Event::default().data("[DONE]"));
                 self.finished = true;
             }
-            Merged::Event(_, EngineEvent::Done(_)) => {}
+            // Prompt logprobs come with `echo`, which streams refuse.
+            Merged::Event(_, EngineEvent::Done(_) | EngineEvent::PromptLogprobs(_)) => {}
             Merged::Done(u) => {
                 if self.include_usage {
                     let event = match self.kind {

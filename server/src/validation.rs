@@ -63,6 +63,7 @@ pub fn sampling_params(f: &SamplingFields, max_tokens: Option<u32>) -> Result<Sa
         seed: f.seed.map(|s| s as u64),
         logprobs: false,
         top_logprobs: 0,
+        prompt_logprobs: None,
         max_tokens: max_tokens.map(|m| m as usize),
         min_tokens: f.min_tokens.unwrap_or(0) as usize,
         stop,

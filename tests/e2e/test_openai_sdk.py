@@ -155,7 +155,35 @@ class Completions(unittest.TestCase):
         e = client.completions.create(model=MODEL, prompt=prompts[0], max_tokens=12, temperature=0, echo=True,
                                       logprobs=2)
         self.assertEqual(e.choices[0].text, prompts[0] + r.choices[0].text)
-        self.assertEqual(len(e.choices[0].logprobs.tokens), 12)
+        # With echo, logprobs cover the prompt's tokens too.
+        self.assertEqual(len(e.choices[0].logprobs.tokens), e.usage.prompt_tokens + 12)
+
+    def test_echo_logprobs_score_the_prompt(self):
+        """echo + logprobs gives each prompt token's logprob given the ones before it (what
+        lm-eval-harness' loglikelihood uses); the reference is the logprob the same token gets
+        when it is generated after the shorter prompt."""
+        prompt = "The capital of France is"
+        g = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0, logprobs=3)
+        generated = g.choices[0].logprobs
+        e = client.completions.create(model=MODEL, prompt=prompt + generated.tokens[0], max_tokens=2,
+                                      temperature=0, echo=True, logprobs=3)
+        lp = e.choices[0].logprobs
+        n_prompt = e.usage.prompt_tokens
+        self.assertEqual(len(lp.tokens), n_prompt + 2)
+        self.assertEqual(e.choices[0].text[: len(prompt)], prompt)
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        for i in range(1, n_prompt + 2):
+            self.assertLessEqual(lp.token_logprobs[i], 0.0)
+            self.assertIn(lp.tokens[i], lp.top_logprobs[i])
+        self.assertEqual(lp.text_offset[0], 0)
+        self.assertEqual(lp.text_offset, sorted(lp.text_offset))
+        self.assertEqual(lp.text_offset[n_prompt], len(prompt + generated.tokens[0]))
+        # The last prompt token is the one generated above: same logprob, same alternatives.
+        self.assertEqual(lp.tokens[n_prompt - 1], generated.tokens[0])
+        self.assertAlmostEqual(lp.token_logprobs[n_prompt - 1], generated.token_logprobs[0], delta=1e-4)
+        for token, value in generated.top_logprobs[0].items():
+            self.assertAlmostEqual(lp.top_logprobs[n_prompt - 1][token], value, delta=1e-4)
 
     def test_default_max_tokens_is_16(self):
         r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0,
