@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p wick-engine --features cuda --example gpu_check -- \
 //!         [--device cuda:0] [--model PATH] [--dtype FORMAT] [--levels 1,16,64]
-//!         [--attention auto|portable] [--phases equivalence,serving,kv-auto] [--json PATH]
+//!         [--attention auto|portable] [--phases equivalence,serving,kv-auto] [--json PATH] [--mmq]
 //!
 //! `--model` takes a GGUF file or a Hugging Face directory. `--json` writes the serving figures
 //! (decode tok/s at batch 1, aggregate tok/s per concurrency, GPU memory) for scripts/gpu-check.
@@ -269,6 +269,9 @@ fn main() {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
+    // wick forces candle's DMMV kernels for quantized weights on CUDA (device.rs); `--mmq` puts
+    // candle's MMVQ/MMQ kernels back, to compare.
+    let mmq = std::env::args().any(|a| a == "--mmq");
     let phases = arg("--phases").unwrap_or_else(|| "equivalence,serving".into());
     let attention = match arg("--attention").as_deref() {
         None | Some("auto") => AttentionImpl::Auto,
@@ -285,6 +288,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if mmq {
+        #[cfg(feature = "cuda")]
+        candle_core::quantized::cuda::set_force_dmmv(false);
+        println!("candle quantized matmul: MMVQ/MMQ (candle's default)");
+    }
     println!(
         "device {device_spec}, model {source:?}, format {}, attention {attention:?}",
         dtype.as_deref().unwrap_or("as stored")

@@ -56,8 +56,16 @@ fn cuda_device(spec: &str, ordinal: usize) -> Result<Device> {
             }
         )));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| EngineError::Device(format!("`{spec}`: could not open the GPU: {e}")))
+    let device = Device::new_cuda(ordinal)
+        .map_err(|e| EngineError::Device(format!("`{spec}`: could not open the GPU: {e}")))?;
+    // Quantized weights: candle's older dequantize-then-multiply kernels (DMMV; cuBLAS above 8
+    // rows) rather than its MMVQ/MMQ kernels, which quantize activations to Q8_1. Measured on an
+    // H200 (docs/gpu.md): MMVQ/MMQ gave non-finite logits for a Q8_0 model on a golden prompt and
+    // 1-2.5 nat differences from the CPU; DMMV matches f32 matmuls to 1e-6 and served as fast.
+    // The switch is process-wide in candle; WICK_CUDA_QMATMUL=mmq restores candle's default.
+    let mmq = std::env::var("WICK_CUDA_QMATMUL").is_ok_and(|v| v == "mmq");
+    candle_core::quantized::cuda::set_force_dmmv(!mmq);
+    Ok(device)
 }
 
 /// `(free, total)` bytes of a CUDA device's memory; `None` on the CPU.
