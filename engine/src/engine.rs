@@ -7,13 +7,14 @@
 //! request: its sequences leave the batch and their blocks are freed at the next step.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::attention::AttentionImpl;
 use crate::block_manager::BlockManager;
+use crate::constraint::{Constraint, ConstraintCompiler, ConstraintSpec};
 use crate::engine_loop::EngineLoop;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::PagedKvCache;
@@ -179,6 +180,8 @@ pub(crate) enum Command {
         id: RequestId,
         request: Box<GenerateRequest>,
         events: tokio_mpsc::UnboundedSender<EngineEvent>,
+        /// The request's compiled constraint, cloned for each of its sequences.
+        constraint: Option<Box<Constraint>>,
     },
     Abort(RequestId),
     Shutdown,
@@ -206,6 +209,9 @@ pub struct Engine {
     next_id: AtomicU64,
     limits: EngineLimits,
     tokenizer: Arc<Tokenizer>,
+    /// Built on the first constrained request (it indexes the whole vocabulary); an error
+    /// says why this tokenizer cannot be constrained.
+    constraints: OnceLock<std::result::Result<ConstraintCompiler, String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -296,6 +302,7 @@ impl Engine {
             next_id: AtomicU64::new(0),
             limits,
             tokenizer,
+            constraints: OnceLock::new(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -319,6 +326,10 @@ impl Engine {
     /// context, a full waiting queue (`Overloaded`), a stopped engine.
     pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream> {
         self.validate(&request)?;
+        let constraint = match &request.params.constraint {
+            Some(spec) => Some(Box::new(self.compile_constraint(spec, "response_format")?)),
+            None => None,
+        };
         let limit = self.limits.max_waiting_requests;
         let admitted = self
             .shared
@@ -336,6 +347,7 @@ impl Engine {
                 id,
                 request: Box::new(request),
                 events: tx,
+                constraint,
             })
             .is_err()
         {
@@ -363,6 +375,21 @@ impl Engine {
 
     fn send(&self, command: Command) -> std::result::Result<(), ()> {
         self.commands.send(command).map_err(|_| ())
+    }
+
+    /// Compiles a schema or grammar for this model's tokenizer; `param` is what a compile error
+    /// names (the request field the spec came from).
+    pub fn compile_constraint(&self, spec: &ConstraintSpec, param: &str) -> Result<Constraint> {
+        let compiler = self.constraints.get_or_init(|| {
+            ConstraintCompiler::new(&self.tokenizer, self.limits.vocab_size).map_err(|e| e.to_string())
+        });
+        match compiler {
+            Ok(compiler) => compiler.compile(spec, param),
+            Err(e) => Err(EngineError::InvalidRequest {
+                param: param.to_string(),
+                message: format!("structured output is not available for this model: {e}"),
+            }),
+        }
     }
 
     fn validate(&self, request: &GenerateRequest) -> Result<()> {

@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_manager::BlockManager;
+use crate::constraint::Constraint;
 use crate::engine::{
     Command, EngineEvent, EngineStats, GenerateRequest, PromptTokenLogprob, Shared, TokenEvent, Usage,
 };
@@ -136,14 +137,25 @@ impl EngineLoop {
     /// Returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Submit { id, request, events } => self.add_request(id, *request, events),
+            Command::Submit {
+                id,
+                request,
+                events,
+                constraint,
+            } => self.add_request(id, *request, events, constraint),
             Command::Abort(id) => self.abort(id),
             Command::Shutdown => return false,
         }
         true
     }
 
-    fn add_request(&mut self, id: RequestId, request: GenerateRequest, events: UnboundedSender<EngineEvent>) {
+    fn add_request(
+        &mut self,
+        id: RequestId,
+        request: GenerateRequest,
+        events: UnboundedSender<EngineEvent>,
+        constraint: Option<Box<Constraint>>,
+    ) {
         let GenerateRequest {
             prompt,
             params,
@@ -162,6 +174,10 @@ impl EngineLoop {
             );
             seq.priority = priority;
             seq.arrival = id;
+            if let Some(c) = &constraint {
+                seq.sampling
+                    .set_constraint((**c).clone(), eos.first().copied().unwrap_or(0));
+            }
             seq
         };
         let mut lead = new_sequence(0);

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod block_manager;
+pub mod constraint;
 pub mod cpu_attention;
 pub mod detokenizer;
 pub mod device;

@@ -25,6 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::constraint::Constraint;
 use crate::error::{EngineError, Result};
 use crate::sampling_params::{SamplingParams, LOGIT_BIAS_LIMIT};
 
@@ -54,6 +55,8 @@ pub struct SequenceSamplingState {
     /// Occurrences of each id in the output (frequency and presence penalties).
     output_counts: AHashMap<u32, u32>,
     num_output_tokens: usize,
+    /// The grammar the output must follow, and the id that ends the sequence once it is done.
+    constraint: Option<(Constraint, u32)>,
 }
 
 impl SequenceSamplingState {
@@ -80,7 +83,13 @@ impl SequenceSamplingState {
             prompt_tokens,
             output_counts: AHashMap::new(),
             num_output_tokens: 0,
+            constraint: None,
         }
+    }
+
+    /// Constrains what this sequence samples from now on; `eos` ends it if the grammar fails.
+    pub fn set_constraint(&mut self, constraint: Constraint, eos: u32) {
+        self.constraint = Some((constraint, eos));
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -106,12 +115,19 @@ impl SequenceSamplingState {
             .then(|| RawLogprobs::new(logits, self.params.top_logprobs));
         self.apply_logit_bias(logits);
         self.apply_penalties(logits);
-        self.apply_min_tokens(logits);
+        match &mut self.constraint {
+            // The grammar alone decides when the output may end.
+            Some((constraint, eos)) => constraint.mask(logits, *eos),
+            None => self.apply_min_tokens(logits),
+        }
         let token = if self.params.is_greedy() {
             argmax(logits)
         } else {
             self.sample_random(logits)
         };
+        if let Some((constraint, _)) = &mut self.constraint {
+            constraint.advance(token);
+        }
         self.record(token);
         match raw {
             Some(raw) => SampledToken {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::constraint::ConstraintSpec;
 use crate::error::{EngineError, Result};
 
 /// Temperatures below this sample greedily (vLLM's `_SAMPLING_EPS`): dividing by a tiny
@@ -50,6 +51,9 @@ pub struct SamplingParams {
     /// with this many alternatives (0..=20). Such a prompt is computed in full: no prefix-cache
     /// hits, since the logits of cached positions are never computed.
     pub prompt_logprobs: Option<usize>,
+    /// Output must match this schema or grammar (constrained decoding). The grammar decides
+    /// where the output ends: `ignore_eos` and `min_tokens` do not apply to it.
+    pub constraint: Option<ConstraintSpec>,
     /// Generated-token limit; `None` means until the model's context is full.
     pub max_tokens: Option<usize>,
     /// EOS and stop conditions are ignored until this many tokens have been generated.
@@ -80,6 +84,7 @@ impl Default for SamplingParams {
             logprobs: false,
             top_logprobs: 0,
             prompt_logprobs: None,
+            constraint: None,
             max_tokens: None,
             min_tokens: 0,
             stop: Vec::new(),

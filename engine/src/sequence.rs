@@ -58,7 +58,17 @@ impl Sequence {
         eos_token_ids: &[u32],
         max_model_len: usize,
     ) -> Self {
-        let stop = StopChecker::new(&params, eos_token_ids, prompt.len(), max_model_len);
+        // Under a grammar, EOS is where the grammar ends: always honoured.
+        let stop = if params.constraint.is_some() {
+            let stop_params = SamplingParams {
+                ignore_eos: false,
+                min_tokens: 0,
+                ..params.clone()
+            };
+            StopChecker::new(&stop_params, eos_token_ids, prompt.len(), max_model_len)
+        } else {
+            StopChecker::new(&params, eos_token_ids, prompt.len(), max_model_len)
+        };
         let detokenizer = IncrementalDetokenizer::new(prompt, params.skip_special_tokens);
         Self {
             request_id,

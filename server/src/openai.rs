@@ -56,6 +56,25 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub skip_special_tokens: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`: free text, any JSON object, or JSON matching a schema. Both JSON forms
+/// are enforced by constrained decoding (also with `strict: false`, as vLLM does).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub schema: Option<Value>,
+    pub strict: Option<bool>,
 }
 
 /// Message content: a string, or an array of parts (only text parts carry text here).
@@ -90,6 +109,8 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<u32>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
 }
 
 /// `prompt`: a string, strings, token ids, or lists of token ids.

@@ -205,6 +205,7 @@ async fn chat_completions(
     let body = body?;
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
+    validation::check_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let messages = validation::chat_messages(&req.messages)?;
     let template = state
         .template

@@ -2,11 +2,12 @@
 //! checks live in `SamplingParams::validate` (one place for the engine and the server); here are
 //! the checks that only make sense for the wire format.
 
+use wick_engine::constraint::ConstraintSpec;
 use wick_engine::sampling_params::{SamplingParams, MAX_TOP_LOGPROBS};
 
 use crate::chat_template::ChatMessage;
 use crate::errors::ApiError;
-use crate::openai::{ChatMessageIn, MessageContent, PromptInput, SamplingFields};
+use crate::openai::{ChatMessageIn, MessageContent, PromptInput, ResponseFormat, SamplingFields};
 
 /// The largest `n` accepted (each choice is a sequence in the batch).
 pub const MAX_N: u32 = 128;
@@ -64,6 +65,7 @@ pub fn sampling_params(f: &SamplingFields, max_tokens: Option<u32>) -> Result<Sa
         logprobs: false,
         top_logprobs: 0,
         prompt_logprobs: None,
+        constraint: constraint(f.response_format.as_ref())?,
         max_tokens: max_tokens.map(|m| m as usize),
         min_tokens: f.min_tokens.unwrap_or(0) as usize,
         stop,
@@ -174,4 +176,47 @@ pub fn completion_prompts(
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
     Ok(prompts)
+}
+
+/// `response_format` as the engine's constraint (compiled, and checked, when submitted).
+fn constraint(format: Option<&ResponseFormat>) -> Result<Option<ConstraintSpec>, ApiError> {
+    Ok(match format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(ConstraintSpec::JsonObject),
+        Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+            Some(schema) if schema.is_object() || schema.is_boolean() => {
+                Some(ConstraintSpec::JsonSchema(schema.clone()))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "the schema must be a JSON object",
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "json_schema needs a schema",
+                ))
+            }
+        },
+    })
+}
+
+/// Tool calling lands with the rest of issue #6; until then a request that offers tools the
+/// model could call is refused rather than silently answered without them. `tool_choice:
+/// "none"` (never call) is honoured trivially.
+pub fn check_tools(
+    tools: Option<&Vec<serde_json::Value>>,
+    tool_choice: Option<&serde_json::Value>,
+) -> Result<(), ApiError> {
+    let offered = tools.is_some_and(|t| !t.is_empty());
+    let none = tool_choice.is_some_and(|c| c == "none");
+    if offered && !none {
+        return Err(ApiError::invalid(
+            "tools",
+            "tool calling is not supported by this server yet",
+        ));
+    }
+    Ok(())
 }

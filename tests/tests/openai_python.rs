@@ -61,3 +61,23 @@ fn official_openai_python_sdk_against_wick_serve() {
     assert_eq!(http_get(server.port, "/health").map(|r| r.0), Some(200));
     assert_eq!(http_get(server.port, "/nope").map(|r| r.0), Some(404));
 }
+
+/// `response_format` (constrained decoding) through the SDK: tests/e2e/test_structured_outputs.py.
+#[test]
+fn structured_outputs_through_the_openai_python_sdk() {
+    let python = python();
+    let server = Server::start(&["--api-key", API_KEY]);
+    let out = Command::new(python)
+        .arg(root().join("tests/e2e/test_structured_outputs.py"))
+        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
+        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
+        .env("WICK_API_KEY", API_KEY)
+        .output()
+        .expect("python runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "the structured output tests failed:\n{report}"
+    );
+}
