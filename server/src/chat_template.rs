@@ -13,10 +13,31 @@ pub enum ChatTemplateError {
     Render(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A message as Hugging Face chat templates read it.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls, HF-style: `{"id", "type": "function", "function": {"name",
+    /// "arguments"}}` with `arguments` an object (OpenAI sends a JSON string; templates such as
+    /// Llama 3.1's apply `tojson` to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message's answer to this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 pub struct ChatTemplate {
@@ -27,6 +48,65 @@ pub struct ChatTemplate {
 
 fn raise_exception(msg: String) -> Result<String, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// `tojson` as Hugging Face renders it (Python's `json.dumps(x, ensure_ascii=False)`): `", "`
+/// and `": "` separators, or `indent` spaces, and no HTML escaping. minijinja's own is compact
+/// and escapes `<`, `>`, `&` and `'`, so a tool schema would reach the model in a different
+/// form than the one it was trained on.
+fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<String, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let result = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&pad),
+            );
+            value.serialize(&mut ser)
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonFormatter,
+        )),
+    };
+    result.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    String::from_utf8(out).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
+}
+
+/// serde_json's compact output with Python's default separators.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
 }
 
 fn render_error(e: JinjaError) -> ChatTemplateError {
@@ -51,6 +131,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_function("raise_exception", raise_exception);
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source).map_err(render_error)?;
         Ok(Self {
             env,
@@ -64,9 +145,21 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// Renders with `tools` (OpenAI's `{"type": "function", "function": {...}}` list, which is
+    /// what Hugging Face templates iterate over); `None` renders `tools` as none, as HF does.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, ChatTemplateError> {
         let tmpl = self.env.get_template("chat").map_err(render_error)?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -80,10 +173,57 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::new(role, content)
+    }
+
+    /// The shape of Llama 3.1's and Hermes' templates: tools listed as JSON, an assistant's calls
+    /// with `arguments | tojson`, tool results by id.
+    #[test]
+    fn tools_tool_calls_and_tool_results_reach_the_template() {
+        let src = "{% if tools %}TOOLS{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}\
+{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{% for c in m.tool_calls %}\
+CALL {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}{% else %}{{ m.content }}{% endif %}\
+{% if m.tool_call_id %} (for {{ m.tool_call_id }}){% endif %}\n{% endfor %}";
+        let t = ChatTemplate::new(src.into(), None, None).unwrap();
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let call = serde_json::json!({"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}});
+        let messages = [
+            msg("user", "weather?"),
+            ChatMessage {
+                tool_calls: Some(vec![call]),
+                ..msg("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("call_1".into()),
+                ..msg("tool", "sunny")
+            },
+        ];
+        let out = t.render_with_tools(&messages, false, Some(&tools)).unwrap();
+        // (trim_blocks, as HF renders: a newline right after a block tag is dropped.)
+        assert_eq!(
+            out,
+            "TOOLS get_weatheruser:weather?assistant:CALL get_weather {\"city\": \"Paris\"}tool:sunny (for call_1)"
+        );
+        // No tools: the template sees none.
+        let out = t.render(&messages[..1], false).unwrap();
+        assert_eq!(out, "user:weather?");
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        let src =
+            "{{ messages[0].tool_calls[0] | tojson }}|{{ messages[0].tool_calls[0] | tojson(indent=2) }}";
+        let t = ChatTemplate::new(src.into(), None, None).unwrap();
+        let m = ChatMessage {
+            tool_calls: Some(vec![serde_json::json!({"a": [1, 2], "b": "<é&'>"})]),
+            ..msg("assistant", "")
+        };
+        let out = t.render(&[m], false).unwrap();
+        assert_eq!(
+            out,
+            "{\"a\": [1, 2], \"b\": \"<é&'>\"}|{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": \"<é&'>\"\n}"
+        );
     }
 
     #[test]

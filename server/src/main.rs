@@ -106,13 +106,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let prompt_ids = if args.chat {
         let tmpl = chat_template(args.chat_template.as_ref(), tok)?
             .context("the model has no chat template; pass --chat-template")?;
-        let text = tmpl.render(
-            &[ChatMessage {
-                role: "user".into(),
-                content: args.prompt.clone(),
-            }],
-            true,
-        )?;
+        let text = tmpl.render(&[ChatMessage::new("user", args.prompt.clone())], true)?;
         tok.encode(&text, false)?
     } else {
         tok.encode(&args.prompt, true)?

@@ -155,7 +155,40 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
             Ok(ChatMessage {
                 role: role.to_string(),
                 content: content_text(&m.content, i)?,
+                tool_calls: m
+                    .tool_calls
+                    .as_ref()
+                    .map(|c| template_tool_calls(c, i))
+                    .transpose()?,
+                tool_call_id: m.tool_call_id.clone(),
+                name: m.name.clone(),
             })
+        })
+        .collect()
+}
+
+/// An assistant message's `tool_calls` as chat templates expect them: each a function call whose
+/// `arguments` (a JSON string in OpenAI's API) is parsed into an object, as vLLM does; a string
+/// that is not JSON is passed through as it is.
+fn template_tool_calls(calls: &serde_json::Value, index: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+    let param = format!("messages.[{index}].tool_calls");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| ApiError::invalid(&param, "tool_calls must be an array"))?;
+    calls
+        .iter()
+        .map(|call| {
+            let mut call = call.clone();
+            let function = call
+                .get_mut("function")
+                .filter(|f| f.get("name").is_some_and(|n| n.is_string()))
+                .ok_or_else(|| ApiError::invalid(&param, "each tool call needs a function with a name"))?;
+            if let Some(serde_json::Value::String(args)) = function.get("arguments") {
+                if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(args) {
+                    function["arguments"] = parsed;
+                }
+            }
+            Ok(call)
         })
         .collect()
 }

@@ -123,6 +123,19 @@ class StructuredOutputs(unittest.TestCase):
         r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, tools=[tool],
                                            tool_choice="none")
         self.assertEqual(r.choices[0].finish_reason, "length")
+        # A conversation that already holds a call and its result renders (arguments as the JSON
+        # string OpenAI sends); a malformed call is a 400 naming the message.
+        call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+        history = MESSAGES + [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        ]
+        r = client.chat.completions.create(model=MODEL, messages=history, max_tokens=3)
+        self.assertEqual(len(r.choices), 1)
+        history[1] = {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]}
+        with self.assertRaises(openai.BadRequestError) as ctx:
+            client.chat.completions.create(model=MODEL, messages=history, max_tokens=3)
+        self.assertEqual(ctx.exception.body.get("param"), "messages.[1].tool_calls")
 
 
 if __name__ == "__main__":
