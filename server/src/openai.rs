@@ -111,6 +111,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    /// The deprecated form of `tools`.
+    pub functions: Option<Vec<Value>>,
+    pub function_call: Option<Value>,
+    pub audio: Option<Value>,
 }
 
 /// `prompt`: a string, strings, token ids, or lists of token ids.
@@ -131,6 +135,7 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Completions' logprobs: how many alternatives per position (0..=5 at OpenAI).
     pub logprobs: Option<u32>,
+    pub best_of: Option<u32>,
 }
 
 // ---------- responses ----------

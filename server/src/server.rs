@@ -206,6 +206,18 @@ async fn chat_completions(
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
     validation::check_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    validation::check_tools(req.functions.as_ref(), req.function_call.as_ref()).map_err(|_| {
+        ApiError::invalid(
+            "functions",
+            "function calling is not supported by this server yet",
+        )
+    })?;
+    if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(ApiError::invalid(
+            "audio",
+            "audio output is not supported by this model",
+        ));
+    }
     let messages = validation::chat_messages(&req.messages)?;
     let template = state
         .template
@@ -272,6 +284,14 @@ async fn completions(
     let body = body?;
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
+    if let Some(best_of) = req.best_of.filter(|&b| b > 1) {
+        // Generating best_of candidates to return the likeliest n is not implemented: refused
+        // rather than answered as if it were.
+        return Err(ApiError::invalid(
+            "best_of",
+            format!("best_of {best_of} is not supported (only 1)"),
+        ));
+    }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(
             "suffix",

@@ -208,6 +208,9 @@ class Errors(unittest.TestCase):
         self.check(openai.BadRequestError, "messages", lambda: chat(max_tokens=10**7), code="context_length_exceeded")
         self.check(openai.BadRequestError, "messages.[0].role", lambda: chat(messages=[{"role": "wizard", "content": "x"}]))
         self.check(openai.BadRequestError, "suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b"))
+        self.check(openai.BadRequestError, "best_of", lambda: client.completions.create(model=MODEL, prompt="a", best_of=3))
+        self.check(openai.BadRequestError, "functions",
+                   lambda: chat(functions=[{"name": "f", "parameters": {"type": "object"}}]))
         self.check(openai.BadRequestError, "top_logprobs", lambda: chat(logprobs=True, top_logprobs=21))
 
 
