@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod stream;
+pub mod tool_parser;
 pub mod validation;
