@@ -1,7 +1,8 @@
 //! Llama 3.1/3.2/3.3 calls, as Meta's model card and chat template describe them:
 //!
 //! - custom tools: `{"name": "f", "parameters": {…}}` (`"arguments"` accepted too), at the start
-//!   of the answer or after `<|python_tag|>`; several calls separated by `;` or newlines;
+//!   of the answer or after `<|python_tag|>`; several calls separated by `;` or newlines, or as
+//!   a JSON array;
 //! - built-in tools (`Environment: ipython`, `Tools: brave_search, wolfram_alpha`):
 //!   `<|python_tag|>brave_search.call(query="…")`, keyword arguments with string, number, boolean
 //!   or None values, becoming a JSON arguments object;
@@ -38,7 +39,7 @@ pub(super) fn step(buf: &str, cx: &Ctx) -> Step {
         if sep > 0 {
             return Step::Markup(sep);
         }
-        if buf.starts_with('{') {
+        if buf.starts_with(['{', '[']) {
             return json_region(buf, 0, 1, cx, true);
         }
         if cx.at_start {

@@ -290,7 +290,8 @@ fn text_until_marker(buf: &str, markers: &[&str], eof: bool) -> Step {
     let held = if eof {
         0
     } else {
-        (1..=buf.len())
+        let longest = markers.iter().map(|m| m.len()).max().unwrap_or(0);
+        (1..=buf.len().min(longest))
             .rev()
             .find(|&k| {
                 let tail = &buf.as_bytes()[buf.len() - k..];
