@@ -347,3 +347,19 @@ fn random_fragment_soup() {
         );
     }
 }
+
+/// The layouts the constrained-decoding grammars (`tool_grammar`) generate parse back into the
+/// same calls, parallel ones included.
+#[test]
+fn constrained_layouts_parse() {
+    let calls = [
+        ("get_weather", json!({"city": "Paris"})),
+        ("get_time", json!({"tz": "UTC"})),
+    ];
+    let hermes = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}\n</tool_call>";
+    check(Hermes, hermes, Some(WEATHER), None, &calls);
+    let llama = r#"{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "get_time", "parameters": {"tz": "UTC"}}"#;
+    check(Llama3Json, llama, Some(WEATHER), None, &calls);
+    let mistral = r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {"tz": "UTC"}}]"#;
+    check(Mistral, mistral, Some(WEATHER), None, &calls);
+}
