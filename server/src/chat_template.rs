@@ -42,6 +42,8 @@ impl ChatMessage {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja source (tool-call format detection reads it).
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -132,12 +134,18 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source).map_err(render_error)?;
+        env.add_template_owned("chat", source.clone())
+            .map_err(render_error)?;
         Ok(Self {
             env,
+            source,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
         })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn render(

@@ -10,5 +10,7 @@ pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod stream;
+pub mod tool_grammar;
 pub mod tool_parser;
+pub mod tools;
 pub mod validation;

@@ -111,6 +111,7 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     /// The deprecated form of `tools`.
     pub functions: Option<Vec<Value>>,
     pub function_call: Option<Value>,
@@ -176,7 +177,44 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// A tool call in a response (`function.arguments` is a JSON string, as OpenAI sends it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A streamed piece of a tool call: the first carries `id`, `type` and `function.name`, later
+/// ones `function.arguments` fragments; `index` says which call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDeltaOut {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDeltaOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionDeltaOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -204,6 +242,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDeltaOut>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

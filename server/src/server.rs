@@ -24,6 +24,7 @@ use crate::infer::{self, ChoiceOutput};
 use crate::metrics::{self, Metrics, RequestTimer};
 use crate::openai::*;
 use crate::stream::{self, StreamKind};
+use crate::tools;
 use crate::validation;
 
 pub struct AppState {
@@ -205,7 +206,6 @@ async fn chat_completions(
     let body = body?;
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
-    validation::check_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
     validation::check_tools(req.functions.as_ref(), req.function_call.as_ref()).map_err(|_| {
         ApiError::invalid(
             "functions",
@@ -223,45 +223,69 @@ async fn chat_completions(
         .template
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
-    let text = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let prepared = tools::prepare(&state.engine, template, &req, messages)?;
     // The template writes BOS itself where the model wants one.
-    let prompt = state.engine.tokenizer().encode(&text, false)?;
+    let prompt = state.engine.tokenizer().encode(&prepared.prompt, false)?;
     let mut params =
         validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
+    if let Some(constraint) = prepared.constraint {
+        if params.constraint.is_some() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format cannot be combined with a tool_choice that forces a call",
+            ));
+        }
+        params.constraint = Some(constraint);
+    }
+    let tool_setup = prepared.tools.map(Arc::new);
+    if tool_setup.as_ref().is_some_and(|t| !t.generic) {
+        // Tool markup such as <|python_tag|> or [TOOL_CALLS] is a special token: keep it for
+        // the parser (it never reaches the client as content).
+        params.skip_special_tokens = false;
+    }
     let n = params.n;
     let timer = RequestTimer::new(state.metrics.clone());
     let events = infer::submit_all(&state.engine, vec![prompt], &params, timer)?;
     let id = random_id("chatcmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return Ok(stream::sse(
-            state.clone(),
-            events,
-            StreamKind::Chat,
+        let options = stream::SseOptions {
+            kind: StreamKind::Chat,
             id,
             n,
             include_usage,
-            params.logprobs,
-        ));
+            logprobs: params.logprobs,
+            tools: tool_setup,
+        };
+        return Ok(stream::sse(state.clone(), events, options));
     }
     let (choices, usage) = infer::collect(events, n, 1).await?;
     let tokenizer = state.engine.tokenizer();
     let choices = choices
         .into_iter()
         .enumerate()
-        .map(|(index, c)| ChatChoice {
-            index,
-            logprobs: params
-                .logprobs
-                .then(|| stream::chat_logprobs(tokenizer, &c.tokens, &c.logprobs)),
-            finish_reason: c.finish.map(|f| f.as_str()),
-            message: ChatMessageOut {
-                role: "assistant",
-                content: c.text,
-            },
+        .map(|(index, c)| {
+            let (content, tool_calls) = match &tool_setup {
+                Some(setup) => tools::message(setup, &c.text),
+                None => (Some(c.text), None),
+            };
+            ChatChoice {
+                index,
+                logprobs: params
+                    .logprobs
+                    .then(|| stream::chat_logprobs(tokenizer, &c.tokens, &c.logprobs)),
+                finish_reason: if tool_calls.is_some() {
+                    Some("tool_calls")
+                } else {
+                    c.finish.map(|f| f.as_str())
+                },
+                message: ChatMessageOut {
+                    role: "assistant",
+                    content,
+                    tool_calls,
+                },
+            }
         })
         .collect();
     Ok(Json(ChatCompletion {
@@ -339,15 +363,15 @@ async fn completions(
     let id = random_id("cmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return Ok(stream::sse(
-            state.clone(),
-            events,
-            StreamKind::Completion,
+        let options = stream::SseOptions {
+            kind: StreamKind::Completion,
             id,
             n,
             include_usage,
-            params.logprobs,
-        ));
+            logprobs: params.logprobs,
+            tools: None,
+        };
+        return Ok(stream::sse(state.clone(), events, options));
     }
     let (choices, usage) = infer::collect(events, n, num_prompts).await?;
     let choices = choices

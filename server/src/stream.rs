@@ -19,6 +19,8 @@ use crate::errors::ApiError;
 use crate::infer::{Merged, MergedEvents};
 use crate::openai::*;
 use crate::server::{unix_now, AppState};
+use crate::tool_parser::{StreamDelta, StreamingToolParser};
+use crate::tools::ToolSetup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -138,6 +140,11 @@ struct StreamState {
     logprobs: bool,
     pending: VecDeque<Event>,
     finished: bool,
+    /// With tools: each choice's text goes through its own parser (taken at its finish), and
+    /// whether the choice has made a call.
+    tools: Option<Arc<ToolSetup>>,
+    parsers: Vec<Option<StreamingToolParser>>,
+    made_call: Vec<bool>,
 }
 
 impl StreamState {
@@ -185,6 +192,7 @@ impl StreamState {
                     delta: ChatDelta {
                         role: None,
                         content: (finish.is_none() || !text.is_empty()).then_some(text),
+                        tool_calls: None,
                     },
                     logprobs: logprobs.map(|(id, e)| chat_logprobs(tokenizer, &[id], &[e])),
                     finish_reason: finish,
@@ -203,6 +211,52 @@ impl StreamState {
         }
     }
 
+    /// Chunks for a choice's parsed deltas: content as content, calls as OpenAI's tool-call
+    /// deltas (`id` and `type` on a call's first); calls past the first are dropped when
+    /// `parallel_tool_calls` is false.
+    fn push_tool_deltas(&mut self, index: usize, deltas: Vec<StreamDelta>) {
+        let single = self.tools.as_ref().is_some_and(|t| t.single);
+        for delta in deltas {
+            match delta {
+                StreamDelta::Content(text) if !text.is_empty() => {
+                    let event = self.delta(index, text, None, None);
+                    self.pending.push_back(event);
+                }
+                StreamDelta::Content(_) => {}
+                StreamDelta::ToolCallDelta {
+                    index: call,
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    if single && call > 0 {
+                        continue;
+                    }
+                    self.made_call[index] = true;
+                    let event = self.chat_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: None,
+                                content: None,
+                                tool_calls: Some(vec![ToolCallDeltaOut {
+                                    index: call,
+                                    kind: id.is_some().then_some("function"),
+                                    id,
+                                    function: FunctionDeltaOut { name, arguments },
+                                }]),
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        None,
+                    );
+                    self.pending.push_back(event);
+                }
+            }
+        }
+    }
+
     async fn fill(&mut self) {
         let Some(item) = self.events.next().await else {
             // The engine went away without finishing: end cleanly with an error event.
@@ -215,7 +269,11 @@ impl StreamState {
         match item {
             Merged::Event(p, EngineEvent::Token(t)) => {
                 let index = p * self.n + t.index;
-                if !t.text.is_empty() || self.logprobs {
+                // With tools the text goes through the parser (and logprobs are not streamed).
+                if let Some(parser) = self.parsers.get_mut(index).and_then(Option::as_mut) {
+                    let deltas = parser.push(&t.text);
+                    self.push_tool_deltas(index, deltas);
+                } else if !t.text.is_empty() || self.logprobs {
                     let lp = t.logprob.map(|lp| (t.token, (lp, t.top_logprobs)));
                     let event = self.delta(index, t.text, lp, None);
                     self.pending.push_back(event);
@@ -228,11 +286,20 @@ impl StreamState {
                 },
             ) => {
                 let index = p * self.n + index;
-                if !text.is_empty() {
+                if let Some(mut parser) = self.parsers.get_mut(index).and_then(Option::take) {
+                    let mut deltas = parser.push(&text);
+                    deltas.extend(parser.finish());
+                    self.push_tool_deltas(index, deltas);
+                } else if !text.is_empty() {
                     let event = self.delta(index, text, None, None);
                     self.pending.push_back(event);
                 }
-                let event = self.delta(index, String::new(), None, Some(reason.as_str()));
+                let reason = if self.made_call.get(index).copied().unwrap_or(false) {
+                    "tool_calls"
+                } else {
+                    reason.as_str()
+                };
+                let event = self.delta(index, String::new(), None, Some(reason));
                 self.pending.push_back(event);
             }
             Merged::Event(_, EngineEvent::Error(message)) => {
@@ -259,16 +326,37 @@ impl StreamState {
 }
 
 /// The SSE response for a submitted request. `num_choices` = n (per prompt).
-pub fn sse(
-    state: Arc<AppState>,
-    events: MergedEvents,
-    kind: StreamKind,
-    id: String,
-    n: usize,
-    include_usage: bool,
-    logprobs: bool,
-) -> Response {
+/// How a response streams: the endpoint, the response id, choices per prompt, whether a usage
+/// chunk and logprobs are sent, and the tools whose calls are parsed out of the text.
+pub struct SseOptions {
+    pub kind: StreamKind,
+    pub id: String,
+    pub n: usize,
+    pub include_usage: bool,
+    pub logprobs: bool,
+    pub tools: Option<Arc<ToolSetup>>,
+}
+
+pub fn sse(state: Arc<AppState>, events: MergedEvents, options: SseOptions) -> Response {
+    let SseOptions {
+        kind,
+        id,
+        n,
+        include_usage,
+        logprobs,
+        tools,
+    } = options;
+    let parsers = (0..n)
+        .map(|_| {
+            tools
+                .as_ref()
+                .map(|t| StreamingToolParser::new(t.format, Some(&t.tools)))
+        })
+        .collect();
     let mut s = StreamState {
+        tools,
+        parsers,
+        made_call: vec![false; n],
         state,
         events,
         kind,
@@ -289,6 +377,7 @@ pub fn sse(
                     delta: ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,

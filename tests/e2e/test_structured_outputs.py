@@ -114,15 +114,8 @@ class StructuredOutputs(unittest.TestCase):
                 client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, response_format=fmt)
             self.assertEqual(ctx.exception.body.get("param"), param, fmt)
 
-    def test_tools_are_refused_not_ignored_until_supported(self):
+    def test_tool_history_renders_and_malformed_calls_are_400s(self):
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-        with self.assertRaises(openai.BadRequestError) as ctx:
-            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, tools=[tool])
-        self.assertEqual(ctx.exception.body.get("param"), "tools")
-        # tool_choice "none" never calls a tool: answered as plain chat.
-        r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, tools=[tool],
-                                           tool_choice="none")
-        self.assertEqual(r.choices[0].finish_reason, "length")
         # A conversation that already holds a call and its result renders (arguments as the JSON
         # string OpenAI sends); a malformed call is a 400 naming the message.
         call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
@@ -130,7 +123,8 @@ class StructuredOutputs(unittest.TestCase):
             {"role": "assistant", "content": None, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call_1", "content": "42"},
         ]
-        r = client.chat.completions.create(model=MODEL, messages=history, max_tokens=3)
+        r = client.chat.completions.create(model=MODEL, messages=history, max_tokens=3, tools=[tool],
+                                           tool_choice="none")
         self.assertEqual(len(r.choices), 1)
         history[1] = {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]}
         with self.assertRaises(openai.BadRequestError) as ctx:

@@ -81,3 +81,21 @@ fn structured_outputs_through_the_openai_python_sdk() {
         "the structured output tests failed:\n{report}"
     );
 }
+
+/// Tool calling through the SDK: tests/e2e/test_tools.py.
+#[test]
+fn tool_calling_through_the_openai_python_sdk() {
+    let python = python();
+    let server = Server::start(&["--api-key", API_KEY]);
+    let out = Command::new(python)
+        .arg(root().join("tests/e2e/test_tools.py"))
+        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
+        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
+        .env("WICK_API_KEY", API_KEY)
+        .output()
+        .expect("python runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let report = String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "the tool calling tests failed:\n{report}");
+}

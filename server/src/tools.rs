@@ -1,0 +1,159 @@
+//! Tool calling for chat completions, between the request and the engine: which tool-call
+//! format the model writes, how the tools reach the prompt, the grammar that forces a call
+//! (`tool_choice: "required"` or named), and turning the output back into OpenAI's
+//! `tool_calls` (non-streamed here, streamed in `stream.rs` with the same parser).
+//!
+//! A model whose chat template knows tools (Llama 3.1, Hermes/Qwen, Mistral: detected from the
+//! template) gets them through its template. One that does not (SmolLM2) gets
+//! [`generic_tool_prompt`] in its system message and answers in Hermes' `<tool_call>` markup;
+//! earlier calls and results in the conversation are written in the same markup.
+
+use serde_json::Value;
+use wick_engine::constraint::ConstraintSpec;
+use wick_engine::Engine;
+
+use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::errors::ApiError;
+use crate::openai::{ChatCompletionRequest, FunctionCallOut, ToolCallOut};
+use crate::tool_grammar::{forced_tools, tool_call_grammar};
+use crate::tool_parser::{generic_tool_prompt, parse, ToolCallFormat};
+
+/// A request's tools, as the parsers need them.
+#[derive(Debug, Clone)]
+pub struct ToolSetup {
+    pub format: ToolCallFormat,
+    pub tools: Vec<Value>,
+    /// `parallel_tool_calls: false`: at most one call is returned.
+    pub single: bool,
+    /// The model's template does not know tools (the generic prompt is used).
+    pub generic: bool,
+}
+
+/// What the chat handler needs: the rendered prompt, the tool setup (None: no tools in play)
+/// and the grammar forcing a call, if `tool_choice` asks for one.
+pub struct PreparedChat {
+    pub prompt: String,
+    pub tools: Option<ToolSetup>,
+    pub constraint: Option<ConstraintSpec>,
+}
+
+pub fn prepare(
+    engine: &Engine,
+    template: &ChatTemplate,
+    req: &ChatCompletionRequest,
+    mut messages: Vec<ChatMessage>,
+) -> Result<PreparedChat, ApiError> {
+    let render_error = |e: crate::chat_template::ChatTemplateError| ApiError::bad_request(e.to_string());
+    let tools = req.tools.as_deref().unwrap_or_default();
+    let none = req.tool_choice.as_ref().is_some_and(|c| c == "none");
+    if tools.is_empty() || none {
+        if req
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| c != "none" && c != "auto")
+            && !none
+        {
+            return Err(ApiError::invalid("tool_choice", "tool_choice needs tools"));
+        }
+        return Ok(PreparedChat {
+            prompt: template.render(&messages, true).map_err(render_error)?,
+            tools: None,
+            constraint: None,
+        });
+    }
+    for (i, tool) in tools.iter().enumerate() {
+        let kind_ok = tool.get("type").is_none_or(|t| t == "function");
+        let named = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .is_some_and(Value::is_string);
+        if !kind_ok || !named {
+            return Err(ApiError::invalid(
+                format!("tools.[{i}]"),
+                "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}",
+            ));
+        }
+    }
+    let detected = ToolCallFormat::detect(template.source());
+    let format = detected.unwrap_or(ToolCallFormat::Hermes);
+    let single = req.parallel_tool_calls == Some(false);
+    let prompt = match detected {
+        Some(_) => template.render_with_tools(&messages, true, Some(tools)),
+        None => {
+            write_generic(&mut messages, tools);
+            template.render(&messages, true)
+        }
+    }
+    .map_err(render_error)?;
+    let forced =
+        forced_tools(tools, req.tool_choice.as_ref()).map_err(|m| ApiError::invalid("tool_choice", m))?;
+    let constraint = match forced {
+        None => None,
+        Some(allowed) => {
+            let grammar =
+                tool_call_grammar(format, &allowed, !single).map_err(|m| ApiError::invalid("tools", m))?;
+            let spec = ConstraintSpec::Lark(grammar);
+            // Compiled here too so that a schema llguidance rejects is blamed on `tools`.
+            engine.compile_constraint(&spec, "tools")?;
+            Some(spec)
+        }
+    };
+    Ok(PreparedChat {
+        prompt,
+        tools: Some(ToolSetup {
+            format,
+            tools: tools.to_vec(),
+            single,
+            generic: detected.is_none(),
+        }),
+        constraint,
+    })
+}
+
+/// The generic prompt in the system message, and earlier calls and results in the markup the
+/// prompt asks for (a template without tool support would drop them).
+fn write_generic(messages: &mut Vec<ChatMessage>, tools: &[Value]) {
+    let prompt = generic_tool_prompt(tools);
+    match messages.first_mut().filter(|m| m.role == "system") {
+        Some(system) => system.content = format!("{}\n\n{prompt}", system.content),
+        None => messages.insert(0, ChatMessage::new("system", prompt)),
+    }
+    for m in messages.iter_mut() {
+        if let Some(calls) = m.tool_calls.take() {
+            for call in calls {
+                let f = call.get("function").cloned().unwrap_or_default();
+                let markup = serde_json::json!({"name": f.get("name"), "arguments": f.get("arguments")});
+                if !m.content.is_empty() {
+                    m.content.push('\n');
+                }
+                m.content
+                    .push_str(&format!("<tool_call>\n{markup}\n</tool_call>"));
+            }
+        }
+        if m.role == "tool" {
+            m.content = format!("<tool_response>\n{}\n</tool_response>", m.content);
+        }
+    }
+}
+
+/// A finished choice's text as OpenAI's message: content and tool calls, and whether any call
+/// was made (then `finish_reason` is `tool_calls`).
+pub fn message(setup: &ToolSetup, text: &str) -> (Option<String>, Option<Vec<ToolCallOut>>) {
+    let mut parsed = parse(setup.format, text, Some(&setup.tools));
+    if setup.single {
+        parsed.tool_calls.truncate(1);
+    }
+    let calls: Vec<ToolCallOut> = parsed
+        .tool_calls
+        .into_iter()
+        .map(|c| ToolCallOut {
+            id: c.id,
+            kind: "function",
+            function: FunctionCallOut {
+                name: c.name,
+                arguments: c.arguments,
+            },
+        })
+        .collect();
+    (parsed.content, (!calls.is_empty()).then_some(calls))
+}

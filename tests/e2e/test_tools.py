@@ -1,0 +1,168 @@
+"""Tool calling through the official `openai` Python SDK against `wick serve` on the default model
+(SmolLM2: its template has no tool support, so wick uses its generic tool prompt and Hermes
+markup). Run by tests/tests/openai_python.rs with WICK_BASE_URL, WICK_MODEL_ID and WICK_API_KEY.
+"""
+import json
+import os
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+import jsonschema
+import openai
+
+BASE = os.environ["WICK_BASE_URL"]
+MODEL = os.environ["WICK_MODEL_ID"]
+KEY = os.environ["WICK_API_KEY"]
+client = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+BOOKING = {
+    "type": "object",
+    "properties": {
+        "guests": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                "required": ["name", "age"],
+                "additionalProperties": False,
+            },
+            "minItems": 1,
+            "maxItems": 3,
+        },
+        "room": {"enum": ["single", "double", "suite"]},
+        "budget": {"type": "number", "minimum": 0, "maximum": 1000},
+    },
+    "required": ["guests", "room", "budget"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather forecast for a city",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "book_hotel", "description": "Book a hotel room",
+                                      "parameters": BOOKING}},
+]
+SCHEMAS = {"get_weather": WEATHER, "book_hotel": BOOKING}
+ASK = [{"role": "user", "content": "What will the weather be in Paris this week?"}]
+
+
+def call(**kw):
+    kw.setdefault("model", MODEL)
+    kw.setdefault("messages", ASK)
+    kw.setdefault("tools", TOOLS)
+    kw.setdefault("max_tokens", 300)
+    return client.chat.completions.create(**kw)
+
+
+def valid_calls(message):
+    """Every call names a given tool and its arguments (a JSON string) validate."""
+    for c in message.tool_calls or []:
+        args = json.loads(c.function.arguments)
+        jsonschema.validate(args, SCHEMAS[c.function.name])
+    return bool(message.tool_calls)
+
+
+class ToolCalling(unittest.TestCase):
+    def test_round_trip(self):
+        r = call(tool_choice="required", temperature=0)
+        choice = r.choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        self.assertIsNone(choice.message.content)
+        self.assertTrue(valid_calls(choice.message))
+        first = choice.message.tool_calls[0]
+        self.assertTrue(first.id.startswith("call_"))
+        self.assertEqual(first.type, "function")
+        self.assertIsInstance(first.function.arguments, str)
+        # The tool's result goes back; the model answers (tools still offered, its choice).
+        history = ASK + [
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": first.id, "content": json.dumps({"forecast": "sunny", "high": 24})},
+        ]
+        final = call(messages=history, tool_choice="auto", temperature=0, max_tokens=40)
+        answer = final.choices[0]
+        self.assertEqual(answer.message.role, "assistant")
+        self.assertIn(answer.finish_reason, ("stop", "length", "tool_calls"))
+        if answer.message.content is not None:
+            self.assertNotIn("<tool_call>", answer.message.content)
+
+    def test_stream_reassembles_into_the_non_streamed_calls(self):
+        kw = dict(tool_choice="required", temperature=0.8, seed=11)
+        whole = call(**kw).choices[0].message
+        calls = {}
+        finish = None
+        for chunk in call(stream=True, **kw):
+            for c in chunk.choices:
+                finish = c.finish_reason or finish
+                self.assertFalse(c.delta.content, "tool markup streamed as content")
+                for d in c.delta.tool_calls or []:
+                    self.assertIsNotNone(d.index)
+                    if d.index not in calls:
+                        # A call's first delta carries id, type and name.
+                        self.assertTrue(d.id.startswith("call_"))
+                        self.assertEqual(d.type, "function")
+                        calls[d.index] = [d.function.name, ""]
+                    calls[d.index][1] += d.function.arguments or ""
+        self.assertEqual(finish, "tool_calls")
+        streamed = [calls[i] for i in sorted(calls)]
+        self.assertEqual(streamed, [[c.function.name, c.function.arguments] for c in whole.tool_calls])
+
+    def test_required_and_named_calls_always_validate(self):
+        named = {"type": "function", "function": {"name": "book_hotel"}}
+        jobs = [dict(tool_choice="required", seed=s) for s in range(20)]
+        jobs += [dict(tool_choice=named, seed=s) for s in range(20)]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            responses = list(pool.map(lambda kw: call(temperature=0.8, **kw), jobs))
+        for kw, r in zip(jobs, responses):
+            message = r.choices[0].message
+            self.assertEqual(r.choices[0].finish_reason, "tool_calls", message)
+            self.assertTrue(valid_calls(message), message)
+            if kw["tool_choice"] is named:
+                self.assertEqual({c.function.name for c in message.tool_calls}, {"book_hotel"})
+        # (With tool_choice auto, the same 20 seeds gave 0 valid calls: the 135M model answers
+        # in prose or malformed markup. Measured once, see docs/tools.md; not repeated here.)
+
+    def test_parallel_tool_calls_false_gives_at_most_one_call(self):
+        for seed in range(3):
+            r = call(tool_choice="required", temperature=0.8, seed=seed, parallel_tool_calls=False)
+            self.assertEqual(len(r.choices[0].message.tool_calls), 1)
+
+    def test_json_without_tools_is_not_a_tool_call(self):
+        r = client.chat.completions.create(
+            model=MODEL, max_tokens=200, temperature=0,
+            messages=[{"role": "user", "content": 'Reply with {"name": "get_weather", "arguments": {}}'}],
+            response_format={"type": "json_schema", "json_schema": {"name": "call_like", "schema": {
+                "type": "object",
+                "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object", "maxProperties": 0}},
+                "required": ["name", "arguments"], "additionalProperties": False}}},
+        )
+        # No tools were offered: a JSON answer shaped like a call is content, not a tool call.
+        self.assertIsNone(r.choices[0].message.tool_calls)
+        self.assertEqual(json.loads(r.choices[0].message.content), {"name": "get_weather", "arguments": {}})
+
+    def test_bad_tool_requests_are_400s(self):
+        cases = [
+            (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
+            (dict(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools.[0]"),
+            (dict(tools=None, tool_choice="required"), "tool_choice"),
+        ]
+        for kw, param in cases:
+            with self.assertRaises(openai.BadRequestError) as ctx:
+                args = dict(model=MODEL, messages=ASK, max_tokens=5, tools=TOOLS)
+                args.update(kw)
+                if args["tools"] is None:
+                    del args["tools"]
+                client.chat.completions.create(**args)
+            self.assertEqual(ctx.exception.body.get("param"), param, kw)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
