@@ -206,12 +206,7 @@ async fn chat_completions(
     let body = body?;
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
-    validation::check_tools(req.functions.as_ref(), req.function_call.as_ref()).map_err(|_| {
-        ApiError::invalid(
-            "functions",
-            "function calling is not supported by this server yet",
-        )
-    })?;
+    validation::check_functions(req.functions.as_ref(), req.function_call.as_ref())?;
     if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return Err(ApiError::invalid(
             "audio",

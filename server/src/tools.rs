@@ -51,7 +51,6 @@ pub fn prepare(
             .tool_choice
             .as_ref()
             .is_some_and(|c| c != "none" && c != "auto")
-            && !none
         {
             return Err(ApiError::invalid("tool_choice", "tool_choice needs tools"));
         }

@@ -236,19 +236,18 @@ fn constraint(format: Option<&ResponseFormat>) -> Result<Option<ConstraintSpec>,
     })
 }
 
-/// Tool calling lands with the rest of issue #6; until then a request that offers tools the
-/// model could call is refused rather than silently answered without them. `tool_choice:
-/// "none"` (never call) is honoured trivially.
-pub fn check_tools(
-    tools: Option<&Vec<serde_json::Value>>,
-    tool_choice: Option<&serde_json::Value>,
+/// The deprecated `functions` (the predecessor of `tools`) are refused rather than silently
+/// answered without them; `function_call: "none"` (never call) is honoured trivially.
+pub fn check_functions(
+    functions: Option<&Vec<serde_json::Value>>,
+    function_call: Option<&serde_json::Value>,
 ) -> Result<(), ApiError> {
-    let offered = tools.is_some_and(|t| !t.is_empty());
-    let none = tool_choice.is_some_and(|c| c == "none");
+    let offered = functions.is_some_and(|f| !f.is_empty());
+    let none = function_call.is_some_and(|c| c == "none");
     if offered && !none {
         return Err(ApiError::invalid(
-            "tools",
-            "tool calling is not supported by this server yet",
+            "functions",
+            "function calling is not supported by this server yet",
         ));
     }
     Ok(())
