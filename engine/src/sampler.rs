@@ -117,8 +117,8 @@ impl SequenceSamplingState {
         self.apply_penalties(logits);
         match &mut self.constraint {
             // The grammar alone decides when the output may end.
-            Some((constraint, eos)) => constraint.mask(logits, *eos),
-            None => self.apply_min_tokens(logits),
+            Some((constraint, eos)) if constraint.is_active() => constraint.mask(logits, *eos),
+            _ => self.apply_min_tokens(logits),
         }
         let token = if self.params.is_greedy() {
             argmax(logits)
