@@ -147,6 +147,8 @@ impl ModelConfig {
 pub enum ToolCallParser {
     /// Llama 3.x JSON tool calls.
     Llama3Json,
+    /// Hermes / Qwen 2.5 `<tool_call>` markup.
+    Hermes,
     /// Mistral `[TOOL_CALLS]`.
     Mistral,
 }

@@ -44,6 +44,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// The Jinja source (tool-call format detection reads it).
     source: String,
+    /// The variables the template reads from its context (`tools`, `builtin_tools`, ...).
+    variables: std::collections::HashSet<String>,
     bos_token: String,
     eos_token: String,
 }
@@ -133,9 +135,14 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.clone())
             .map_err(render_error)?;
+        let variables = env
+            .get_template("chat")
+            .map_err(render_error)?
+            .undeclared_variables(false);
         Ok(Self {
             env,
             source,
+            variables,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
         })
@@ -143,6 +150,12 @@ impl ChatTemplate {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the template reads `name` from its context (`tools`: it renders tool
+    /// definitions; `builtin_tools`: Llama 3.1's built-in tools).
+    pub fn reads(&self, name: &str) -> bool {
+        self.variables.contains(name)
     }
 
     pub fn render(
@@ -161,15 +174,32 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&[serde_json::Value]>,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_builtin_tools(messages, add_generation_prompt, tools, &[])
+    }
+
+    /// [`Self::render_with_tools`] plus Llama 3.1's `builtin_tools` (names such as
+    /// `brave_search`), left undefined when empty: the template tests `is defined`.
+    pub fn render_with_builtin_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+        builtin_tools: &[String],
+    ) -> Result<String, ChatTemplateError> {
         let tmpl = self.env.get_template("chat").map_err(render_error)?;
-        tmpl.render(context! {
+        let base = context! {
             messages => messages,
             tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(render_error)
+        };
+        let ctx = if builtin_tools.is_empty() {
+            base
+        } else {
+            context! { builtin_tools => builtin_tools, ..base }
+        };
+        tmpl.render(ctx).map_err(render_error)
     }
 }
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use wick_config::{Config, ConfigError, LogFormat, Overrides, Secret};
 use wick_engine::scheduler::SchedulerConfig;
 use wick_server::errors::ApiError;
+use wick_server::tool_parser::ToolCallFormat;
 
 /// `wick serve`'s flags. None has a default here: unset flags leave the value to the layers
 /// below (environment, file, defaults), so the defaults in the help are wick-config's.
@@ -240,8 +241,14 @@ pub fn warn_unserved(cfg: &Config) {
     if !remote.is_empty() {
         tracing::warn!(models = ?remote, "remote models are only used by routes; not served yet");
     }
-    if cfg.served_model().and_then(|m| m.tool_call_parser).is_some() {
-        tracing::warn!("tool_call_parser is not used yet (tool calling is issue #6)");
+}
+
+/// The configured `tool_call_parser` as the parsers' format.
+pub fn tool_call_format(parser: wick_config::ToolCallParser) -> ToolCallFormat {
+    match parser {
+        wick_config::ToolCallParser::Llama3Json => ToolCallFormat::Llama3Json,
+        wick_config::ToolCallParser::Hermes => ToolCallFormat::Hermes,
+        wick_config::ToolCallParser::Mistral => ToolCallFormat::Mistral,
     }
 }
 

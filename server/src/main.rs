@@ -17,6 +17,7 @@ use wick_engine::model_source::ModelSource;
 use wick_engine::Engine;
 use wick_server::chat_template::{ChatMessage, ChatTemplate};
 use wick_server::server::{self, AppState};
+use wick_server::tools;
 
 use config_cmd::{ConfigCommand, ServeArgs};
 
@@ -177,7 +178,18 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
         tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400");
     }
     let engine = Engine::new(loaded, config_cmd::engine_config(engine_cfg))?;
+    let tool_format = model.tool_call_parser.map(config_cmd::tool_call_format);
+    if let (Some(format), Some(t)) = (tool_format, &template) {
+        if tools::template_format(t, Some(format)).is_none() {
+            tracing::warn!(
+                %format,
+                "tool_call_parser is not used: the chat template does not render tools, so tool \
+                 requests get the generic prompt and its Hermes markup"
+            );
+        }
+    }
     let mut state = AppState::new(Arc::new(engine), model_id, template);
+    state.tool_format = tool_format;
     state.api_keys = server_cfg
         .api_keys
         .iter()

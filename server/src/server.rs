@@ -24,7 +24,8 @@ use crate::infer::{self, ChoiceOutput};
 use crate::metrics::{self, Metrics, RequestTimer};
 use crate::openai::*;
 use crate::stream::{self, StreamKind};
-use crate::tools;
+use crate::tool_parser::ToolCallFormat;
+use crate::tools::{self, ToolConstraint};
 use crate::validation;
 
 pub struct AppState {
@@ -39,6 +40,8 @@ pub struct AppState {
     /// The name clients use in `model`.
     pub model_id: String,
     pub template: Option<ChatTemplate>,
+    /// `tool_call_parser` from the config (None: detected from the template).
+    pub tool_format: Option<ToolCallFormat>,
     pub created: u64,
     pub draining: AtomicBool,
 }
@@ -53,6 +56,7 @@ impl AppState {
             cors_allow_origins: Vec::new(),
             model_id,
             template,
+            tool_format: None,
             created: unix_now(),
             draining: AtomicBool::new(false),
         }
@@ -218,20 +222,33 @@ async fn chat_completions(
         .template
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
-    let prepared = tools::prepare(&state.engine, template, &req, messages)?;
+    let prepared = tools::prepare(template, state.tool_format, &req, messages)?;
     // The template writes BOS itself where the model wants one.
     let prompt = state.engine.tokenizer().encode(&prepared.prompt, false)?;
     let mut params =
         validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
-    if let Some(constraint) = prepared.constraint {
-        if params.constraint.is_some() {
+    match prepared.constraint {
+        Some(ToolConstraint::Forced(_)) if params.constraint.is_some() => {
             return Err(ApiError::invalid(
                 "response_format",
                 "response_format cannot be combined with a tool_choice that forces a call",
             ));
         }
-        params.constraint = Some(constraint);
+        Some(ToolConstraint::Forced(spec)) => {
+            // Compiled here so that a schema llguidance rejects is blamed on `tools`.
+            state.engine.compile_constraint(&spec, "tools")?;
+            params.constraint = Some(spec);
+        }
+        // `auto` with response_format: the answer's format wins; calls are still parsed.
+        Some(ToolConstraint::Triggered(_)) if params.constraint.is_some() => {}
+        Some(ToolConstraint::Triggered(spec)) => match state.engine.compile_constraint(&spec, "tools") {
+            Ok(_) => params.constraint = Some(spec),
+            // `auto` never needed a grammar to work: a schema llguidance cannot compile leaves
+            // the calls unconstrained (and parsed afterwards) rather than failing the request.
+            Err(e) => tracing::warn!("tool_choice auto without a grammar: {e}"),
+        },
+        None => {}
     }
     let tool_setup = prepared.tools.map(Arc::new);
     if tool_setup.as_ref().is_some_and(|t| !t.generic) {

@@ -10,13 +10,17 @@
 
 use serde_json::Value;
 use wick_engine::constraint::ConstraintSpec;
-use wick_engine::Engine;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::errors::ApiError;
 use crate::openai::{ChatCompletionRequest, FunctionCallOut, ToolCallOut};
 use crate::tool_grammar::{forced_tools, tool_call_grammar};
 use crate::tool_parser::{generic_tool_prompt, parse, ToolCallFormat};
+
+/// Llama 3.1's built-in tools: a function tool with one of these names is passed to a template
+/// that reads `builtin_tools` as a built-in (`Environment: ipython`, `Tools: brave_search, ...`),
+/// and the model calls it as `<|python_tag|>brave_search.call(query="...")`.
+pub const LLAMA_BUILTIN_TOOLS: [&str; 3] = ["brave_search", "wolfram_alpha", "code_interpreter"];
 
 /// A request's tools, as the parsers need them.
 #[derive(Debug, Clone)]
@@ -29,17 +33,41 @@ pub struct ToolSetup {
     pub generic: bool,
 }
 
+/// How the grammar of a prepared chat applies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolConstraint {
+    /// `tool_choice` forces a call: the whole output is the call.
+    Forced(ConstraintSpec),
+    /// `tool_choice: "auto"`: free text, but a call the model starts (its format's marker) is
+    /// finished under the grammar.
+    Triggered(ConstraintSpec),
+}
+
 /// What the chat handler needs: the rendered prompt, the tool setup (None: no tools in play)
-/// and the grammar forcing a call, if `tool_choice` asks for one.
+/// and the grammar for tool calls, if any.
 pub struct PreparedChat {
     pub prompt: String,
     pub tools: Option<ToolSetup>,
-    pub constraint: Option<ConstraintSpec>,
+    pub constraint: Option<ToolConstraint>,
+}
+
+/// The tool-call format for `template`: the configured parser (`tool_call_parser`) if the
+/// template renders tools, else the one detected from it. `None`: the template does not know
+/// tools, and the generic prompt with Hermes markup is used whatever is configured.
+pub fn template_format(
+    template: &ChatTemplate,
+    configured: Option<ToolCallFormat>,
+) -> Option<ToolCallFormat> {
+    let detected = ToolCallFormat::detect(template.source());
+    if detected.is_none() && !template.reads("tools") {
+        return None;
+    }
+    configured.or(detected).or(Some(ToolCallFormat::Hermes))
 }
 
 pub fn prepare(
-    engine: &Engine,
     template: &ChatTemplate,
+    configured: Option<ToolCallFormat>,
     req: &ChatCompletionRequest,
     mut messages: Vec<ChatMessage>,
 ) -> Result<PreparedChat, ApiError> {
@@ -73,11 +101,15 @@ pub fn prepare(
             ));
         }
     }
-    let detected = ToolCallFormat::detect(template.source());
-    let format = detected.unwrap_or(ToolCallFormat::Hermes);
+    let known = template_format(template, configured);
+    let format = known.unwrap_or(ToolCallFormat::Hermes);
     let single = req.parallel_tool_calls == Some(false);
-    let prompt = match detected {
-        Some(_) => template.render_with_tools(&messages, true, Some(tools)),
+    let prompt = match known {
+        Some(_) => {
+            let (custom, builtin) = split_builtin(template, tools);
+            let custom = (!custom.is_empty()).then_some(custom.as_slice());
+            template.render_with_builtin_tools(&messages, true, custom, &builtin)
+        }
         None => {
             write_generic(&mut messages, tools);
             template.render(&messages, true)
@@ -87,14 +119,20 @@ pub fn prepare(
     let forced =
         forced_tools(tools, req.tool_choice.as_ref()).map_err(|m| ApiError::invalid("tool_choice", m))?;
     let constraint = match forced {
-        None => None,
         Some(allowed) => {
             let grammar =
                 tool_call_grammar(format, &allowed, !single).map_err(|m| ApiError::invalid("tools", m))?;
-            let spec = ConstraintSpec::Lark(grammar);
-            // Compiled here too so that a schema llguidance rejects is blamed on `tools`.
-            engine.compile_constraint(&spec, "tools")?;
-            Some(spec)
+            Some(ToolConstraint::Forced(ConstraintSpec::Lark(grammar)))
+        }
+        // `auto`: the same grammar over every tool, from the format's marker on.
+        None => {
+            let all: Vec<&Value> = tools.iter().collect();
+            let grammar =
+                tool_call_grammar(format, &all, !single).map_err(|m| ApiError::invalid("tools", m))?;
+            Some(ToolConstraint::Triggered(ConstraintSpec::Triggered {
+                triggers: format.triggers().iter().map(|t| t.to_string()).collect(),
+                grammar: Box::new(ConstraintSpec::Lark(grammar)),
+            }))
         }
     };
     Ok(PreparedChat {
@@ -103,10 +141,31 @@ pub fn prepare(
             format,
             tools: tools.to_vec(),
             single,
-            generic: detected.is_none(),
+            generic: known.is_none(),
         }),
         constraint,
     })
+}
+
+/// The tools a template gets as `tools`, and the names it gets as `builtin_tools` (only for a
+/// template that reads `builtin_tools`, i.e. Llama 3.1's).
+fn split_builtin(template: &ChatTemplate, tools: &[Value]) -> (Vec<Value>, Vec<String>) {
+    if !template.reads("builtin_tools") {
+        return (tools.to_vec(), Vec::new());
+    }
+    let mut custom = Vec::new();
+    let mut builtin = Vec::new();
+    for tool in tools {
+        let name = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
+        match name.filter(|n| LLAMA_BUILTIN_TOOLS.contains(n)) {
+            Some(n) => builtin.push(n.to_string()),
+            None => custom.push(tool.clone()),
+        }
+    }
+    (custom, builtin)
 }
 
 /// The generic prompt in the system message, and earlier calls and results in the markup the
@@ -156,3 +215,6 @@ pub fn message(setup: &ToolSetup, text: &str) -> (Option<String>, Option<Vec<Too
         .collect();
     (parsed.content, (!calls.is_empty()).then_some(calls))
 }
+
+#[cfg(test)]
+mod tests;

@@ -127,8 +127,24 @@ class ToolCalling(unittest.TestCase):
             self.assertTrue(valid_calls(message), message)
             if kw["tool_choice"] is named:
                 self.assertEqual({c.function.name for c in message.tool_calls}, {"book_hotel"})
-        # (With tool_choice auto, the same 20 seeds gave 0 valid calls: the 135M model answers
-        # in prose or malformed markup. Measured once, see docs/tools.md; not repeated here.)
+
+    def test_auto_calls_are_finished_under_the_grammar(self):
+        # Asked plainly, the 135M model answers in prose; asked for the markup, it starts calls
+        # in 5-6 of these 20 seeded runs. Unconstrained, none of them parsed (measured: 0 valid,
+        # 6 left as markup in content, docs/tools.md); with the grammar from the marker on,
+        # every call it starts validates.
+        ask = [{"role": "user", "content": "Call get_weather for Paris. Reply only with the <tool_call>."}]
+        jobs = [dict(tool_choice="auto", seed=s, messages=ask) for s in range(20)]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            responses = list(pool.map(lambda kw: call(temperature=0.8, **kw), jobs))
+        made = 0
+        for r in responses:
+            choice = r.choices[0]
+            if choice.message.tool_calls:
+                made += 1
+                self.assertEqual(choice.finish_reason, "tool_calls")
+                self.assertTrue(valid_calls(choice.message), choice.message)
+        self.assertGreaterEqual(made, 3, "the model started too few calls for the test to mean anything")
 
     def test_parallel_tool_calls_false_gives_at_most_one_call(self):
         for seed in range(3):

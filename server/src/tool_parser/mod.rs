@@ -64,6 +64,18 @@ impl ToolCallFormat {
         }
     }
 
+    /// The text that starts a call in this format: under `tool_choice: "auto"` the output is
+    /// free until one of these appears, and the call is then finished under its grammar.
+    /// (Llama 3's `<|python_tag|>` is not one: the built-in tools' `name.call(...)` form after
+    /// it is not JSON.)
+    pub fn triggers(self) -> &'static [&'static str] {
+        match self {
+            Self::Llama3Json => &["{\"name\""],
+            Self::Hermes => &["<tool_call>"],
+            Self::Mistral => &["[TOOL_CALLS]"],
+        }
+    }
+
     /// The family whose markup a chat template teaches, from marks only that family's templates
     /// carry. `None` for templates without tool support (SmolLM2's): the server then uses
     /// [`generic_tool_prompt`] and [`ToolCallFormat::Hermes`].
