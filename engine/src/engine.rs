@@ -75,6 +75,9 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     /// Lower runs first; 0 by default. Equal priorities run in arrival order.
     pub priority: i32,
+    /// `params.constraint` compiled already (by [`Engine::compile_constraint`], so that a caller
+    /// that checks it first does not pay twice); `None`: `submit` compiles it.
+    pub compiled_constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -83,6 +86,7 @@ impl GenerateRequest {
             prompt,
             params,
             priority: 0,
+            compiled_constraint: None,
         }
     }
 }
@@ -324,11 +328,12 @@ impl Engine {
 
     /// Checks `request` and queues it. Errors: an invalid parameter, a prompt too long for the
     /// context, a full waiting queue (`Overloaded`), a stopped engine.
-    pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream> {
+    pub fn submit(&self, mut request: GenerateRequest) -> Result<GenerationStream> {
         self.validate(&request)?;
-        let constraint = match &request.params.constraint {
-            Some(spec) => Some(Box::new(self.compile_constraint(spec, "response_format")?)),
-            None => None,
+        let constraint = match (request.compiled_constraint.take(), &request.params.constraint) {
+            (_, None) => None,
+            (Some(compiled), Some(_)) => Some(Box::new(compiled)),
+            (None, Some(spec)) => Some(Box::new(self.compile_constraint(spec, "response_format")?)),
         };
         let limit = self.limits.max_waiting_requests;
         let admitted = self

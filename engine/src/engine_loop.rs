@@ -160,6 +160,7 @@ impl EngineLoop {
             prompt,
             params,
             priority,
+            ..
         } = request;
         let eos = &self.tokenizer.eos_token_ids;
         let n = params.n.max(1);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use wick_engine::constraint::Constraint;
 use wick_engine::engine::{EngineEvent, PromptTokenLogprob, Usage};
 use wick_engine::sampling_params::SamplingParams;
 use wick_engine::stop::FinishReason;
@@ -35,11 +36,14 @@ pub fn submit_all(
     engine: &Arc<Engine>,
     prompts: Vec<Vec<u32>>,
     params: &SamplingParams,
+    compiled: Option<&Constraint>,
     timer: RequestTimer,
 ) -> Result<MergedEvents, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in prompts {
-        streams.push(engine.submit(GenerateRequest::new(prompt, params.clone()))?);
+        let mut request = GenerateRequest::new(prompt, params.clone());
+        request.compiled_constraint = compiled.cloned();
+        streams.push(engine.submit(request)?);
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let remaining = streams.len();

@@ -228,6 +228,7 @@ async fn chat_completions(
     let mut params =
         validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
+    let mut compiled = None;
     match prepared.constraint {
         Some(ToolConstraint::Forced(_)) if params.constraint.is_some() => {
             return Err(ApiError::invalid(
@@ -237,13 +238,16 @@ async fn chat_completions(
         }
         Some(ToolConstraint::Forced(spec)) => {
             // Compiled here so that a schema llguidance rejects is blamed on `tools`.
-            state.engine.compile_constraint(&spec, "tools")?;
+            compiled = Some(state.engine.compile_constraint(&spec, "tools")?);
             params.constraint = Some(spec);
         }
         // `auto` with response_format: the answer's format wins; calls are still parsed.
         Some(ToolConstraint::Triggered(_)) if params.constraint.is_some() => {}
         Some(ToolConstraint::Triggered(spec)) => match state.engine.compile_constraint(&spec, "tools") {
-            Ok(_) => params.constraint = Some(spec),
+            Ok(c) => {
+                compiled = Some(c);
+                params.constraint = Some(spec);
+            }
             // `auto` never needed a grammar to work: a schema llguidance cannot compile leaves
             // the calls unconstrained (and parsed afterwards) rather than failing the request.
             Err(e) => tracing::warn!("tool_choice auto without a grammar: {e}"),
@@ -258,7 +262,7 @@ async fn chat_completions(
     }
     let n = params.n;
     let timer = RequestTimer::new(state.metrics.clone());
-    let events = infer::submit_all(&state.engine, vec![prompt], &params, timer)?;
+    let events = infer::submit_all(&state.engine, vec![prompt], &params, compiled.as_ref(), timer)?;
     let id = random_id("chatcmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -371,7 +375,7 @@ async fn completions(
         Vec::new()
     };
     let timer = RequestTimer::new(state.metrics.clone());
-    let events = infer::submit_all(&state.engine, prompts, &params, timer)?;
+    let events = infer::submit_all(&state.engine, prompts, &params, None, timer)?;
     let id = random_id("cmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
