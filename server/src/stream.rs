@@ -145,6 +145,10 @@ struct StreamState {
     tools: Option<Arc<ToolSetup>>,
     parsers: Vec<Option<StreamingToolParser>>,
     made_call: Vec<bool>,
+    /// With tools and logprobs: each choice's token logprobs not sent yet. The parser holds
+    /// text back, so a token's logprob goes out with the next chunk of its choice (content or
+    /// call, or the finish chunk): concatenated, a stream's logprobs equal the non-streamed ones.
+    held_logprobs: Vec<Vec<TokenLogprobEntry>>,
 }
 
 impl StreamState {
@@ -219,7 +223,20 @@ impl StreamState {
         for delta in deltas {
             match delta {
                 StreamDelta::Content(text) if !text.is_empty() => {
-                    let event = self.delta(index, text, None, None);
+                    let logprobs = self.take_held_logprobs(index);
+                    let event = self.chat_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: None,
+                                content: Some(text),
+                                tool_calls: None,
+                            },
+                            logprobs,
+                            finish_reason: None,
+                        }],
+                        None,
+                    );
                     self.pending.push_back(event);
                 }
                 StreamDelta::Content(_) => {}
@@ -233,6 +250,7 @@ impl StreamState {
                         continue;
                     }
                     self.made_call[index] = true;
+                    let logprobs = self.take_held_logprobs(index);
                     let event = self.chat_chunk(
                         vec![ChatChunkChoice {
                             index,
@@ -246,7 +264,7 @@ impl StreamState {
                                     function: FunctionDeltaOut { name, arguments },
                                 }]),
                             },
-                            logprobs: None,
+                            logprobs,
                             finish_reason: None,
                         }],
                         None,
@@ -255,6 +273,16 @@ impl StreamState {
                 }
             }
         }
+    }
+
+    /// The logprobs held back for choice `index` (None when none are, or none were asked for).
+    fn take_held_logprobs(&mut self, index: usize) -> Option<ChatLogprobs> {
+        let held = std::mem::take(self.held_logprobs.get_mut(index)?);
+        if held.is_empty() {
+            return None;
+        }
+        let (tokens, entries): (Vec<u32>, Vec<_>) = held.into_iter().unzip();
+        Some(chat_logprobs(self.state.engine.tokenizer(), &tokens, &entries))
     }
 
     async fn fill(&mut self) {
@@ -269,9 +297,14 @@ impl StreamState {
         match item {
             Merged::Event(p, EngineEvent::Token(t)) => {
                 let index = p * self.n + t.index;
-                // With tools the text goes through the parser (and logprobs are not streamed).
+                // With tools the text goes through the parser; logprobs wait for its output.
                 if let Some(parser) = self.parsers.get_mut(index).and_then(Option::as_mut) {
                     let deltas = parser.push(&t.text);
+                    if let (true, Some(lp)) = (self.logprobs, t.logprob) {
+                        if let Some(held) = self.held_logprobs.get_mut(index) {
+                            held.push((t.token, (lp, t.top_logprobs)));
+                        }
+                    }
                     self.push_tool_deltas(index, deltas);
                 } else if !t.text.is_empty() || self.logprobs {
                     let lp = t.logprob.map(|lp| (t.token, (lp, t.top_logprobs)));
@@ -299,7 +332,23 @@ impl StreamState {
                 } else {
                     reason.as_str()
                 };
-                let event = self.delta(index, String::new(), None, Some(reason));
+                let mut event = self.delta(index, String::new(), None, Some(reason));
+                if let Some(logprobs) = self.take_held_logprobs(index) {
+                    // What the parser held to the end (a call's last tokens, trailing markup).
+                    event = self.chat_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: None,
+                                content: None,
+                                tool_calls: None,
+                            },
+                            logprobs: Some(logprobs),
+                            finish_reason: Some(reason),
+                        }],
+                        None,
+                    );
+                }
                 self.pending.push_back(event);
             }
             Merged::Event(_, EngineEvent::Error(message)) => {
@@ -353,10 +402,12 @@ pub fn sse(state: Arc<AppState>, events: MergedEvents, options: SseOptions) -> R
                 .map(|t| StreamingToolParser::new(t.format, Some(&t.tools)))
         })
         .collect();
+    let held_logprobs = vec![Vec::new(); if tools.is_some() { n } else { 0 }];
     let mut s = StreamState {
         tools,
         parsers,
         made_call: vec![false; n],
+        held_logprobs,
         state,
         events,
         kind,

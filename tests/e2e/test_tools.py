@@ -115,6 +115,20 @@ class ToolCalling(unittest.TestCase):
         streamed = [calls[i] for i in sorted(calls)]
         self.assertEqual(streamed, [[c.function.name, c.function.arguments] for c in whole.tool_calls])
 
+    def test_streamed_logprobs_with_tools_equal_the_non_streamed(self):
+        # The parser holds text back; each token's logprob still goes out, with the next chunk.
+        for choice in ("required", "auto"):
+            kw = dict(tool_choice=choice, temperature=0.8, seed=5, logprobs=True, top_logprobs=2, max_tokens=60)
+            whole = call(**kw)
+            want = [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in whole.choices[0].logprobs.content]
+            got = []
+            for chunk in call(stream=True, **kw):
+                for c in chunk.choices:
+                    for t in (c.logprobs.content if c.logprobs and c.logprobs.content else []):
+                        got.append((t.token, t.logprob, [a.token for a in t.top_logprobs]))
+            self.assertEqual(len(want), whole.usage.completion_tokens, choice)
+            self.assertEqual(got, want, choice)
+
     def test_required_and_named_calls_always_validate(self):
         named = {"type": "function", "function": {"name": "book_hotel"}}
         jobs = [dict(tool_choice="required", seed=s) for s in range(20)]
