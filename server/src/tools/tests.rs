@@ -187,3 +187,51 @@ fn tool_call_parser_overrides_detection_for_templates_that_render_tools() {
     assert_eq!(setup.format, ToolCallFormat::Hermes);
     assert!(p.prompt.contains("<tool_call>"), "{}", p.prompt);
 }
+
+#[test]
+fn llama31_multi_step_calls_replay_in_order() {
+    let tools = json!([function("get_weather"), function("get_time")]);
+    let call = |id: &str, name: &str, args: &str| json!([{"id": id, "type": "function", "function": {"name": name, "arguments": args}}]);
+    let p = prepare_body(
+        &llama31(),
+        None,
+        json!({"model": "m", "tools": tools, "messages": [
+            {"role": "user", "content": "Weather and time in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": call("call_1", "get_weather", "{\"query\": \"Paris\"}")},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+            {"role": "assistant", "content": null, "tool_calls": call("call_2", "get_time", "{\"query\": \"Europe/Paris\"}")},
+            {"role": "tool", "tool_call_id": "call_2", "content": "14:05"},
+        ]}),
+    );
+    let first = p
+        .prompt
+        .find(r#"{"name": "get_weather", "parameters": {"query": "Paris"}}<|eot_id|>"#)
+        .expect("first call replayed in Llama's JSON form");
+    let second = p
+        .prompt
+        .find(r#"{"name": "get_time", "parameters": {"query": "Europe/Paris"}}<|eot_id|>"#)
+        .expect("second call replayed");
+    let results: Vec<usize> = p
+        .prompt
+        .match_indices("<|start_header_id|>ipython<|end_header_id|>")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(results.len(), 2, "{}", p.prompt);
+    assert!(
+        first < results[0] && results[0] < second && second < results[1],
+        "{}",
+        p.prompt
+    );
+    assert!(p
+        .prompt
+        .ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    // The template itself refuses parallel calls in history: a 400 naming its message.
+    let two = json!([
+        {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+        {"id": "b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]);
+    let (req, messages) = request(json!({"model": "m", "tools": tools, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": two}]}));
+    let err = prepare(&llama31(), None, &req, messages).err().expect("refused");
+    assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+    assert!(err.body.error.message.contains("single tool-calls"), "{err:?}");
+}
