@@ -226,23 +226,6 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
     Ok(())
 }
 
-/// Start-up warnings for settings whose feature has not landed, so none is silently ignored.
-pub fn warn_unserved(cfg: &Config) {
-    if !cfg.routes.is_empty() {
-        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
-        tracing::warn!(routes = ?names, "routes are configured but not served yet (the router is issue #7)");
-    }
-    let remote: Vec<&str> = cfg
-        .models
-        .iter()
-        .filter(|m| m.is_remote())
-        .map(|m| m.id.as_str())
-        .collect();
-    if !remote.is_empty() {
-        tracing::warn!(models = ?remote, "remote models are only used by routes; not served yet");
-    }
-}
-
 /// The configured `tool_call_parser` as the parsers' format.
 pub fn tool_call_format(parser: wick_config::ToolCallParser) -> ToolCallFormat {
     match parser {

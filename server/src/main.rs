@@ -16,6 +16,7 @@ use wick_engine::model_runner::ModelRunner;
 use wick_engine::model_source::ModelSource;
 use wick_engine::Engine;
 use wick_server::chat_template::{ChatMessage, ChatTemplate};
+use wick_server::router::RouterState;
 use wick_server::server::{self, AppState};
 use wick_server::tools;
 
@@ -164,7 +165,6 @@ fn chat_template(
 }
 
 fn serve(cfg: wick_config::Config) -> Result<()> {
-    config_cmd::warn_unserved(&cfg);
     // wick-config validated that exactly one local model is served.
     let model = cfg.served_model().context("no local model to serve")?;
     let source = resolve_model(model.source.as_deref())?;
@@ -190,6 +190,12 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
     }
     let mut state = AppState::new(Arc::new(engine), model_id, template);
     state.tool_format = tool_format;
+    state.router = RouterState::from_config(&cfg, &model.id, &state.model_id, state.metrics.registry())
+        .context("setting up the routes")?;
+    if let Some(router) = &state.router {
+        let names: Vec<&String> = router.routes.keys().collect();
+        tracing::info!(routes = ?names, "routing");
+    }
     state.api_keys = server_cfg
         .api_keys
         .iter()

@@ -50,6 +50,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Where other parts (the router) register their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new(model: &str) -> prometheus::Result<Self> {
         let r = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model);
@@ -254,6 +259,9 @@ impl RequestTimer {
 }
 
 pub async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(router) = &state.router {
+        router.observe_breakers();
+    }
     let body = state.metrics.render(&state.engine.stats());
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }

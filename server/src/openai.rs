@@ -311,7 +311,11 @@ pub struct ModelCard {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
-    pub max_model_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
+    /// A route's tiers (backend ids), cheapest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -23,6 +23,8 @@ use crate::errors::ApiError;
 use crate::infer::{self, ChoiceOutput};
 use crate::metrics::{self, Metrics, RequestTimer};
 use crate::openai::*;
+use crate::router::backend::Endpoint;
+use crate::router::RouterState;
 use crate::stream::{self, StreamKind};
 use crate::tool_parser::ToolCallFormat;
 use crate::tools::{self, ToolConstraint};
@@ -44,6 +46,8 @@ pub struct AppState {
     pub tool_format: Option<ToolCallFormat>,
     pub created: u64,
     pub draining: AtomicBool,
+    /// Routes to tiers (None: no routes configured).
+    pub router: Option<RouterState>,
 }
 
 impl AppState {
@@ -59,6 +63,7 @@ impl AppState {
             tool_format: None,
             created: unix_now(),
             draining: AtomicBool::new(false),
+            router: None,
         }
     }
 
@@ -202,12 +207,39 @@ fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiEr
     })
 }
 
+/// A request for a route goes to the router; `None`: it is for the local model.
+async fn route_request(state: &Arc<AppState>, endpoint: Endpoint, body: &Bytes) -> Option<Response> {
+    let router = state.router.as_ref()?;
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let route = router.routes.get(value.get("model")?.as_str()?)?;
+    Some(crate::router::dispatch(state.clone(), route, endpoint, value).await)
+}
+
+/// The local model's handlers, for the router's local tier (boxed: the handlers call the
+/// router, which calls this).
+pub fn handle_local(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+    Box::pin(async move {
+        let result = match endpoint {
+            Endpoint::Chat => chat_completions(State(state), Ok(body)).await,
+            Endpoint::Completions => completions(State(state), Ok(body)).await,
+        };
+        result.into_response()
+    })
+}
+
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.check_not_draining()?;
     let body = body?;
+    if let Some(response) = route_request(&state, Endpoint::Chat, &body).await {
+        return Ok(response);
+    }
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
     validation::check_functions(req.functions.as_ref(), req.function_call.as_ref())?;
@@ -322,6 +354,9 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     state.check_not_draining()?;
     let body = body?;
+    if let Some(response) = route_request(&state, Endpoint::Completions, &body).await {
+        return Ok(response);
+    }
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;
     state.check_model(&req.model)?;
     if let Some(best_of) = req.best_of.filter(|&b| b > 1) {
@@ -432,14 +467,45 @@ fn model_card(state: &AppState) -> ModelCard {
         object: "model",
         created: state.created,
         owned_by: "wick",
-        max_model_len: state.engine.limits().max_model_len,
+        max_model_len: Some(state.engine.limits().max_model_len),
+        tiers: None,
     }
+}
+
+/// The local model, then each route (with its tiers' backend ids) and each remote backend.
+fn model_cards(state: &AppState) -> Vec<ModelCard> {
+    let mut cards = vec![model_card(state)];
+    if let Some(router) = &state.router {
+        let mut routes: Vec<_> = router.routes.values().collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        for r in routes {
+            cards.push(ModelCard {
+                id: r.name.clone(),
+                object: "model",
+                created: state.created,
+                owned_by: "wick-router",
+                max_model_len: None,
+                tiers: Some(r.tiers.iter().map(|t| t.backend.id.clone()).collect()),
+            });
+        }
+        for b in router.backends.iter().filter(|b| b.model != state.model_id) {
+            cards.push(ModelCard {
+                id: b.model.clone(),
+                object: "model",
+                created: state.created,
+                owned_by: "remote",
+                max_model_len: None,
+                tiers: None,
+            });
+        }
+    }
+    cards
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
-        data: vec![model_card(&state)],
+        data: model_cards(&state),
     })
 }
 
@@ -447,8 +513,11 @@ async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
-    state.check_model(&id)?;
-    Ok(Json(model_card(&state)))
+    model_cards(&state)
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 async fn health() -> Json<serde_json::Value> {

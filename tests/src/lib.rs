@@ -56,8 +56,16 @@ impl Server {
 
     /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
     pub fn start(extra: &[&str]) -> Server {
-        let port = free_port();
-        let log = std::fs::File::create(Self::log_path(port)).expect("log file");
+        Self::start_on(free_port(), extra)
+    }
+
+    /// [`Server::start`] on a given port (a restart where the last one listened).
+    pub fn start_on(port: u16, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Self::log_path(port))
+            .expect("log file");
         let child = Command::new(wick_binary())
             .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])
             .args(extra)

@@ -1,0 +1,434 @@
+//! The router (issue #7): a route is a model name clients ask for (`auto`) that maps to ordered
+//! tiers, cheapest first. A request to a route goes to the first tier whose circuit breaker is
+//! closed; a failure (unreachable, timeout, 429/5xx, saturated) moves it to the next tier
+//! (failover, `max_retries` at most); a complete answer from a tier that is not the last is
+//! checked against the route's policy and passed up when it falls short (cascade: `length`, an
+//! invalid tool call, low logprobs, an abstain pattern; a prompt too long for the tier's
+//! context). The response says who answered: its `model` is the backend's, and headers
+//! `x-wick-backend`, `x-wick-escalation` and `x-wick-failover` say why.
+//!
+//! Streaming requests are not cascaded yet: they go to the first tier that accepts them, with
+//! failover until the first byte (the stream is then committed). See docs/router.md.
+
+pub mod backend;
+pub mod breaker;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use serde_json::Value;
+use wick_config::{Config, RoutePolicy};
+
+use crate::errors::ApiError;
+use crate::server::AppState;
+use backend::{Backend, BackendFailure, BackendKind, Endpoint, RemoteClient};
+use breaker::CircuitBreaker;
+use policy::Escalation;
+
+pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
+pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
+pub const FAILOVER_HEADER: HeaderName = HeaderName::from_static("x-wick-failover");
+
+/// Non-streamed answers larger than this are a failure of the tier.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+pub struct Route {
+    pub name: String,
+    pub tiers: Vec<Tier>,
+    pub policy: RoutePolicy,
+}
+
+/// A backend as one route's tier: the breaker is the route's (its policy sets the thresholds).
+pub struct Tier {
+    pub backend: Arc<Backend>,
+    pub breaker: CircuitBreaker,
+}
+
+pub struct RouterState {
+    pub routes: HashMap<String, Route>,
+    /// Remote backends by the name clients may also ask for directly (their `served_name` or
+    /// id): requests for them are proxied (with failover only to themselves).
+    pub backends: Vec<Arc<Backend>>,
+    metrics: RouterMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterConfigError {
+    #[error("route `{route}` names local model `{model}`, but this process serves `{served}`: run each local model as its own wick and reference it with `url`")]
+    OtherLocalModel {
+        route: String,
+        model: String,
+        served: String,
+    },
+    #[error("model `{model}`: {source}")]
+    Client {
+        model: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("router metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl RouterState {
+    /// The routes and remote backends of `cfg`; `served` is the id of the local model this
+    /// process runs, `served_name` what clients call it. `None` when there are no routes.
+    pub fn from_config(
+        cfg: &Config,
+        served: &str,
+        served_name: &str,
+        registry: &prometheus::Registry,
+    ) -> Result<Option<Self>, RouterConfigError> {
+        if cfg.routes.is_empty() {
+            return Ok(None);
+        }
+        let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
+        let breaker = |p: &RoutePolicy| {
+            CircuitBreaker::new(p.breaker_failures, Duration::from_secs(p.breaker_cooldown_secs))
+        };
+        let mut routes = HashMap::new();
+        for r in &cfg.routes {
+            let mut tiers = Vec::new();
+            for id in &r.tiers {
+                if let Some(b) = backends.get(id) {
+                    tiers.push(Tier {
+                        backend: b.clone(),
+                        breaker: breaker(&r.policy),
+                    });
+                    continue;
+                }
+                let Some(m) = cfg.models.iter().find(|m| &m.id == id) else {
+                    continue; // wick-config's validation reports unknown ids before this runs.
+                };
+                let kind = match &m.url {
+                    Some(url) => {
+                        let key = m.api_key_env.as_ref().and_then(|var| match std::env::var(var) {
+                            Ok(key) => Some(key),
+                            Err(_) => {
+                                // Started anyway: the backend may not need a key; if it does,
+                                // its 401s fail over like any other failure.
+                                tracing::warn!(model = %id, %var, "api_key_env is not set: no key sent");
+                                None
+                            }
+                        });
+                        let timeout = Duration::from_secs(m.timeout_secs.unwrap_or(600));
+                        let client =
+                            RemoteClient::new(url, key, timeout, m.max_concurrency).map_err(|source| {
+                                RouterConfigError::Client {
+                                    model: id.clone(),
+                                    source,
+                                }
+                            })?;
+                        BackendKind::Remote(client)
+                    }
+                    None if id == served => BackendKind::Local,
+                    None => {
+                        return Err(RouterConfigError::OtherLocalModel {
+                            route: r.name.clone(),
+                            model: id.clone(),
+                            served: served.to_string(),
+                        })
+                    }
+                };
+                let model = match kind {
+                    BackendKind::Local => served_name.to_string(),
+                    BackendKind::Remote(_) => m.served_name.clone().unwrap_or_else(|| id.clone()),
+                };
+                let backend = Arc::new(Backend {
+                    id: id.clone(),
+                    model,
+                    kind,
+                });
+                backends.insert(id.clone(), backend.clone());
+                tiers.push(Tier {
+                    backend,
+                    breaker: breaker(&r.policy),
+                });
+            }
+            routes.insert(
+                r.name.clone(),
+                Route {
+                    name: r.name.clone(),
+                    tiers,
+                    policy: r.policy.clone(),
+                },
+            );
+        }
+        let mut backends: Vec<Arc<Backend>> = backends.into_values().collect();
+        backends.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Some(Self {
+            routes,
+            backends,
+            metrics: RouterMetrics::new(registry)?,
+        }))
+    }
+
+    /// Breaker states into their gauge (at scrape time).
+    pub fn observe_breakers(&self) {
+        for r in self.routes.values() {
+            for t in &r.tiers {
+                self.metrics
+                    .breaker
+                    .with_label_values(&[&r.name, &t.backend.id])
+                    .set(t.breaker.state().as_gauge());
+            }
+        }
+    }
+}
+
+struct RouterMetrics {
+    requests: IntCounterVec,
+    escalations: IntCounterVec,
+    failovers: IntCounterVec,
+    breaker: IntGaugeVec,
+}
+
+impl RouterMetrics {
+    fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "wick_router_requests_total",
+                "Route requests by the backend that answered",
+            ),
+            &["route", "backend"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new(
+                "wick_router_escalations_total",
+                "Answers passed up to the next tier, by reason",
+            ),
+            &["route", "backend", "reason"],
+        )?;
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "wick_router_failovers_total",
+                "Tiers skipped because they failed, by reason",
+            ),
+            &["route", "backend", "reason"],
+        )?;
+        let breaker = IntGaugeVec::new(
+            Opts::new(
+                "wick_router_breaker_state",
+                "Circuit breaker per route and backend: 0 closed, 1 open, 2 half-open",
+            ),
+            &["route", "backend"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(breaker.clone()))?;
+        Ok(Self {
+            requests,
+            escalations,
+            failovers,
+            breaker,
+        })
+    }
+}
+
+/// What happened on the way to an answer, for the response headers.
+#[derive(Default)]
+struct Trail {
+    escalations: Vec<String>,
+    failovers: Vec<String>,
+}
+
+impl Trail {
+    fn headers(&self, backend: &str, response: &mut Response) {
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(backend) {
+            h.insert(BACKEND_HEADER, v);
+        }
+        for (name, list) in [
+            (ESCALATION_HEADER, &self.escalations),
+            (FAILOVER_HEADER, &self.failovers),
+        ] {
+            if !list.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                    h.insert(name, v);
+                }
+            }
+        }
+    }
+}
+
+/// Serves a request whose `model` is a route.
+pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, body: Value) -> Response {
+    let Some(router) = app.router.as_ref() else {
+        return ApiError::internal("no router").into_response();
+    };
+    let metrics = &router.metrics;
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let client_logprobs = asks_logprobs(endpoint, &body);
+    let tools: Option<Vec<Value>> = body.get("tools").and_then(Value::as_array).cloned();
+    let mut trail = Trail::default();
+    // The best answer so far: a cheap tier's, kept in case every tier above it fails.
+    let mut kept: Option<(Arc<Backend>, StatusCode, Value)> = None;
+    let mut retries = 0;
+    let last = route.tiers.len().saturating_sub(1);
+    for (
+        i,
+        Tier {
+            backend: tier,
+            breaker,
+        },
+    ) in route.tiers.iter().enumerate()
+    {
+        if !breaker.allow() {
+            trail.failovers.push(format!("{}:breaker_open", tier.id));
+            metrics
+                .failovers
+                .with_label_values(&[&route.name, &tier.id, "breaker_open"])
+                .inc();
+            continue;
+        }
+        let cascade = !stream && i < last;
+        let mut request = body.clone();
+        request["model"] = Value::String(tier.model.clone());
+        if cascade && policy::needs_logprobs(&route.policy) && !client_logprobs {
+            match endpoint {
+                Endpoint::Chat => request["logprobs"] = Value::Bool(true),
+                Endpoint::Completions => request["logprobs"] = Value::from(0),
+            }
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let failed = |trail: &mut Trail, f: &BackendFailure| {
+            tracing::warn!(route = %route.name, backend = %tier.id, "failover: {f}");
+            trail.failovers.push(format!("{}:{}", tier.id, f.reason()));
+            metrics
+                .failovers
+                .with_label_values(&[&route.name, &tier.id, f.reason()])
+                .inc();
+        };
+        let reply = match tier.send(&app, endpoint, bytes).await {
+            Ok(r) => r,
+            Err(f) => {
+                breaker.record_failure();
+                failed(&mut trail, &f);
+                retries += 1;
+                if retries > route.policy.max_retries {
+                    break;
+                }
+                continue;
+            }
+        };
+        if stream && reply.status.is_success() {
+            // Committed: the stream goes through as it comes.
+            breaker.record_success();
+            metrics.requests.with_label_values(&[&route.name, &tier.id]).inc();
+            let mut response = Response::new(reply.body);
+            *response.status_mut() = reply.status;
+            if let Some(ct) = reply.content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            trail.headers(&tier.id, &mut response);
+            return response;
+        }
+        let status = reply.status;
+        let answer = match reply.bytes(MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            Err(f) => {
+                breaker.record_failure();
+                failed(&mut trail, &f);
+                continue;
+            }
+        };
+        // The backend answered: its breaker closes even if the request was refused.
+        breaker.record_success();
+        let Ok(mut json) = serde_json::from_slice::<Value>(&answer) else {
+            let f = BackendFailure::Unreachable("the answer is not JSON".into());
+            failed(&mut trail, &f);
+            continue;
+        };
+        let escalation = if !status.is_success() {
+            // The request's own fault: the same for every tier, except a context too small.
+            let code = json.pointer("/error/code").and_then(Value::as_str);
+            if code == Some("context_length_exceeded") && i < last {
+                Some(Escalation::Context)
+            } else {
+                return finish(metrics, route, tier, &trail, status, json);
+            }
+        } else if cascade {
+            policy::escalation(&route.policy, endpoint, &json, tools.as_deref())
+        } else {
+            None
+        };
+        match escalation {
+            Some(reason) => {
+                trail.escalations.push(format!("{}:{}", tier.id, reason.as_str()));
+                metrics
+                    .escalations
+                    .with_label_values(&[&route.name, &tier.id, reason.as_str()])
+                    .inc();
+                if status.is_success() {
+                    if !client_logprobs {
+                        strip_logprobs(&mut json);
+                    }
+                    kept = Some((tier.clone(), status, json));
+                }
+            }
+            None => {
+                if !client_logprobs {
+                    strip_logprobs(&mut json);
+                }
+                return finish(metrics, route, tier, &trail, status, json);
+            }
+        }
+    }
+    match kept {
+        // Every tier above it failed: the escalated answer is better than none.
+        Some((tier, status, json)) => finish(metrics, route, &tier, &trail, status, json),
+        None => {
+            let mut response = ApiError::unavailable(format!(
+                "route `{}`: no tier could answer ({})",
+                route.name,
+                trail.failovers.join(", ")
+            ))
+            .into_response();
+            trail.headers("none", &mut response);
+            response
+        }
+    }
+}
+
+fn finish(
+    metrics: &RouterMetrics,
+    route: &Route,
+    tier: &Backend,
+    trail: &Trail,
+    status: StatusCode,
+    json: Value,
+) -> Response {
+    metrics.requests.with_label_values(&[&route.name, &tier.id]).inc();
+    let mut response = Response::new(Body::from(serde_json::to_vec(&json).unwrap_or_default()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    trail.headers(&tier.id, &mut response);
+    response
+}
+
+fn asks_logprobs(endpoint: Endpoint, body: &Value) -> bool {
+    match endpoint {
+        Endpoint::Chat => body.get("logprobs").and_then(Value::as_bool).unwrap_or(false),
+        Endpoint::Completions => body.get("logprobs").is_some_and(|l| !l.is_null()),
+    }
+}
+
+/// Logprobs the router asked for itself are not the client's.
+fn strip_logprobs(json: &mut Value) {
+    if let Some(choices) = json.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices {
+            if let Some(obj) = c.as_object_mut() {
+                obj.insert("logprobs".into(), Value::Null);
+            }
+        }
+    }
+}

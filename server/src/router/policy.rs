@@ -1,0 +1,240 @@
+//! The cascade's decision: does a cheap tier's complete answer stand, or does the request go to
+//! the next tier (and why)? Reads only the OpenAI response JSON, so it works the same for the
+//! local model and a remote one.
+
+use serde_json::Value;
+use wick_config::RoutePolicy;
+
+use super::backend::Endpoint;
+
+/// Why an answer was passed up to the next tier (`x-wick-escalation`, metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escalation {
+    /// It stopped at `max_tokens` (or the context) before finishing.
+    Length,
+    /// A tool call whose arguments do not parse, name no offered tool, or lack a required key.
+    InvalidToolCall,
+    LowMeanLogprob,
+    LowTokenLogprob,
+    /// It matched an abstain pattern ("I don't know").
+    Abstain,
+    /// The prompt does not fit the tier's context (its 400 `context_length_exceeded`).
+    Context,
+}
+
+impl Escalation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::InvalidToolCall => "invalid_tool_call",
+            Self::LowMeanLogprob => "low_mean_logprob",
+            Self::LowTokenLogprob => "low_token_logprob",
+            Self::Abstain => "abstain",
+            Self::Context => "context",
+        }
+    }
+}
+
+/// Whether the policy reads token logprobs (the router then asks the cheap tier for them).
+pub fn needs_logprobs(policy: &RoutePolicy) -> bool {
+    policy.min_mean_logprob.is_some() || policy.min_token_logprob.is_some()
+}
+
+/// The first reason, in the order checked, to escalate `response`; `None`: it stands.
+/// `tools` are the request's (OpenAI's `{"type": "function", "function": {...}}` objects).
+pub fn escalation(
+    policy: &RoutePolicy,
+    endpoint: Endpoint,
+    response: &Value,
+    tools: Option<&[Value]>,
+) -> Option<Escalation> {
+    let choices = response.get("choices").and_then(Value::as_array)?;
+    for choice in choices {
+        if policy.escalate_on_length && choice.get("finish_reason").and_then(Value::as_str) == Some("length")
+        {
+            return Some(Escalation::Length);
+        }
+        let message = choice.get("message");
+        if policy.escalate_on_invalid_tool_call {
+            let calls = message
+                .and_then(|m| m.get("tool_calls"))
+                .and_then(Value::as_array);
+            if calls.is_some_and(|calls| calls.iter().any(|c| !valid_call(c, tools.unwrap_or_default()))) {
+                return Some(Escalation::InvalidToolCall);
+            }
+        }
+        let logprobs = token_logprobs(endpoint, choice);
+        if !logprobs.is_empty() {
+            let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+            if policy.min_mean_logprob.is_some_and(|min| mean < min) {
+                return Some(Escalation::LowMeanLogprob);
+            }
+            let lowest = logprobs.iter().copied().fold(f64::INFINITY, f64::min);
+            if policy.min_token_logprob.is_some_and(|min| lowest < min) {
+                return Some(Escalation::LowTokenLogprob);
+            }
+        }
+        let text = match endpoint {
+            Endpoint::Chat => message.and_then(|m| m.get("content")),
+            Endpoint::Completions => choice.get("text"),
+        }
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_lowercase();
+        if policy
+            .abstain_patterns
+            .iter()
+            .any(|p| !p.is_empty() && text.contains(&p.to_lowercase()))
+        {
+            return Some(Escalation::Abstain);
+        }
+    }
+    None
+}
+
+/// The generated tokens' logprobs, from chat's `logprobs.content[].logprob` or completions'
+/// `logprobs.token_logprobs[]`.
+fn token_logprobs(endpoint: Endpoint, choice: &Value) -> Vec<f64> {
+    let lp = choice.get("logprobs");
+    match endpoint {
+        Endpoint::Chat => lp
+            .and_then(|l| l.get("content"))
+            .and_then(Value::as_array)
+            .map(|c| c.iter().filter_map(|t| t.get("logprob")?.as_f64()).collect()),
+        Endpoint::Completions => lp
+            .and_then(|l| l.get("token_logprobs"))
+            .and_then(Value::as_array)
+            .map(|c| c.iter().filter_map(Value::as_f64).collect()),
+    }
+    .unwrap_or_default()
+}
+
+/// A call names an offered tool and its arguments are a JSON object with the tool's required
+/// keys (and no others when the schema says `additionalProperties: false`).
+fn valid_call(call: &Value, tools: &[Value]) -> bool {
+    let Some(function) = call.get("function") else {
+        return false;
+    };
+    let Some(name) = function.get("name").and_then(Value::as_str) else {
+        return false;
+    };
+    let Some(tool) = tools
+        .iter()
+        .filter_map(|t| t.get("function"))
+        .find(|f| f.get("name").and_then(Value::as_str) == Some(name))
+    else {
+        return false;
+    };
+    let args: Option<Value> = function
+        .get("arguments")
+        .and_then(Value::as_str)
+        .and_then(|a| serde_json::from_str(a).ok());
+    let Some(Value::Object(args)) = args else {
+        return false;
+    };
+    let schema = tool.get("parameters");
+    let required = schema
+        .and_then(|s| s.get("required"))
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if required.iter().any(|k| !args.contains_key(*k)) {
+        return false;
+    }
+    let closed = schema.and_then(|s| s.get("additionalProperties")) == Some(&Value::Bool(false));
+    let properties = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object);
+    !(closed
+        && args
+            .keys()
+            .any(|k| !properties.is_some_and(|p| p.contains_key(k))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy() -> RoutePolicy {
+        RoutePolicy {
+            min_mean_logprob: Some(-1.0),
+            min_token_logprob: Some(-5.0),
+            abstain_patterns: vec!["I don't know".into()],
+            ..RoutePolicy::default()
+        }
+    }
+
+    fn chat(content: &str, finish: &str, logprobs: &[f64]) -> Value {
+        let lp: Vec<Value> = logprobs
+            .iter()
+            .map(|l| json!({"token": "x", "logprob": l}))
+            .collect();
+        json!({"choices": [{"index": 0, "finish_reason": finish,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": {"content": lp}}]})
+    }
+
+    #[test]
+    fn each_trigger_escalates_and_a_good_answer_stands() {
+        let p = policy();
+        let e = |r: &Value| escalation(&p, Endpoint::Chat, r, None);
+        assert_eq!(e(&chat("Paris.", "stop", &[-0.1, -0.3])), None);
+        assert_eq!(e(&chat("Paris", "length", &[-0.1])), Some(Escalation::Length));
+        assert_eq!(
+            e(&chat("Paris.", "stop", &[-2.0, -1.5])),
+            Some(Escalation::LowMeanLogprob)
+        );
+        assert_eq!(
+            e(&chat("Paris.", "stop", &[-0.1, -0.1, -0.1, -6.0])),
+            Some(Escalation::LowTokenLogprob)
+        );
+        assert_eq!(
+            e(&chat("Sorry, I DON'T KNOW.", "stop", &[-0.1])),
+            Some(Escalation::Abstain)
+        );
+        let lax = RoutePolicy {
+            escalate_on_length: false,
+            ..RoutePolicy::default()
+        };
+        assert_eq!(
+            escalation(&lax, Endpoint::Chat, &chat("P", "length", &[-9.0]), None),
+            None
+        );
+        let completion = json!({"choices": [{"text": "4", "finish_reason": "stop",
+            "logprobs": {"token_logprobs": [-3.0], "tokens": ["4"]}}]});
+        assert_eq!(
+            escalation(&p, Endpoint::Completions, &completion, None),
+            Some(Escalation::LowMeanLogprob)
+        );
+    }
+
+    #[test]
+    fn tool_calls_must_name_a_tool_and_carry_its_required_arguments() {
+        let tools = [
+            json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": false}}}),
+        ];
+        let with_call = |name: &str, args: &str| {
+            json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": name, "arguments": args}}]}}]})
+        };
+        let p = RoutePolicy::default();
+        let e = |r: Value| escalation(&p, Endpoint::Chat, &r, Some(&tools));
+        assert_eq!(e(with_call("get_weather", r#"{"city": "Paris"}"#)), None);
+        for (name, args) in [
+            ("get_weather", r#"{"city": "Paris""#),
+            ("get_weather", r#"{}"#),
+            ("get_weather", r#"{"city": "Paris", "unit": "C"}"#),
+            ("get_time", r#"{"city": "Paris"}"#),
+            ("get_weather", r#"["Paris"]"#),
+        ] {
+            assert_eq!(
+                e(with_call(name, args)),
+                Some(Escalation::InvalidToolCall),
+                "{name} {args}"
+            );
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The router with real processes: a `large` wick (the default model under another name, a
+//! separate process reached over HTTP) behind a router wick that serves `small` itself and the
+//! routes. Each escalation trigger, failover when the large process is killed, the breaker
+//! opening and recovering after a restart, streaming passthrough, and that `model` and the
+//! `x-wick-*` headers say who answered.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wick_tests::{free_port, http_get, request, Server};
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+fn post(port: u16, path: &str, body: &Value) -> Reply {
+    let (status, text) = request(port, "POST", path, Some(&body.to_string())).expect("router answers");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn chat(model: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": "Name a colour."}]})
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("config written");
+    path.display().to_string()
+}
+
+fn router_config(large_port: u16) -> String {
+    format!(
+        r#"
+[engine]
+max_model_len = 96          # the small tier's context: long prompts escalate to `large`
+
+[[models]]
+id = "small"
+served_name = "small"
+
+[[models]]
+id = "large"
+url = "http://127.0.0.1:{large_port}/v1"
+served_name = "large"
+timeout_secs = 60
+
+[[routes]]
+name = "auto"               # the defaults: escalate on length
+tiers = ["small", "large"]
+
+[[routes]]
+name = "lenient"
+tiers = ["small", "large"]
+policy = {{ escalate_on_length = false }}
+
+[[routes]]
+name = "strict"             # no real answer has a mean logprob this high
+tiers = ["small", "large"]
+policy = {{ escalate_on_length = false, min_mean_logprob = -0.0001 }}
+
+[[routes]]
+name = "abstain"            # " " matches any answer of two words or more
+tiers = ["small", "large"]
+policy = {{ escalate_on_length = false, abstain_patterns = [" "] }}
+
+[[routes]]
+name = "large-first"
+tiers = ["large", "small"]
+policy = {{ escalate_on_length = false, breaker_failures = 1, breaker_cooldown_secs = 2 }}
+
+[[routes]]
+name = "only-large"
+tiers = ["large"]
+"#
+    )
+}
+
+fn metric(port: u16, line_start: &str) -> Option<f64> {
+    let (_, text) = http_get(port, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn cascade_failover_breaker_and_streaming_through_real_processes() {
+    let dir = tempfile_dir();
+    let large_port = free_port();
+    let large_cfg = write(
+        &dir,
+        "large.toml",
+        "[[models]]\nid = \"large\"\nserved_name = \"large\"\n",
+    );
+    let mut large = Some(Server::start_on(large_port, &["--config", &large_cfg]));
+    let router_cfg = write(&dir, "router.toml", &router_config(large_port));
+    let router = Server::start(&["--config", &router_cfg]);
+    let port = router.port;
+
+    // /v1/models: the local model, the routes with their tiers, the remote backend.
+    let (_, models) = http_get(port, "/v1/models").expect("models");
+    let models: Value = serde_json::from_str(models.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in ["small", "auto", "lenient", "strict", "large-first", "large"] {
+        assert!(ids.contains(&id), "{id} not in {ids:?}");
+    }
+    let auto = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "auto")
+        .unwrap();
+    assert_eq!(auto["tiers"], json!(["small", "large"]));
+
+    // The cheap tier's answer stands: it answered, under its own model name.
+    let r = post(port, "/v1/chat/completions", &chat("lenient", 4));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    assert_eq!(r.header("x-wick-escalation"), None);
+    assert_eq!(r.json()["model"], "small");
+
+    // Each escalation trigger passes the request up to `large`.
+    let escalated = |route: &str, body: &Value, reason: &str| {
+        let r = post(port, "/v1/chat/completions", body);
+        assert_eq!(r.status, 200, "{route}: {}", r.body);
+        assert_eq!(r.header("x-wick-backend"), Some("large"), "{route}");
+        assert_eq!(
+            r.header("x-wick-escalation"),
+            Some(format!("small:{reason}").as_str()),
+            "{route}"
+        );
+        assert_eq!(r.json()["model"], "large", "{route}");
+        r
+    };
+    escalated("auto", &chat("auto", 4), "length");
+    let r = escalated("strict", &chat("strict", 8), "low_mean_logprob");
+    // The router asked for logprobs to decide; the client did not, so it gets none.
+    assert!(r.json()["choices"][0]["logprobs"].is_null(), "{}", r.body);
+    let mut with_logprobs = chat("strict", 8);
+    with_logprobs["logprobs"] = json!(true);
+    let r = escalated("strict", &with_logprobs, "low_mean_logprob");
+    assert!(
+        r.json()["choices"][0]["logprobs"]["content"].is_array(),
+        "{}",
+        r.body
+    );
+    escalated("abstain", &chat("abstain", 8), "abstain");
+    let long = json!({"model": "lenient", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "tell me more ".repeat(40)}]});
+    escalated("lenient", &long, "context");
+    // Completions go through routes too.
+    let r = post(
+        port,
+        "/v1/completions",
+        &json!({"model": "auto", "prompt": "One, two,", "max_tokens": 3}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    // A request error is the client's: the same for every tier, answered at once.
+    let mut bad = chat("auto", 4);
+    bad["temperature"] = json!(-1);
+    let r = post(port, "/v1/chat/completions", &bad);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    assert!(r.json()["error"]["message"].is_string());
+
+    // Streaming passes through from the first tier that answers, committed from the start.
+    let mut stream = chat("large-first", 6);
+    stream["stream"] = json!(true);
+    let r = post(port, "/v1/chat/completions", &stream);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    assert!(
+        r.body.contains(r#""model":"large""#) && r.body.contains("data: [DONE]"),
+        "{}",
+        r.body
+    );
+
+    // Failover: with `large` gone, `large-first` is answered by `small`...
+    drop(large.take());
+    let r = post(port, "/v1/chat/completions", &chat("large-first", 4));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    assert_eq!(r.header("x-wick-failover"), Some("large:unreachable"));
+    // ...and after one failure (breaker_failures = 1) the breaker is open: `large` is skipped.
+    let r = post(port, "/v1/chat/completions", &chat("large-first", 4));
+    assert_eq!(r.header("x-wick-failover"), Some("large:breaker_open"));
+    let breaker = r#"wick_router_breaker_state{backend="large",route="large-first"}"#;
+    assert_eq!(metric(port, breaker), Some(1.0));
+    // A route with no tier left answers 503 in OpenAI's error format.
+    let r = post(port, "/v1/chat/completions", &chat("only-large", 4));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("no tier"));
+    // `auto` still answers with its cheap tier; the failed escalation keeps the cheap answer.
+    let r = post(port, "/v1/chat/completions", &chat("auto", 4));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    assert_eq!(r.header("x-wick-failover"), Some("large:unreachable"));
+
+    // Recovery: `large` comes back; after the cooldown the breaker half-opens, the trial
+    // request succeeds and closes it.
+    let _large = Server::start_on(large_port, &["--config", &large_cfg]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = post(port, "/v1/chat/completions", &chat("large-first", 4));
+    assert_eq!(r.header("x-wick-backend"), Some("large"), "{:?}", r.headers);
+    assert_eq!(metric(port, breaker), Some(0.0));
+    // Metrics count who answered and why.
+    assert!(
+        metric(
+            port,
+            r#"wick_router_requests_total{backend="large",route="strict"}"#
+        ) >= Some(2.0)
+    );
+    assert!(
+        metric(
+            port,
+            r#"wick_router_escalations_total{backend="small",reason="context",route="lenient"}"#
+        ) >= Some(1.0)
+    );
+    assert!(
+        metric(
+            port,
+            r#"wick_router_failovers_total{backend="large",reason="unreachable",route="large-first"}"#
+        ) >= Some(1.0)
+    );
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wick-router-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn the_cascade_example_config_serves_auto_and_fails_over_when_large_is_absent() {
+    let cfg = wick_tests::root().join("config/examples/cascade.toml");
+    let server = Server::start(&["--config", &cfg.display().to_string()]);
+    // Cut at 4 tokens, `small`'s answer escalates; `wick-large` does not resolve here, so the
+    // cheap answer is returned, saying why.
+    let r = post(server.port, "/v1/chat/completions", &chat("auto", 4));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    assert!(
+        r.header("x-wick-failover")
+            .is_some_and(|f| f.starts_with("large:")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.json()["model"], "smollm2-135m");
+}
