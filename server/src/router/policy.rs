@@ -185,8 +185,10 @@ mod tests {
             e(&chat("Paris.", "stop", &[-2.0, -1.5])),
             Some(Escalation::LowMeanLogprob)
         );
+        // Mean -0.38: only the one token under -5 escalates.
+        let one_bad: Vec<f64> = [vec![-0.1; 20], vec![-6.0]].concat();
         assert_eq!(
-            e(&chat("Paris.", "stop", &[-0.1, -0.1, -0.1, -6.0])),
+            e(&chat("Paris.", "stop", &one_bad)),
             Some(Escalation::LowTokenLogprob)
         );
         assert_eq!(
