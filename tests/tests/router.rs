@@ -28,17 +28,55 @@ impl Reply {
 fn post(port: u16, path: &str, body: &Value) -> Reply {
     let (status, text) = request(port, "POST", path, Some(&body.to_string())).expect("router answers");
     let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let headers = head
+    let headers: HashMap<String, String> = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
         .collect();
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"));
     Reply {
         status,
+        body: if chunked { dechunk(body) } else { body.to_string() },
         headers,
-        body: body.to_string(),
     }
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
+/// The content of a streamed chat answer, and the `model` of its chunks.
+fn streamed_content(body: &str) -> (String, Vec<String>) {
+    let mut content = String::new();
+    let mut models = Vec::new();
+    for data in body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
+        models.push(v["model"].as_str().unwrap_or_default().to_string());
+        if let Some(c) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+            content.push_str(c);
+        }
+        assert!(
+            v.pointer("/choices/0/logprobs").is_none_or(Value::is_null),
+            "{data}"
+        );
+    }
+    (content, models)
 }
 
 fn chat(model: &str, max_tokens: u32) -> Value {
@@ -56,7 +94,7 @@ fn router_config(large_port: u16) -> String {
     format!(
         r#"
 [engine]
-max_model_len = 96          # the small tier's context: long prompts escalate to `large`
+max_model_len = 160         # the small tier's context: long prompts escalate to `large`
 
 [[models]]
 id = "small"
@@ -81,6 +119,11 @@ policy = {{ escalate_on_length = false }}
 name = "strict"             # no real answer has a mean logprob this high
 tiers = ["small", "large"]
 policy = {{ escalate_on_length = false, min_mean_logprob = -0.0001 }}
+
+[[routes]]
+name = "strict-late"        # a threshold every answer passes, so logprobs are asked and removed
+tiers = ["small", "large"]
+policy = {{ escalate_on_length = false, min_token_logprob = -1000.0 }}
 
 [[routes]]
 name = "abstain"            # " " matches any answer of two words or more
@@ -174,7 +217,7 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
     );
     escalated("abstain", &chat("abstain", 8), "abstain");
     let long = json!({"model": "lenient", "max_tokens": 4, "temperature": 0,
-        "messages": [{"role": "user", "content": "tell me more ".repeat(40)}]});
+        "messages": [{"role": "user", "content": "tell me more ".repeat(80)}]});
     escalated("lenient", &long, "context");
     // Completions go through routes too.
     let r = post(
@@ -207,6 +250,44 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
         "{}",
         r.body
     );
+
+    // The streaming cascade: the first tokens are held and judged like a whole answer.
+    let streamed = |body: &Value| {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        post(port, "/v1/chat/completions", &body)
+    };
+    let r = streamed(&chat("auto", 4));
+    assert_eq!(r.header("x-wick-backend"), Some("large"), "{:?}", r.headers);
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    let (_, models) = streamed_content(&r.body);
+    assert!(
+        !models.is_empty() && models.iter().all(|m| m == "large"),
+        "{models:?}"
+    );
+    let r = streamed(&chat("strict", 8));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:low_mean_logprob"));
+    // Judged and committed after 32 held tokens: the client gets the whole answer, held part
+    // and rest, identical to the non-streamed one (and without the router's logprobs).
+    for (route, max_tokens) in [("lenient", 60), ("strict-late", 60)] {
+        let mut ask = chat(route, max_tokens);
+        ask["messages"][0]["content"] = json!("Write a short story about a cat.");
+        let whole = post(port, "/v1/chat/completions", &ask);
+        let r = streamed(&ask);
+        assert_eq!(r.header("x-wick-backend"), Some("small"), "{route}");
+        let (content, models) = streamed_content(&r.body);
+        assert!(models.iter().all(|m| m == "small"), "{route}");
+        assert_eq!(
+            content,
+            whole.json()["choices"][0]["message"]["content"].as_str().unwrap(),
+            "{route}"
+        );
+        assert!(r.body.ends_with("data: [DONE]\n\n"), "{route}");
+        assert!(
+            whole.json()["usage"]["completion_tokens"].as_u64().unwrap() > 32,
+            "{route}: too short to test the hold"
+        );
+    }
 
     // Failover: with `large` gone, `large-first` is answered by `small`...
     drop(large.take());

@@ -7,11 +7,13 @@
 //! context). The response says who answered: its `model` is the backend's, and headers
 //! `x-wick-backend`, `x-wick-escalation` and `x-wick-failover` say why.
 //!
-//! Streaming requests are not cascaded yet: they go to the first tier that accepts them, with
-//! failover until the first byte (the stream is then committed). See docs/router.md.
+//! Streaming: a cheap tier's stream is held back for its first `stream_hold_tokens` tokens
+//! (`hold.rs`) and judged like a whole answer; then it is committed (passed through as it
+//! arrives) or dropped for the next tier. See docs/router.md.
 
 pub mod backend;
 pub mod breaker;
+pub mod hold;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde_json::Value;
 use wick_config::{Config, RoutePolicy};
@@ -270,6 +273,8 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
     let mut trail = Trail::default();
     // The best answer so far: a cheap tier's, kept in case every tier above it fails.
     let mut kept: Option<(Arc<Backend>, StatusCode, Value)> = None;
+    // The same for a stream that ended within the hold: its events, to replay.
+    let mut kept_stream: Option<(Arc<Backend>, Vec<hold::SseData>)> = None;
     let mut retries = 0;
     let last = route.tiers.len().saturating_sub(1);
     for (
@@ -288,7 +293,7 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
                 .inc();
             continue;
         }
-        let cascade = !stream && i < last;
+        let cascade = i < last;
         let mut request = body.clone();
         request["model"] = Value::String(tier.model.clone());
         if cascade && policy::needs_logprobs(&route.policy) && !client_logprobs {
@@ -319,16 +324,82 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
             }
         };
         if stream && reply.status.is_success() {
-            // Committed: the stream goes through as it comes.
-            breaker.record_success();
-            metrics.requests.with_label_values(&[&route.name, &tier.id]).inc();
-            let mut response = Response::new(reply.body);
-            *response.status_mut() = reply.status;
-            if let Some(ct) = reply.content_type {
-                response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            let hold_tokens = if cascade {
+                route.policy.stream_hold_tokens
+            } else {
+                0
+            };
+            if hold_tokens == 0 {
+                // Committed at once: the stream goes through as it comes.
+                breaker.record_success();
+                return stream_response(
+                    metrics,
+                    route,
+                    tier,
+                    &trail,
+                    reply.status,
+                    reply.content_type,
+                    reply.body,
+                );
             }
-            trail.headers(&tier.id, &mut response);
-            return response;
+            let mut upstream = reply.body.into_data_stream();
+            let mut splitter = hold::SseSplitter::default();
+            let mut held = Vec::new();
+            let mut answer = hold::HeldAnswer::default();
+            let mut broken = None;
+            while answer.tokens < hold_tokens && !answer.finished {
+                match upstream.next().await {
+                    Some(Ok(bytes)) => {
+                        for event in splitter.push(&bytes) {
+                            answer.add(endpoint, &event);
+                            held.push(event);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(e) = broken {
+                breaker.record_failure();
+                failed(&mut trail, &BackendFailure::Unreachable(e));
+                continue;
+            }
+            breaker.record_success();
+            let strip = policy::needs_logprobs(&route.policy) && !client_logprobs;
+            match policy::escalation(
+                &route.policy,
+                endpoint,
+                &answer.as_response(endpoint),
+                tools.as_deref(),
+            ) {
+                Some(reason) => {
+                    // Dropping `upstream` closes the cheap tier's request.
+                    trail.escalations.push(format!("{}:{}", tier.id, reason.as_str()));
+                    metrics
+                        .escalations
+                        .with_label_values(&[&route.name, &tier.id, reason.as_str()])
+                        .inc();
+                    if answer.finished {
+                        kept_stream = Some((tier.clone(), held));
+                    }
+                    continue;
+                }
+                None => {
+                    let body = hold::committed_body(held, splitter, upstream, strip);
+                    return stream_response(
+                        metrics,
+                        route,
+                        tier,
+                        &trail,
+                        reply.status,
+                        reply.content_type,
+                        body,
+                    );
+                }
+            }
         }
         let status = reply.status;
         let answer = match reply.bytes(MAX_ANSWER_BYTES).await {
@@ -381,6 +452,23 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
             }
         }
     }
+    if let Some((tier, held)) = kept_stream {
+        let strip = policy::needs_logprobs(&route.policy) && !client_logprobs;
+        let body: Vec<u8> = held
+            .iter()
+            .flat_map(|e| hold::encode(e, strip).to_vec())
+            .collect();
+        let ct = HeaderValue::from_static("text/event-stream");
+        return stream_response(
+            metrics,
+            route,
+            &tier,
+            &trail,
+            StatusCode::OK,
+            Some(ct),
+            Body::from(body),
+        );
+    }
     match kept {
         // Every tier above it failed: the escalated answer is better than none.
         Some((tier, status, json)) => finish(metrics, route, &tier, &trail, status, json),
@@ -395,6 +483,25 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
             response
         }
     }
+}
+
+fn stream_response(
+    metrics: &RouterMetrics,
+    route: &Route,
+    tier: &Backend,
+    trail: &Trail,
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Body,
+) -> Response {
+    metrics.requests.with_label_values(&[&route.name, &tier.id]).inc();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    trail.headers(&tier.id, &mut response);
+    response
 }
 
 fn finish(
