@@ -134,6 +134,13 @@ pub struct ModelConfig {
     /// How tool calls are parsed from the output (issue #6).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_parser: Option<ToolCallParser>,
+    /// Routes: what a million prompt tokens cost on this model (any currency, e.g. USD), for
+    /// the router's cost metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_input_per_mtok: Option<f64>,
+    /// Routes: what a million generated tokens cost on this model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_output_per_mtok: Option<f64>,
 }
 
 impl ModelConfig {

@@ -291,3 +291,10 @@ fn every_example_is_valid() {
         ["cascade.toml", "cpu-default.toml", "gpu-llama3.1-8b.toml"]
     );
 }
+
+#[test]
+fn a_negative_price_is_refused() {
+    let p = problem("[[models]]\nid = \"default\"\nprice_input_per_mtok = -1.0\n");
+    assert_eq!(p.field, "models[0].price_input_per_mtok");
+    assert!(p.message.contains("at least 0"), "{}", p.message);
+}

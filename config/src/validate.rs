@@ -150,6 +150,14 @@ fn check_models(cfg: &Config, out: &mut Vec<Finding>) {
         if m.max_concurrency == Some(0) {
             out.push((at("max_concurrency"), "must be greater than 0".into(), None));
         }
+        for (field, v) in [
+            ("price_input_per_mtok", m.price_input_per_mtok),
+            ("price_output_per_mtok", m.price_output_per_mtok),
+        ] {
+            if v.is_some_and(|v| v < 0.0 || !v.is_finite()) {
+                out.push((at(field), "must be a price of at least 0".into(), None));
+            }
+        }
     }
     let local: Vec<&str> = cfg
         .models

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -208,11 +208,27 @@ fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiEr
 }
 
 /// A request for a route goes to the router; `None`: it is for the local model.
-async fn route_request(state: &Arc<AppState>, endpoint: Endpoint, body: &Bytes) -> Option<Response> {
+async fn route_request(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
     let router = state.router.as_ref()?;
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let route = router.routes.get(value.get("model")?.as_str()?)?;
-    Some(crate::router::dispatch(state.clone(), route, endpoint, value).await)
+    // An explicit choice of tier: the `x-wick-route` header, or `metadata.wick_route`.
+    let pinned = headers
+        .get(crate::router::ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            value
+                .pointer("/metadata/wick_route")?
+                .as_str()
+                .map(str::to_string)
+        });
+    Some(crate::router::dispatch(state.clone(), route, endpoint, value, pinned.as_deref()).await)
 }
 
 /// The local model's handlers, for the router's local tier (boxed: the handlers call the
@@ -223,9 +239,10 @@ pub fn handle_local(
     body: Bytes,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
     Box::pin(async move {
+        let headers = HeaderMap::new();
         let result = match endpoint {
-            Endpoint::Chat => chat_completions(State(state), Ok(body)).await,
-            Endpoint::Completions => completions(State(state), Ok(body)).await,
+            Endpoint::Chat => chat_completions(State(state), headers, Ok(body)).await,
+            Endpoint::Completions => completions(State(state), headers, Ok(body)).await,
         };
         result.into_response()
     })
@@ -233,11 +250,12 @@ pub fn handle_local(
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.check_not_draining()?;
     let body = body?;
-    if let Some(response) = route_request(&state, Endpoint::Chat, &body).await {
+    if let Some(response) = route_request(&state, Endpoint::Chat, &headers, &body).await {
         return Ok(response);
     }
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
@@ -350,11 +368,12 @@ async fn chat_completions(
 
 async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.check_not_draining()?;
     let body = body?;
-    if let Some(response) = route_request(&state, Endpoint::Completions, &body).await {
+    if let Some(response) = route_request(&state, Endpoint::Completions, &headers, &body).await {
         return Ok(response);
     }
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;

@@ -99,12 +99,21 @@ max_model_len = 160         # the small tier's context: long prompts escalate to
 [[models]]
 id = "small"
 served_name = "small"
+price_input_per_mtok = 0.1
+price_output_per_mtok = 0.2
 
 [[models]]
 id = "large"
 url = "http://127.0.0.1:{large_port}/v1"
 served_name = "large"
 timeout_secs = 60
+price_input_per_mtok = 1.0
+price_output_per_mtok = 2.0
+
+[[routes]]
+name = "priced"
+tiers = ["small", "large"]
+policy = {{ escalate_on_length = false }}
 
 [[routes]]
 name = "auto"               # the defaults: escalate on length
@@ -249,6 +258,45 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
         r.body.contains(r#""model":"large""#) && r.body.contains("data: [DONE]"),
         "{}",
         r.body
+    );
+
+    // An explicit tier: `metadata.wick_route` or the `x-wick-route` header; no cascade.
+    let mut pinned = chat("auto", 4);
+    pinned["metadata"] = json!({"wick_route": "large"});
+    let r = post(port, "/v1/chat/completions", &pinned);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert_eq!(r.header("x-wick-escalation"), None);
+    let body = chat("auto", 4).to_string();
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nx-wick-route: small\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let text = wick_tests::request_raw(port, &raw).expect("answer");
+    assert!(text.contains("x-wick-backend: small"), "{text}");
+    assert!(
+        !text.contains("x-wick-escalation"),
+        "pinned: no cascade, even cut at 4 tokens"
+    );
+    pinned["metadata"] = json!({"wick_route": "huge"});
+    let r = post(port, "/v1/chat/completions", &pinned);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "x-wick-route");
+
+    // Cost: the answer priced on the tier that gave it and, for the saving, on the fallback
+    // (10x the prices here, so 10x the cost).
+    let r = post(port, "/v1/chat/completions", &chat("priced", 8));
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    let usage = &r.json()["usage"];
+    let tokens = |k: &str| usage[k].as_f64().unwrap();
+    let spent = metric(port, r#"wick_router_cost_total{backend="small",route="priced"}"#).unwrap();
+    let want = (tokens("prompt_tokens") * 0.1 + tokens("completion_tokens") * 0.2) / 1e6;
+    assert!((spent - want).abs() < 1e-12, "{spent} vs {want}");
+    let fallback = metric(port, r#"wick_router_fallback_cost_total{route="priced"}"#).unwrap();
+    assert!(
+        (fallback - 10.0 * want).abs() < 1e-11,
+        "{fallback} vs {}",
+        10.0 * want
     );
 
     // The streaming cascade: the first tokens are held and judged like a whole answer.

@@ -42,6 +42,21 @@ pub struct Backend {
     /// The name sent as `model` to it.
     pub model: String,
     pub kind: BackendKind,
+    /// Price per million prompt and generated tokens (`price_*_per_mtok`; 0 when unset).
+    pub prices: (f64, f64),
+}
+
+impl Backend {
+    /// What `usage` (an OpenAI usage object) cost on this backend.
+    pub fn cost(&self, usage: Option<&serde_json::Value>) -> f64 {
+        let tokens = |k: &str| {
+            usage
+                .and_then(|u| u.get(k))
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        (tokens("prompt_tokens") * self.prices.0 + tokens("completion_tokens") * self.prices.1) / 1e6
+    }
 }
 
 /// Why a tier gave no answer; each moves the request to the next tier.

@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
 use serde_json::Value;
 use wick_config::{Config, RoutePolicy};
 
@@ -37,6 +37,8 @@ use policy::Escalation;
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
 pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
 pub const FAILOVER_HEADER: HeaderName = HeaderName::from_static("x-wick-failover");
+/// A request header naming the tier to use (also `metadata.wick_route`).
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-wick-route");
 
 /// Non-streamed answers larger than this are a failure of the tier.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -147,6 +149,10 @@ impl RouterState {
                     id: id.clone(),
                     model,
                     kind,
+                    prices: (
+                        m.price_input_per_mtok.unwrap_or(0.0),
+                        m.price_output_per_mtok.unwrap_or(0.0),
+                    ),
                 });
                 backends.insert(id.clone(), backend.clone());
                 tiers.push(Tier {
@@ -186,6 +192,10 @@ impl RouterState {
 }
 
 struct RouterMetrics {
+    /// What requests cost on the backends they went to (escalated attempts included).
+    cost: CounterVec,
+    /// What the same answers would have cost on the route's last tier.
+    fallback_cost: CounterVec,
     requests: IntCounterVec,
     escalations: IntCounterVec,
     failovers: IntCounterVec,
@@ -222,11 +232,30 @@ impl RouterMetrics {
             ),
             &["route", "backend"],
         )?;
+        let cost = CounterVec::new(
+            Opts::new(
+                "wick_router_cost_total",
+                "Spent on each backend at its configured token prices (non-streamed requests)",
+            ),
+            &["route", "backend"],
+        )?;
+        let fallback_cost = CounterVec::new(
+            Opts::new(
+                "wick_router_fallback_cost_total",
+                "What the same answers would have cost on the route's last tier; minus \
+                 wick_router_cost_total: the saving",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(fallback_cost.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(escalations.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(breaker.clone()))?;
         Ok(Self {
+            cost,
+            fallback_cost,
             requests,
             escalations,
             failovers,
@@ -261,11 +290,43 @@ impl Trail {
     }
 }
 
-/// Serves a request whose `model` is a route.
-pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, body: Value) -> Response {
+/// Serves a request whose `model` is a route; `pinned` (a tier's backend id, from
+/// `x-wick-route` or `metadata.wick_route`) goes to that tier first, without cascading (the
+/// other tiers remain for failover).
+pub async fn dispatch(
+    app: Arc<AppState>,
+    route: &Route,
+    endpoint: Endpoint,
+    mut body: Value,
+    pinned: Option<&str>,
+) -> Response {
     let Some(router) = app.router.as_ref() else {
         return ApiError::internal("no router").into_response();
     };
+    let order: Vec<&Tier> = match pinned {
+        None => route.tiers.iter().collect(),
+        Some(id) => {
+            let Some(first) = route.tiers.iter().find(|t| t.backend.id == id) else {
+                let ids: Vec<&str> = route.tiers.iter().map(|t| t.backend.id.as_str()).collect();
+                return ApiError::invalid(
+                    ROUTE_HEADER.as_str(),
+                    format!(
+                        "route `{}` has no tier `{id}`; its tiers: {}",
+                        route.name,
+                        ids.join(", ")
+                    ),
+                )
+                .into_response();
+            };
+            std::iter::once(first)
+                .chain(route.tiers.iter().filter(|t| t.backend.id != id))
+                .collect()
+        }
+    };
+    // `metadata` is OpenAI's free-form map; the router's key is not the backend's business.
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("wick_route");
+    }
     let metrics = &router.metrics;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let client_logprobs = asks_logprobs(endpoint, &body);
@@ -276,14 +337,14 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
     // The same for a stream that ended within the hold: its events, to replay.
     let mut kept_stream: Option<(Arc<Backend>, Vec<hold::SseData>)> = None;
     let mut retries = 0;
-    let last = route.tiers.len().saturating_sub(1);
+    let last = order.len().saturating_sub(1);
     for (
         i,
         Tier {
             backend: tier,
             breaker,
         },
-    ) in route.tiers.iter().enumerate()
+    ) in order.into_iter().enumerate()
     {
         if !breaker.allow() {
             trail.failovers.push(format!("{}:breaker_open", tier.id));
@@ -293,7 +354,7 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
                 .inc();
             continue;
         }
-        let cascade = i < last;
+        let cascade = i < last && pinned.is_none();
         let mut request = body.clone();
         request["model"] = Value::String(tier.model.clone());
         if cascade && policy::needs_logprobs(&route.policy) && !client_logprobs {
@@ -417,6 +478,10 @@ pub async fn dispatch(app: Arc<AppState>, route: &Route, endpoint: Endpoint, bod
             failed(&mut trail, &f);
             continue;
         };
+        metrics
+            .cost
+            .with_label_values(&[&route.name, &tier.id])
+            .inc_by(tier.cost(json.get("usage")));
         let escalation = if !status.is_success() {
             // The request's own fault: the same for every tier, except a context too small.
             let code = json.pointer("/error/code").and_then(Value::as_str);
@@ -513,6 +578,13 @@ fn finish(
     json: Value,
 ) -> Response {
     metrics.requests.with_label_values(&[&route.name, &tier.id]).inc();
+    if let Some(fallback) = route.tiers.last().filter(|_| status.is_success()) {
+        // The same prompt and answer lengths, priced on the fallback.
+        metrics
+            .fallback_cost
+            .with_label_values(&[&route.name])
+            .inc_by(fallback.backend.cost(json.get("usage")));
+    }
     let mut response = Response::new(Body::from(serde_json::to_vec(&json).unwrap_or_default()));
     *response.status_mut() = status;
     response
