@@ -2,20 +2,38 @@
 //! scripts/fetch-fallback-model) against the independent references in tests/reference:
 //! golden_qwen2.json (reference.py --qwen: numpy, float64, Q/K/V biases, half-split RoPE) and
 //! tokenizer_golden_qwen2.json (tokenizer_reference.py --qwen: Hugging Face `tokenizers` set up
-//! as Qwen's tokenizer.json). Batched == alone for this model is in batched.rs.
+//! as Qwen's tokenizer.json); and the Hugging Face (safetensors) path against the GGUF one.
+//! Batched == alone for this model is in batched.rs.
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::DType;
+use candle_core::{DType, Device, Tensor};
 use common::golden::{self, Case};
 use serde_json::Value;
-use wick_engine::loader::LoadOptions;
+use wick_engine::attention::ContiguousAttention;
+use wick_engine::llama::LlamaModel;
+use wick_engine::loader::{self, LoadOptions};
 use wick_engine::model_config::Architecture;
+use wick_engine::model_source::ModelSource;
 use wick_engine::tokenizer::Tokenizer;
-use wick_engine::weights::WeightFormat;
+use wick_engine::weights::{WeightFormat, Weights};
+
+/// GGUF and Hugging Face names of each layer's matrices.
+const LAYER_PARTS: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
 
 fn golden_cases() -> Vec<Case> {
     let cases = golden::cases("golden_qwen2.json", common::FALLBACK_MODEL_SHA256);
@@ -137,4 +155,102 @@ fn special_tokens_and_template_come_from_metadata() {
     assert!(!tok.eos_token_ids.contains(&id("<|im_start|>")));
     let template = tok.chat_template.as_deref().expect("chat template");
     assert!(template.contains("<|im_start|>") && template.contains("<|im_end|>"));
+}
+
+/// The Hugging Face path (`Qwen2ForCausalLM`): the GGUF dequantized and written out as a
+/// safetensors directory (Q/K/V biases as `self_attn.*_proj.bias`, no Q/K un-permuting since
+/// Qwen2 GGUFs keep the half-split layout, a separate `lm_head`) loads to the same config and
+/// tokenizer and gives the GGUF's logits.
+#[test]
+fn converted_to_hugging_face_matches_gguf() {
+    let gguf = common::load_fallback_with(LoadOptions {
+        format: WeightFormat::Dense(DType::F32),
+        ..Default::default()
+    });
+    let cfg = gguf.config().clone();
+    assert!(!cfg.tie_word_embeddings, "this GGUF has its own output.weight");
+    let text = "def fibonacci(n): Café 東京 12345 🙂";
+    let ids = gguf.tokenizer.encode(text, false).unwrap();
+    let logits = |m: &LlamaModel| {
+        let mut attn = ContiguousAttention::new(cfg.num_hidden_layers);
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap();
+        let p = Tensor::arange(0u32, ids.len() as u32, &Device::Cpu).unwrap();
+        m.forward(&t, &p, None, &mut attn).unwrap()
+    };
+    let a = logits(&gguf.model);
+    // One dense copy of the weights in memory at a time (each is 2.4 GB).
+    let (tokenizer, gguf_cfg) = (gguf.tokenizer, gguf.model.config().clone());
+    drop(gguf.model);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let dev = Device::Cpu;
+        let mut w = Weights::open_gguf(&common::fallback_model_path()).unwrap();
+        let mut dense = |name: &str| w.dense(name, DType::F32, &dev).unwrap();
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            "model.embed_tokens.weight".to_string(),
+            dense("token_embd.weight"),
+        );
+        tensors.insert("model.norm.weight".to_string(), dense("output_norm.weight"));
+        tensors.insert("lm_head.weight".to_string(), dense("output.weight"));
+        for l in 0..cfg.num_hidden_layers {
+            for (g, h) in LAYER_PARTS {
+                tensors.insert(
+                    format!("model.layers.{l}.{h}.weight"),
+                    dense(&format!("blk.{l}.{g}.weight")),
+                );
+            }
+            for (g, h) in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj")] {
+                tensors.insert(
+                    format!("model.layers.{l}.self_attn.{h}.bias"),
+                    dense(&format!("blk.{l}.{g}.bias")),
+                );
+            }
+        }
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    }
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": false,
+        "eos_token_id": 151645,
+        "bos_token_id": 151643,
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    tokenizer
+        .inner()
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
+    let tc = serde_json::json!({
+        "eos_token": "<|im_end|>",
+        "chat_template": tokenizer.chat_template.clone().unwrap(),
+    });
+    std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+
+    let hf = loader::load(
+        &ModelSource::HfDirectory(dir.path().to_path_buf()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(hf.config(), &gguf_cfg);
+    assert_eq!(hf.config().architecture, Architecture::Qwen2);
+    assert_eq!(hf.tokenizer.encode(text, false).unwrap(), ids);
+    assert_eq!(
+        hf.tokenizer.eos_token_ids.first(),
+        tokenizer.eos_token_ids.first()
+    );
+    let b = logits(&hf.model);
+    let d = common::max_abs_diff(&a, &b);
+    eprintln!("Qwen2 HF vs GGUF, f32: max |logit diff| {d:.2e}");
+    // Same weights, same half-split RoPE, same f32 ops.
+    assert!(d < 1e-4, "HF vs GGUF logits differ by {d}");
 }
