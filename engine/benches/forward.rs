@@ -3,8 +3,9 @@
 //!
 //!     cargo bench -p wick-engine --bench forward [-- FORMAT...]
 //!
-//! FORMAT: q4_1 (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16 (dequantized
-//! at load). Threads: RAYON_NUM_THREADS.
+//! FORMAT: q4_1 or stored (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16
+//! (dequantized at load). Threads: RAYON_NUM_THREADS. Another GGUF than the default model:
+//! WICK_BENCH_MODEL=path (e.g. the Qwen2 fallback model, `WICK_BENCH_MODEL=$(scripts/fetch-fallback-model)`).
 
 use std::time::Instant;
 
@@ -20,11 +21,14 @@ const BLOCK: usize = 16;
 
 fn bench(format: &str, batches: &[usize]) {
     let opts = match format {
-        "q4_1" => LoadOptions::default(),
+        "q4_1" | "stored" => LoadOptions::default(),
         other => LoadOptions::default().with_format(other).unwrap(),
     };
-    let loaded = loader::load(&ModelSource::GgufFile(wick_engine::default_model_path()), &opts)
-        .expect("run scripts/fetch-default-model");
+    let path = std::env::var_os("WICK_BENCH_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(wick_engine::default_model_path);
+    let loaded = loader::load(&ModelSource::GgufFile(path), &opts)
+        .expect("run scripts/fetch-default-model (or set WICK_BENCH_MODEL to a GGUF)");
     let cfg = loaded.config().clone();
     let max_batch = *batches.iter().max().unwrap();
     let per_seq = (PROMPT + DECODE_STEPS).div_ceil(BLOCK);

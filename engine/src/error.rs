@@ -8,7 +8,9 @@ pub enum EngineError {
     #[error("model file not found: {0}")]
     MissingFile(PathBuf),
 
-    #[error("unsupported model architecture `{0}` (wick supports Llama-family models: llama, mistral)")]
+    #[error(
+        "unsupported model architecture `{0}` (wick supports Llama-family models: llama, mistral, qwen2)"
+    )]
     UnsupportedArchitecture(String),
 
     #[error("unsupported tensor type {dtype} for `{name}`")]

@@ -164,6 +164,7 @@ mod tests {
 
     fn tiny_config() -> LlamaConfig {
         LlamaConfig {
+            architecture: Default::default(),
             vocab_size: 8,
             hidden_size: 8,
             intermediate_size: 8,

@@ -1,5 +1,6 @@
-//! The Llama architecture (Llama 2/3/3.1/3.2, SmolLM2, TinyLlama, Mistral-7B-style), written for
-//! batches: one forward takes the new tokens of many sequences at once (prefill chunks and
+//! The Llama architecture (Llama 2/3/3.1/3.2, SmolLM2, TinyLlama, Mistral-7B-style, and Qwen2,
+//! which adds biases to the Q/K/V projections: see [`crate::model_config::Architecture`]),
+//! written for batches: one forward takes the new tokens of many sequences at once (prefill chunks and
 //! single decode tokens mixed), each with its own position, and returns logits only for the rows
 //! that will be sampled. Where K/V are stored and how attention reads them is the
 //! [`AttentionBackend`]'s business.
@@ -16,6 +17,8 @@ struct Block {
     q: Linear,
     k: Linear,
     v: Linear,
+    /// Biases of q, k and v ([`qkv_bias`](crate::model_config::Architecture::qkv_bias)).
+    qkv_bias: Option<[Tensor; 3]>,
     o: Linear,
     ffn_norm: Tensor,
     gate: Linear,
@@ -48,21 +51,34 @@ impl LlamaModel {
         let dtype = format.compute_dtype();
         let is_gguf = weights.gguf_content().is_some();
         let h = cfg.hidden_size;
-        let vec_w = |w: &mut Weights, name: &str| -> Result<Tensor> {
+        let vec_of = |w: &mut Weights, name: &str, len: usize| -> Result<Tensor> {
             let t = w.dense(name, dtype, device)?;
-            w.check_shape(name, &t, &[h])?;
+            w.check_shape(name, &t, &[len])?;
             Ok(t)
         };
+        let vec_w = |w: &mut Weights, name: &str| vec_of(w, name, h);
+        let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let embed = weights.dense("token_embd.weight", dtype, device)?;
         weights.check_shape("token_embd.weight", &embed, &[cfg.vocab_size, h])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = |s: &str| format!("blk.{i}.{s}.bias");
+            let qkv_bias = if cfg.architecture.qkv_bias() {
+                Some([
+                    vec_of(weights, &bias("attn_q"), q_dim)?,
+                    vec_of(weights, &bias("attn_k"), cfg.kv_dim())?,
+                    vec_of(weights, &bias("attn_v"), cfg.kv_dim())?,
+                ])
+            } else {
+                None
+            };
             blocks.push(Block {
                 attn_norm: vec_w(weights, &n("attn_norm"))?,
                 q: weights.linear(&n("attn_q"), format, device)?,
                 k: weights.linear(&n("attn_k"), format, device)?,
                 v: weights.linear(&n("attn_v"), format, device)?,
+                qkv_bias,
                 o: weights.linear(&n("attn_output"), format, device)?,
                 ffn_norm: vec_w(weights, &n("ffn_norm"))?,
                 gate: weights.linear(&n("ffn_gate"), format, device)?,
@@ -91,6 +107,7 @@ impl LlamaModel {
         }
         let n = inv_freq.len();
         let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
+        let rope_interleaved = is_gguf && cfg.architecture.gguf_rope_interleaved();
         let cfg = LlamaConfig {
             tie_word_embeddings: tied,
             ..cfg
@@ -102,7 +119,7 @@ impl LlamaModel {
             norm,
             lm_head,
             inv_freq,
-            rope_interleaved: is_gguf,
+            rope_interleaved,
             dtype,
             device: device.clone(),
         })
@@ -156,9 +173,15 @@ impl LlamaModel {
         let mut x = self.embed.index_select(tokens, 0)?;
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = b.q.forward(&h)?.reshape((n, heads, hd))?;
-            let k = b.k.forward(&h)?.reshape((n, kv_heads, hd))?;
-            let v = b.v.forward(&h)?.reshape((n, kv_heads, hd))?;
+            let (mut q, mut k, mut v) = (b.q.forward(&h)?, b.k.forward(&h)?, b.v.forward(&h)?);
+            if let Some([bq, bk, bv]) = &b.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let q = q.reshape((n, heads, hd))?;
+            let k = k.reshape((n, kv_heads, hd))?;
+            let v = v.reshape((n, kv_heads, hd))?;
             let q = self.rope(&q, &cos, &sin)?;
             let k = self.rope(&k, &cos, &sin)?;
             let a = attn.attend(layer, &q, &k, &v)?;

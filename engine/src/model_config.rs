@@ -1,14 +1,57 @@
 //! Hyper-parameters of a Llama-family model, read from GGUF metadata or a Hugging Face
 //! `config.json`. Mistral-7B-style models are Llama with GQA and (optionally) no tied embeddings,
-//! so one struct covers them all.
+//! and Qwen2 is Llama with biases on the Q/K/V projections, so one struct covers them all.
 
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 use crate::gguf_metadata::GgufMetadata;
 
+/// The member of the Llama family: what differs is said by the methods, not by a second model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Architecture {
+    /// Llama 2/3, SmolLM2, TinyLlama, Mistral: no projection biases.
+    #[default]
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on the Q, K and V projections; its GGUF Q/K rows are not permuted
+    /// (half-split RoPE, as in Hugging Face), unlike Llama's.
+    Qwen2,
+}
+
+impl Architecture {
+    /// From GGUF `general.architecture`; anything else is an [`EngineError::UnsupportedArchitecture`].
+    pub fn from_gguf_name(name: &str) -> Result<Self> {
+        match name {
+            "llama" | "mistral" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// From a Hugging Face `architectures[0]` or `model_type`.
+    pub fn from_hf_name(name: &str) -> Result<Self> {
+        match name {
+            "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral" => Ok(Self::Llama),
+            "Qwen2ForCausalLM" | "qwen2" => Ok(Self::Qwen2),
+            other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// Whether the Q, K and V projections carry a bias (`blk.N.attn_q.bias`, ...).
+    pub fn qkv_bias(self) -> bool {
+        self == Self::Qwen2
+    }
+
+    /// Whether GGUF Q/K weights are permuted for interleaved (GPT-J style) RoPE. llama.cpp's
+    /// converter does that for Llama only; Qwen2 keeps Hugging Face's half-split (NeoX) layout.
+    pub fn gguf_rope_interleaved(self) -> bool {
+        self == Self::Llama
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    pub architecture: Architecture,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -59,12 +102,11 @@ impl LlamaConfig {
         Ok(self)
     }
 
-    /// Reads `llama.*` (or `mistral.*`) keys. `general.architecture` must name a Llama-family model.
+    /// Reads `llama.*` (or `mistral.*`, `qwen2.*`) keys. `general.architecture` must name a
+    /// Llama-family model.
     pub fn from_gguf(md: &GgufMetadata<'_>, vocab_len: usize) -> Result<Self> {
         let arch = md.str("general.architecture")?;
-        if !matches!(arch, "llama" | "mistral") {
-            return Err(EngineError::UnsupportedArchitecture(arch.to_string()));
-        }
+        let architecture = Architecture::from_gguf_name(arch)?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = md.u64(&key("embedding_length"))? as usize;
         let num_attention_heads = md.u64(&key("attention.head_count"))? as usize;
@@ -76,6 +118,7 @@ impl LlamaConfig {
             .or_else(|| md.u64_opt(&key("rope.dimension_count")))
             .map_or(hidden_size / num_attention_heads.max(1), |v| v as usize);
         Self {
+            architecture,
             vocab_size: md.u64_opt(&key("vocab_size")).map_or(vocab_len, |v| v as usize),
             hidden_size,
             intermediate_size: md.u64(&key("feed_forward_length"))? as usize,
@@ -107,12 +150,7 @@ impl LlamaConfig {
             .and_then(|a| a.as_str())
             .unwrap_or("unknown")
             .to_string();
-        if !matches!(
-            arch.as_str(),
-            "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral"
-        ) {
-            return Err(EngineError::UnsupportedArchitecture(arch));
-        }
+        let architecture = Architecture::from_hf_name(&arch)?;
         let raw: HfConfig = serde_json::from_value(value).map_err(bad_json)?;
         let rope_scaling = match raw.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
@@ -138,6 +176,7 @@ impl LlamaConfig {
         };
         let num_kv = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         Self {
+            architecture,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,

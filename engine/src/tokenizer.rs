@@ -5,6 +5,8 @@
 //! `tokenizer.ggml.pre` names one. We rebuild the same pipeline Hugging Face uses for that model:
 //! - `smollm`: split every digit, then GPT-2 byte-level BPE *without* a prefix space;
 //! - `llama-bpe` (Llama 3): the Llama 3 split regex, then byte-level without its own regex;
+//! - `qwen2` (Qwen2/2.5): NFC, then the Qwen2 split regex (Llama 3's, but one digit per piece),
+//!   then byte-level without its own regex, as in Qwen's `tokenizer.json`;
 //! - `gpt2`/`default`: plain GPT-2 byte-level;
 //! - SentencePiece `llama` (Llama 2, TinyLlama): BPE with byte fallback, merges derived from the
 //!   piece scores, `▁` for spaces.
@@ -18,7 +20,7 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::normalizers::{Prepend, Replace, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
@@ -31,6 +33,11 @@ use crate::error::{EngineError, Result};
 use crate::gguf_metadata::{value_as_f32, value_as_u64, GgufMetadata};
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: Llama 3's with `\p{N}` (each digit alone) for `\p{N}{1,3}`.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// What Qwen's `generation_config.json` ends generation on: the end of a ChatML turn and the
+/// end of a document. The GGUF names only one of them as EOS.
+const QWEN2_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>"];
 
 /// GGUF `tokenizer.ggml.token_type` values.
 const TOKEN_TYPE_CONTROL: u64 = 3;
@@ -182,6 +189,10 @@ impl Tokenizer {
                     .build()
                     .map_err(tok_err)?;
                 let mut t = tokenizers::Tokenizer::new(bpe);
+                if pre == "qwen2" {
+                    t.with_normalizer(Some(NormalizerWrapper::NFC(NFC)))
+                        .map_err(tok_err)?;
+                }
                 t.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
                 t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
                 t
@@ -245,8 +256,15 @@ impl Tokenizer {
         let id = |k: &str| md.u64_opt(k).map(|v| v as u32);
         let mut eos_token_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         // Llama 3 instruct: `<|eot_id|>` ends a turn even when EOS names `<|end_of_text|>`.
-        for extra in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-            if let Some(e) = id(extra).filter(|e| !eos_token_ids.contains(e)) {
+        let mut extras: Vec<u32> = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
+        if pre == "qwen2" {
+            extras.extend(QWEN2_END_TOKENS.iter().filter_map(|t| inner.token_to_id(t)));
+        }
+        for e in extras {
+            if !eos_token_ids.contains(&e) {
                 eos_token_ids.push(e);
             }
         }
@@ -269,24 +287,30 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             ByteLevel::new(false, true, true).into(),
         ])
         .into(),
-        "llama-bpe" | "llama3" => PreSequence::new(vec![
-            Split::new(
-                SplitPattern::Regex(LLAMA3_SPLIT.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tok_err)?
-            .into(),
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into(),
+        "llama-bpe" | "llama3" => split_then_byte_level(LLAMA3_SPLIT)?,
+        "qwen2" => split_then_byte_level(QWEN2_SPLIT)?,
         "gpt2" | "default" => ByteLevel::new(false, true, true).into(),
         other => {
             return Err(tok_err(format!(
-                "unsupported GGUF pre-tokenizer `{other}` (supported: smollm, llama-bpe, gpt2, default)"
-            )))
+            "unsupported GGUF pre-tokenizer `{other}` (supported: smollm, llama-bpe, qwen2, gpt2, default)"
+        )))
         }
     })
+}
+
+/// The regex `pattern` isolates the pieces; byte-level then maps bytes without a regex of its own.
+fn split_then_byte_level(pattern: &str) -> Result<PreTokenizerWrapper> {
+    Ok(PreSequence::new(vec![
+        Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into(),
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
 }
 
 /// SentencePiece BPE has scores instead of merges. A merge (a, b) exists when a, b and a+b are

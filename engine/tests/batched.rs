@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use wick_engine::attention::{AttentionImpl, ContiguousAttention};
 use wick_engine::kv_cache::{BlockTable, PagedKvCache};
 use wick_engine::llama::LlamaModel;
+use wick_engine::loader::LoadedModel;
 use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
 
 const BLOCK: usize = 16;
@@ -110,7 +111,42 @@ fn check(dtype: Option<DType>, against: Reference, tolerance: f32) {
 }
 
 fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attention: AttentionImpl) {
-    let loaded = common::load_default(dtype);
+    let label = format!("{dtype:?}");
+    check_model(
+        common::load_default(dtype),
+        &label,
+        against,
+        tolerance,
+        None,
+        attention,
+    )
+}
+
+/// The greedy token of each row of `logits` `(rows, vocab)` and its lead over the runner-up.
+fn argmax_and_margin(logits: &Tensor) -> Vec<(usize, f32)> {
+    logits
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let second = (0..row.len())
+                .filter(|&i| i != best)
+                .map(|i| row[i])
+                .fold(f32::NEG_INFINITY, f32::max);
+            (best, row[best] - second)
+        })
+        .collect()
+}
+
+fn check_model(
+    loaded: LoadedModel,
+    label: &str,
+    against: Reference,
+    tolerance: f32,
+    same_token_over: Option<f32>,
+    attention: AttentionImpl,
+) {
     let cfg = loaded.config().clone();
     let plans = plans(cfg.vocab_size);
     let (reference, model) = match against {
@@ -135,6 +171,7 @@ fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attentio
     let mut next_chunk = vec![0usize; plans.len()];
     let mut done = vec![0usize; plans.len()];
     let mut worst = 0f32;
+    let mut tokens_compared = 0;
     let mut mixed_steps = 0;
     let mut step = 0;
     while next_chunk.iter().zip(&plans).any(|(&c, p)| c < p.chunks.len()) {
@@ -171,6 +208,16 @@ fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attentio
                     done[i],
                     done[i] + n
                 );
+                // Where the reference's greedy choice leads by `margin`, the batch makes it too.
+                if let Some(margin) = same_token_over {
+                    let got = argmax_and_margin(&got);
+                    for (p, (g, w)) in got.iter().zip(argmax_and_margin(&want)).enumerate() {
+                        if w.1 >= margin {
+                            assert_eq!(g.0, w.0, "seq {i} position {}: greedy token", done[i] + p);
+                            tokens_compared += 1;
+                        }
+                    }
+                }
                 row += n;
                 done[i] += n;
                 next_chunk[i] += 1;
@@ -179,8 +226,12 @@ fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attentio
         step += 1;
     }
     eprintln!(
-        "{dtype:?}: {step} batched steps ({mixed_steps} mixing prefill and decode), worst |diff| {worst:.2e}"
+        "{label}: {step} batched steps ({mixed_steps} mixing prefill and decode), worst |diff| \
+         {worst:.2e}, {tokens_compared} greedy tokens compared"
     );
+    if same_token_over.is_some() {
+        assert!(tokens_compared >= 100, "too few greedy tokens compared");
+    }
     assert!(mixed_steps >= 2, "the schedule never mixed prefill and decode");
 }
 
@@ -203,6 +254,25 @@ fn paged_batches_match_contiguous_f32() {
 #[test]
 fn paged_batches_match_paged_alone_quantized_bit_exact() {
     check(None, Reference::PagedAlone, 0.0);
+}
+
+/// The Qwen2 fallback model (Q/K/V biases, half-split RoPE; Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0
+/// matrices, all through candle's kernels) is *not* bit-exact batched vs alone: candle picks its
+/// Q6_K kernel by the number of rows (a plain dot product for one row, repacked tiles for more),
+/// and the two sum in different orders (measured on blk.0.ffn_down: 1.4e-6 apart; its Q5_0 and
+/// Q8_0 matrices are bit-exact); the 8-bit activation rounding amplifies that. So: the same
+/// greedy token wherever the alone run's choice leads by 0.5 logits (193 rows here), and logits
+/// within 1.0 (measured worst 0.37).
+#[test]
+fn qwen2_paged_batches_match_paged_alone_greedy() {
+    check_model(
+        common::load_fallback(),
+        "Qwen2 Q4_K_M",
+        Reference::PagedAlone,
+        1.0,
+        Some(0.5),
+        AttentionImpl::Auto,
+    );
 }
 
 /// The portable (candle ops) attention, which CUDA runs, against the same reference.

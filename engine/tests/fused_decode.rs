@@ -23,6 +23,7 @@ use wick_engine::weights::WeightFormat;
 
 fn config(heads: usize, kv_heads: usize, head_dim: usize) -> LlamaConfig {
     LlamaConfig {
+        architecture: Default::default(),
         vocab_size: 32,
         hidden_size: heads * head_dim,
         intermediate_size: 8,

@@ -5,63 +5,12 @@
 mod common;
 
 use candle_core::DType;
-use serde_json::Value;
-use wick_engine::block_manager::BlockManager;
-use wick_engine::kv_cache::PagedKvCache;
+use common::golden::{self, Case};
 use wick_engine::loader::LoadOptions;
-use wick_engine::model_runner::ModelRunner;
 use wick_engine::weights::WeightFormat;
 
-struct Step {
-    token: u32,
-    top5: Vec<(u32, f64)>,
-    margin: f64,
-}
-
-struct Case {
-    name: String,
-    prompt_ids: Vec<u32>,
-    steps: Vec<Step>,
-}
-
 fn golden_cases() -> Vec<Case> {
-    let path = common::reference_dir().join("golden.json");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(
-        json["model_sha256"].as_str().unwrap(),
-        common::DEFAULT_MODEL_SHA256
-    );
-    let ids = |v: &Value| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    json["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Case {
-            name: c["name"].as_str().unwrap().to_string(),
-            prompt_ids: ids(&c["prompt_ids"]),
-            steps: c["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| Step {
-                    token: s["token"].as_u64().unwrap() as u32,
-                    top5: s["top5"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap()))
-                        .collect(),
-                    margin: s["margin"].as_f64().unwrap(),
-                })
-                .collect(),
-        })
-        .collect()
+    golden::cases("golden.json", common::DEFAULT_MODEL_SHA256)
 }
 
 /// Greedy steps of every golden prompt: (token, full logprobs) per step.
@@ -71,28 +20,7 @@ fn run_all(opts: LoadOptions, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
         device: common::test_device(),
         ..opts
     });
-    let cfg = loaded.config().clone();
-    let blocks = 64;
-    let cache = PagedKvCache::new(&cfg, 16, blocks, loaded.model.dtype(), loaded.model.device()).unwrap();
-    let mut alloc = BlockManager::new(blocks, 16).unwrap();
-    let mut runner = ModelRunner::new(loaded.model, cache);
-    cases
-        .iter()
-        .map(|case| {
-            let mut steps = Vec::new();
-            wick_engine::generate::greedy(
-                &mut runner,
-                &mut alloc,
-                &case.prompt_ids,
-                case.steps.len(),
-                &[],
-                |s| steps.push((s.token, s.logprobs.clone())),
-            )
-            .unwrap();
-            assert_eq!(alloc.num_free_blocks(), blocks, "blocks leaked");
-            steps
-        })
-        .collect()
+    golden::run_all(loaded, cases)
 }
 
 #[test]
@@ -106,24 +34,7 @@ fn dequantized_f32_matches_reference_exactly() {
         },
         &cases,
     );
-    let mut worst = 0f64;
-    for (case, steps) in cases.iter().zip(&ours) {
-        let got: Vec<u32> = steps.iter().map(|s| s.0).collect();
-        let want: Vec<u32> = case.steps.iter().map(|s| s.token).collect();
-        assert_eq!(got, want, "case {}: greedy tokens differ", case.name);
-        for (i, (step, (_, lp))) in case.steps.iter().zip(steps).enumerate() {
-            for &(id, ref_lp) in &step.top5 {
-                let d = (lp[id as usize] as f64 - ref_lp).abs();
-                worst = worst.max(d);
-                assert!(
-                    d <= 1e-3,
-                    "case {} step {i} token {id}: logprob {} vs {ref_lp}",
-                    case.name,
-                    lp[id as usize]
-                );
-            }
-        }
-    }
+    let worst = golden::check_exact(&cases, &ours, 1e-3);
     eprintln!("f32: worst top-5 logprob difference {worst:.2e}");
 }
 
@@ -151,27 +62,7 @@ fn requantized_q8_0_matches_reference_until_a_close_call() {
 fn quantized_check(opts: LoadOptions, label: &str, logprob_bound: f64) {
     let cases = golden_cases();
     let ours = run_all(opts, &cases);
-    let mut compared = 0;
-    let mut worst_by_rank = [0f64; 5];
-    for (case, steps) in cases.iter().zip(&ours) {
-        for (i, (step, (token, lp))) in case.steps.iter().zip(steps).enumerate() {
-            if step.margin < 0.5 {
-                break;
-            }
-            assert_eq!(*token, step.token, "case {} step {i}: token differs", case.name);
-            for (rank, &(id, ref_lp)) in step.top5.iter().enumerate() {
-                let d = (lp[id as usize] as f64 - ref_lp).abs();
-                worst_by_rank[rank] = worst_by_rank[rank].max(d);
-                assert!(
-                    d <= logprob_bound,
-                    "case {} step {i} rank {rank} token {id}: logprob {} vs {ref_lp}",
-                    case.name,
-                    lp[id as usize]
-                );
-            }
-            compared += 1;
-        }
-    }
+    let (compared, worst_by_rank) = golden::check_until_close_call(&cases, &ours, 0.5, logprob_bound);
     eprintln!("{label}: {compared} steps compared, worst logprob difference by rank {worst_by_rank:.3?}");
     assert!(compared >= 20, "too few comparable steps ({compared})");
 }

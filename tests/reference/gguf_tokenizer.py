@@ -12,6 +12,10 @@ tokenizer.json is for the models we use:
     - "llama-bpe": Sequence[Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
                             ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]
                    (and BPE `ignore_merges=True`, as in Llama 3's tokenizer.json and llama.cpp)
+    - "qwen2":     normalizer NFC, then
+                   Sequence[Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+                            ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
+                   (as in Qwen2/2.5's tokenizer.json; llama.cpp runs the same regex, no NFC)
     - "gpt2" / "default" / missing: ByteLevel(add_prefix_space=False)
 * decoder: ByteLevel.
 * post-processor: none, unless `tokenizer.ggml.add_bos_token` is true, in which case BOS is
@@ -31,7 +35,7 @@ import hashlib
 import os
 
 from gguf import GGUFReader
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_TYPE_CONTROL = 3
@@ -40,6 +44,13 @@ TOKEN_TYPE_USER_DEFINED = 4
 # Llama 3 pre-tokenizer regex (tokenizer.json of Meta-Llama-3 / llama.cpp "llama-bpe").
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Qwen2 pre-tokenizer regex (tokenizer.json of Qwen2/Qwen2.5, llama.cpp "qwen2"): Llama 3's, except
+# that every digit is its own piece.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
@@ -88,6 +99,14 @@ def build_tokenizer(reader: GGUFReader) -> Tokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
             ]
         )
+    elif pre == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+            ]
+        )
     elif pre in ("gpt2", "default"):
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
@@ -111,12 +130,20 @@ def build_tokenizer(reader: GGUFReader) -> Tokenizer:
     return tokenizer
 
 
-def default_model_path() -> str:
-    """Where scripts/fetch-default-model puts the default model (same cache-dir rules)."""
-    cache = os.environ.get("WICK_CACHE_DIR") or os.path.join(
+def _cache_dir() -> str:
+    return os.environ.get("WICK_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "wick"
     )
-    return os.path.join(cache, "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def default_model_path() -> str:
+    """Where scripts/fetch-default-model puts the default model (same cache-dir rules)."""
+    return os.path.join(_cache_dir(), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def fallback_model_path() -> str:
+    """Where scripts/fetch-fallback-model puts the Qwen2 fallback model."""
+    return os.path.join(_cache_dir(), "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf")
 
 
 def file_sha256(path: str) -> str:

@@ -1,7 +1,7 @@
 """Float64 numpy reference for wick's Llama forward pass: greedy decoding golden outputs.
 
 An independent implementation (only numpy, gguf, tokenizers, jinja2; no candle, no llama.cpp) of
-the Llama architecture over the dequantized tensors of a GGUF file:
+the Llama architecture (and Qwen2, see below) over the dequantized tensors of a GGUF file:
 
 * embeddings from token_embd.weight; output head tied to it when output.weight is absent;
 * per layer: RMSNorm -> attention (GQA, causal, scale 1/sqrt(head_dim), RoPE) -> residual,
@@ -9,6 +9,11 @@ the Llama architecture over the dequantized tensors of a GGUF file:
 * RoPE in the interleaved form (pairs (x[2i], x[2i+1]), theta_i = base^(-2i/head_dim)), i.e.
   llama.cpp's rope type NORM, because the HF->GGUF converter permutes the Q/K weight rows;
 * a KV cache, so the prompt is one batched prefill and each generated token one step.
+
+Qwen2 (general.architecture = "qwen2", hyper-parameters under `qwen2.*`) is the same network
+with two differences: the Q/K/V projections add their biases (blk.N.attn_{q,k,v}.bias), and RoPE
+is the half-split form (pairs (x[i], x[i + head_dim/2])), llama.cpp's rope type NEOX, because the
+converter does not permute Qwen2's Q/K rows.
 
 For each fixed prompt (plain and chat-templated ones, the chat template rendered with jinja2 from
 tokenizer.chat_template) it decodes greedily for N_NEW_TOKENS steps, not stopping at EOS, and
@@ -26,6 +31,10 @@ Regenerate (from the repository root; takes about two minutes on two CPU cores):
     .venv/bin/python tests/reference/reference.py [model.gguf] > tests/reference/golden.json
 
 The model path defaults to where scripts/fetch-default-model puts SmolLM2-135M-Instruct.Q4_1.gguf.
+For the Qwen2 fallback model, fewer prompts and steps keep the Rust test fast (a few minutes):
+
+    scripts/fetch-fallback-model
+    .venv/bin/python tests/reference/reference.py --qwen > tests/reference/golden_qwen2.json
 """
 
 import json
@@ -37,9 +46,10 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gguf_tokenizer import build_tokenizer, default_model_path, file_sha256
+from gguf_tokenizer import build_tokenizer, default_model_path, fallback_model_path, file_sha256
 
 N_NEW_TOKENS = 32
+QWEN_NEW_TOKENS = 8
 TOP_K = 5
 
 # (name, messages or plain text). Chat prompts are rendered with add_generation_prompt=True.
@@ -60,9 +70,26 @@ PROMPTS = [
     ("chat_arithmetic", [{"role": "user", "content": "What is 7 times 8?"}]),
 ]
 
+# For the (larger, code) Qwen2 model: a few prompts, code among them.
+QWEN_PROMPTS = [
+    ("plain_capital", "The capital of France is"),
+    ("plain_code", "def fibonacci(n):"),
+    ("plain_digits", "Q: What is 12 + 35?\nA:"),
+    ("plain_non_ascii", "Café, naïve, 東京, and emoji 🙂 are"),
+    ("chat_capital", [{"role": "user", "content": "What is the capital of France?"}]),
+    (
+        "chat_code",
+        [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Write a Python function that reverses a string."},
+        ],
+    ),
+]
+
 
 @dataclass
 class Config:
+    arch: str
     n_layers: int
     n_embd: int
     n_heads: int
@@ -74,11 +101,11 @@ class Config:
     @classmethod
     def from_gguf(cls, reader: GGUFReader) -> "Config":
         arch = reader.fields["general.architecture"].contents()
-        if arch != "llama":
+        if arch not in ("llama", "qwen2"):
             raise ValueError(f"unsupported architecture {arch!r}")
 
         def get(key, default=None):
-            field = reader.fields.get(f"llama.{key}")
+            field = reader.fields.get(f"{arch}.{key}")
             return default if field is None else field.contents()
 
         n_embd = int(get("embedding_length"))
@@ -87,6 +114,7 @@ class Config:
         if int(get("rope.dimension_count", head_dim)) != head_dim:
             raise ValueError("partial rotary embeddings are not supported")
         return cls(
+            arch=arch,
             n_layers=int(get("block_count")),
             n_embd=n_embd,
             n_heads=n_heads,
@@ -141,23 +169,35 @@ class Llama:
         return [{"k": np.zeros(shape), "v": np.zeros(shape)} for _ in range(self.cfg.n_layers)]
 
     def rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Interleaved RoPE on x of shape (tokens, heads, head_dim): rotates (x[2i], x[2i+1])."""
+        """RoPE on x of shape (tokens, heads, head_dim). Llama: interleaved, rotates
+        (x[2i], x[2i+1]); Qwen2: half-split, rotates (x[i], x[i + head_dim/2])."""
         angles = positions[:, None] * self.inv_freq[None, :]  # (tokens, head_dim/2)
         cos = np.cos(angles)[:, None, :]
         sin = np.sin(angles)[:, None, :]
-        even, odd = x[..., 0::2], x[..., 1::2]
+        half = self.cfg.head_dim // 2
+        if self.cfg.arch == "qwen2":
+            first, second = slice(0, half), slice(half, None)
+        else:
+            first, second = slice(0, None, 2), slice(1, None, 2)
+        a, b = x[..., first], x[..., second]
         out = np.empty_like(x)
-        out[..., 0::2] = even * cos - odd * sin
-        out[..., 1::2] = even * sin + odd * cos
+        out[..., first] = a * cos - b * sin
+        out[..., second] = a * sin + b * cos
         return out
+
+    def project(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W^T, plus the bias when the file has one (Qwen2's Q/K/V)."""
+        out = x @ self.w[name + ".weight"].T
+        bias = self.w.get(name + ".bias")
+        return out if bias is None else out + bias
 
     def attention(self, layer: int, x: np.ndarray, positions: np.ndarray, cache: dict) -> np.ndarray:
         cfg, w = self.cfg, self.w
         n = x.shape[0]
         p = f"blk.{layer}."
-        q = (x @ w[p + "attn_q.weight"].T).reshape(n, cfg.n_heads, cfg.head_dim)
-        k = (x @ w[p + "attn_k.weight"].T).reshape(n, cfg.n_kv_heads, cfg.head_dim)
-        v = (x @ w[p + "attn_v.weight"].T).reshape(n, cfg.n_kv_heads, cfg.head_dim)
+        q = self.project(x, p + "attn_q").reshape(n, cfg.n_heads, cfg.head_dim)
+        k = self.project(x, p + "attn_k").reshape(n, cfg.n_kv_heads, cfg.head_dim)
+        v = self.project(x, p + "attn_v").reshape(n, cfg.n_kv_heads, cfg.head_dim)
         q = self.rope(q, positions)
         k = self.rope(k, positions)
         cache["k"] = np.concatenate([cache["k"], k])
@@ -235,17 +275,22 @@ def render_chat(reader: GGUFReader, messages: list[dict]) -> str:
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
+    args = sys.argv[1:]
+    qwen = "--qwen" in args
+    args = [a for a in args if a != "--qwen"]
+    default = fallback_model_path() if qwen else default_model_path()
+    path = args[0] if args else default
+    prompts, n_new = (QWEN_PROMPTS, QWEN_NEW_TOKENS) if qwen else (PROMPTS, N_NEW_TOKENS)
     reader = GGUFReader(path)
     tokenizer = build_tokenizer(reader)
     model = Llama(reader)
 
     cases = []
-    for name, prompt in PROMPTS:
+    for name, prompt in prompts:
         chat = not isinstance(prompt, str)
         prompt_text = render_chat(reader, prompt) if chat else prompt
         prompt_ids = tokenizer.encode(prompt_text).ids
-        steps = greedy(model, prompt_ids, N_NEW_TOKENS)
+        steps = greedy(model, prompt_ids, n_new)
         text = tokenizer.decode([s["token"] for s in steps], skip_special_tokens=False)
         print(f"{name}: {text!r}", file=sys.stderr)
         cases.append(
@@ -259,7 +304,7 @@ def main() -> None:
             }
         )
 
-    out = {"model_sha256": file_sha256(path), "n_new_tokens": N_NEW_TOKENS, "cases": cases}
+    out = {"model_sha256": file_sha256(path), "n_new_tokens": n_new, "cases": cases}
     json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
 

@@ -6,7 +6,8 @@ from gguf_tokenizer.build_tokenizer and writes, as JSON on stdout:
 
     {"model_sha256": ..., "cases": [{"text": ..., "ids": [...], "decoded": ...}, ...]}
 
-where "decoded" is tokenizer.decode(ids, skip_special_tokens=False). Independent of candle and
+where "decoded" is tokenizer.decode(ids, skip_special_tokens=False) (for Qwen2, whose tokenizer
+normalizes to NFC first, the NFC form of the text). Independent of candle and
 llama.cpp: only gguf and tokenizers (pinned in requirements.txt).
 
 Regenerate (from the repository root):
@@ -15,14 +16,19 @@ Regenerate (from the repository root):
     .venv/bin/python tests/reference/tokenizer_reference.py [model.gguf] > tests/reference/tokenizer_golden.json
 
 The model path defaults to where scripts/fetch-default-model puts SmolLM2-135M-Instruct.Q4_1.gguf.
+The Qwen2 fallback model (byte-level BPE, pre-tokenizer "qwen2"):
+
+    scripts/fetch-fallback-model
+    .venv/bin/python tests/reference/tokenizer_reference.py --qwen > tests/reference/tokenizer_golden_qwen2.json
 """
 
 import json
 import sys
+import unicodedata
 
 from gguf import GGUFReader
 
-from gguf_tokenizer import build_tokenizer, default_model_path, file_sha256
+from gguf_tokenizer import build_tokenizer, default_model_path, fallback_model_path, file_sha256
 
 CORPUS = [
     # Plain text and leading-space behaviour.
@@ -84,8 +90,13 @@ CORPUS = [
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
-    tokenizer = build_tokenizer(GGUFReader(path))
+    args = sys.argv[1:]
+    qwen = "--qwen" in args
+    args = [a for a in args if a != "--qwen"]
+    path = args[0] if args else (fallback_model_path() if qwen else default_model_path())
+    reader = GGUFReader(path)
+    tokenizer = build_tokenizer(reader)
+    nfc = reader.fields["tokenizer.ggml.pre"].contents() == "qwen2"
 
     cases = []
     for text in CORPUS:
@@ -101,7 +112,8 @@ def main() -> None:
     assert by_text["<|im_start|>user\nhi<|im_end|>"][-1] == vocab["<|im_end|>"]
     assert by_text[""] == []
     for case in cases:
-        assert case["decoded"] == case["text"], f"round trip failed for {case['text']!r}"
+        expected = unicodedata.normalize("NFC", case["text"]) if nfc else case["text"]
+        assert case["decoded"] == expected, f"round trip failed for {case['text']!r}"
 
     json.dump({"model_sha256": file_sha256(path), "cases": cases}, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")

@@ -10,6 +10,10 @@ use wick_engine::loader::{self, LoadOptions, LoadedModel};
 use wick_engine::model_source::ModelSource;
 use wick_engine::weights::WeightFormat;
 
+pub mod golden;
+
+pub const FALLBACK_MODEL_SHA256: &str = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
+
 pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 /// The default model, which must have been fetched.
@@ -21,6 +25,26 @@ pub fn default_model_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The Qwen2 fallback model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M), which must have been fetched
+/// by scripts/fetch-fallback-model into the same cache directory as the default model.
+pub fn fallback_model_path() -> PathBuf {
+    let path = wick_engine::default_model_path().with_file_name("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf");
+    assert!(
+        path.is_file(),
+        "fallback model missing at {}: run scripts/fetch-fallback-model first",
+        path.display()
+    );
+    path
+}
+
+pub fn load_fallback() -> LoadedModel {
+    load_fallback_with(LoadOptions::default())
+}
+
+pub fn load_fallback_with(opts: LoadOptions) -> LoadedModel {
+    loader::load(&ModelSource::GgufFile(fallback_model_path()), &opts).expect("fallback model loads")
 }
 
 /// `tests/reference`; `WICK_REFERENCE_DIR` overrides it for test binaries run away from the
