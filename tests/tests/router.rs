@@ -1,6 +1,6 @@
-//! The router with real processes: a `large` wick (the default model under another name, a
-//! separate process reached over HTTP) behind a router wick that serves `small` itself and the
-//! routes. Each escalation trigger, failover when the large process is killed, the breaker
+//! The router with real processes: a `large` wick (the fallback model, Qwen2.5-Coder-0.5B, a
+//! separate process reached over HTTP) behind a router wick that serves `small` (the default
+//! model) itself and the routes. Each escalation trigger, failover when the large process is killed, the breaker
 //! opening and recovering after a restart, streaming passthrough, and that `model` and the
 //! `x-wick-*` headers say who answered.
 
@@ -165,7 +165,10 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
     let large_cfg = write(
         &dir,
         "large.toml",
-        "[[models]]\nid = \"large\"\nserved_name = \"large\"\n",
+        &format!(
+            "[[models]]\nid = \"large\"\nserved_name = \"large\"\nsource = {:?}\n",
+            fallback_model()
+        ),
     );
     let mut large = Some(Server::start_on(large_port, &["--config", &large_cfg]));
     let router_cfg = write(&dir, "router.toml", &router_config(large_port));
@@ -385,6 +388,16 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
             r#"wick_router_failovers_total{backend="large",reason="unreachable",route="large-first"}"#
         ) >= Some(1.0)
     );
+}
+
+/// The fallback model's path, from scripts/fetch-fallback-model (idempotent; it fetches the
+/// model if it is missing).
+fn fallback_model() -> String {
+    let out = std::process::Command::new(wick_tests::root().join("scripts/fetch-fallback-model"))
+        .output()
+        .expect("scripts/fetch-fallback-model runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a path").trim().to_string()
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
