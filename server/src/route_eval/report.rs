@@ -8,7 +8,8 @@
 //! small:length`). Its usage is not returned, so it is **estimated**: the answer's prompt
 //! tokens, and the request's `max_tokens` as completion tokens when the reason is `length`,
 //! else the answer's completion tokens. "Always the fallback" prices each item's returned
-//! usage at the route's last tier (for a plain model: its own backend).
+//! usage at the route's last tier (for a plain model: its own backend). An escalated answer
+//! returned because every later tier failed is priced once, as the answer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -164,6 +165,10 @@ fn cost(tiers: &[String], answered: &[&ItemRecord], prices: &Prices) -> Cost {
         total += price(backend, r.prompt_tokens, r.completion_tokens);
         for e in &r.escalations {
             let (tier, reason) = e.split_once(':').unwrap_or((e, ""));
+            if tier == backend {
+                // Every later tier failed and the escalated answer was returned: priced above.
+                continue;
+            }
             let out = if reason == "length" {
                 r.max_tokens
             } else {
@@ -281,6 +286,18 @@ mod tests {
         assert!((c.always_fallback - 3600.0 / 1e6).abs() < 1e-12);
         assert!((c.saved_fraction - (1.0 - total / (3600.0 / 1e6))).abs() < 1e-9);
         assert!(c.unpriced.is_empty());
+    }
+
+    #[test]
+    fn an_escalated_answer_kept_after_the_fallback_failed_is_priced_once() {
+        let prices: Prices = [("small".into(), (1.0, 2.0)), ("large".into(), (10.0, 20.0))].into();
+        let mut r = rec("small", true, &["small:abstain"], 100, 10);
+        r.failovers = vec!["large:unreachable".into()];
+        let m = ModelReport::new("auto", vec!["small".into(), "large".into()], vec![r], &prices);
+        assert_eq!((m.escalated, m.failed_over, m.cheap_share), (1, 1, Some(1.0)));
+        let c = m.cost.unwrap();
+        assert!((c.total - 120.0 / 1e6).abs() < 1e-12, "{}", c.total);
+        assert!((c.always_fallback - 1200.0 / 1e6).abs() < 1e-12);
     }
 
     #[test]
