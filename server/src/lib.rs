@@ -8,6 +8,7 @@ pub mod errors;
 pub mod infer;
 pub mod metrics;
 pub mod openai;
+pub mod route_eval;
 pub mod router;
 pub mod server;
 pub mod stream;

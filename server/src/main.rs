@@ -45,6 +45,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Load-test any OpenAI-compatible server with concurrent streaming requests.
     Bench(wick_server::bench::BenchArgs),
+    /// Score a labelled JSONL set against model names or routes: accuracy, who answered,
+    /// latency, tokens and cost.
+    RouteEval(wick_server::route_eval::RouteEvalArgs),
 }
 
 #[derive(Parser)]
@@ -291,6 +294,12 @@ fn main() -> Result<()> {
         Command::Bench(args) => {
             config_cmd::init_logging(log_format, "info")?;
             wick_server::bench::run(args)?;
+            Ok(())
+        }
+        Command::RouteEval(args) => {
+            // Logs on stderr; stdout carries the table or the JSON.
+            config_cmd::init_logging(log_format, "warn")?;
+            wick_server::route_eval::run(args)?;
             Ok(())
         }
     }
