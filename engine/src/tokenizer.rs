@@ -245,13 +245,24 @@ impl Tokenizer {
                 )))
             }
         };
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED)
-            .map(|(t, _)| AddedToken::from(t.to_string(), true).normalized(false))
-            .collect();
-        inner.add_special_tokens(specials).map_err(tok_err)?;
+        // Control tokens (`<|im_end|>`) are special: skipped when decoding for the client, never
+        // produced by a grammar. User-defined ones (Qwen's `<tool_call>`, `</tool_call>`) are
+        // whole tokens but text, as in the models' own tokenizer.json (`"special": false`): a
+        // tool call's markup must reach the parser, and a grammar may write it.
+        let added = |kind: u64, special: bool| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(_, &ty)| ty == kind)
+                .map(|(t, _)| AddedToken::from(t.to_string(), special).normalized(false))
+                .collect()
+        };
+        inner
+            .add_special_tokens(added(TOKEN_TYPE_CONTROL, true))
+            .map_err(tok_err)?;
+        inner
+            .add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))
+            .map_err(tok_err)?;
 
         let id = |k: &str| md.u64_opt(k).map(|v| v as u32);
         let mut eos_token_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();

@@ -157,6 +157,24 @@ fn special_tokens_and_template_come_from_metadata() {
     assert!(template.contains("<|im_start|>") && template.contains("<|im_end|>"));
 }
 
+/// Control tokens are special (skipped in the client's text); user-defined ones (`<tool_call>`)
+/// are whole tokens but text, as `"special": false` in Qwen's tokenizer.json: tool-call markup
+/// reaches the parser and a grammar may write it (before, a forced Qwen call ended at
+/// `<tool_call>`: the grammar could not produce the token the model wanted).
+#[test]
+fn user_defined_tokens_are_text_and_control_tokens_are_special() {
+    let tok = tokenizer();
+    let id = |t: &str| tok.token_to_id(t).unwrap_or_else(|| panic!("{t} in vocabulary"));
+    let call = id("<tool_call>");
+    assert_eq!(tok.encode("<tool_call>\n", false).unwrap()[0], call, "one token");
+    assert_eq!(
+        tok.decode(&[call, id("</tool_call>")], true).unwrap(),
+        "<tool_call></tool_call>"
+    );
+    assert_eq!(tok.decode(&[id("<|im_end|>")], true).unwrap(), "");
+    assert_eq!(tok.decode(&[id("<|im_end|>")], false).unwrap(), "<|im_end|>");
+}
+
 /// The Hugging Face path (`Qwen2ForCausalLM`): the GGUF dequantized and written out as a
 /// safetensors directory (Q/K/V biases as `self_attn.*_proj.bias`, no Q/K un-permuting since
 /// Qwen2 GGUFs keep the half-split layout, a separate `lm_head`) loads to the same config and
