@@ -1,12 +1,34 @@
 //! Hermes / Qwen 2.5 markup: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, one
 //! block per call, text before them as content. Also what the generic prompt asks for.
+//!
+//! Small Qwen models (2.5-Coder 0.5B, 1.5B) often answer a call without the tags: the whole
+//! answer is the call's JSON, bare or in a ```json fence. That counts as a call when it names a
+//! given tool and has `arguments` (anything else stays content, as does JSON without tools).
 
-use super::{incomplete, json_calls_at, prefix, text_until_marker, ws_len, Ctx, Prefix, Step};
+use super::{incomplete, json_calls_at, json_region, prefix, text_until_marker, ws_len, Ctx, Prefix, Step};
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+const FENCES: [&str; 2] = ["```json", "```"];
+const FENCE_CLOSE: &str = "```";
 
 pub(super) fn step(buf: &str, cx: &Ctx) -> Step {
+    if cx.at_start {
+        // Leading whitespace is trimmed from content anyway.
+        let ws = ws_len(buf);
+        if ws == buf.len() {
+            return if cx.eof { Step::Markup(ws) } else { Step::NeedMore };
+        }
+        if ws > 0 {
+            return Step::Markup(ws);
+        }
+        if buf.starts_with(['{', '[']) {
+            return json_region(buf, 0, 1, cx, true);
+        }
+        if let Some(step) = fenced(buf, cx) {
+            return step;
+        }
+    }
     if buf.starts_with(OPEN) {
         call(buf, cx)
     } else {
@@ -43,4 +65,37 @@ fn call(buf: &str, cx: &Ctx) -> Step {
         Some(calls) => Step::Calls(end, calls),
         None => Step::Content(end),
     }
+}
+
+/// A fenced JSON call at the start of the answer; `None`: not a fence.
+fn fenced(buf: &str, cx: &Ctx) -> Option<Step> {
+    let fence = FENCES.iter().find_map(|f| match prefix(buf, f) {
+        Prefix::Full => Some(Ok(f.len())),
+        Prefix::Partial if !cx.eof => Some(Err(())),
+        _ => None,
+    })?;
+    let Ok(fence) = fence else {
+        return Some(Step::NeedMore);
+    };
+    let start = fence + ws_len(&buf[fence..]);
+    if start == buf.len() {
+        return Some(incomplete(buf, cx));
+    }
+    if !buf[start..].starts_with(['{', '[']) {
+        return None;
+    }
+    let (json_end, calls) = match json_calls_at(buf, start, fence, cx, true) {
+        Ok(region) => region,
+        Err(step) => return Some(step),
+    };
+    let Some(calls) = calls else {
+        return Some(Step::Content(json_end));
+    };
+    let after = json_end + ws_len(&buf[json_end..]);
+    Some(match prefix(&buf[after..], FENCE_CLOSE) {
+        Prefix::Full => Step::Calls(after + FENCE_CLOSE.len(), calls),
+        Prefix::Partial if !cx.eof => Step::NeedMore,
+        Prefix::Partial => Step::Calls(buf.len(), calls),
+        Prefix::No => Step::Calls(json_end, calls),
+    })
 }

@@ -127,7 +127,10 @@ fn hermes_markup_inside_strings() {
 fn hermes_no_tools_given_and_plain_answers() {
     let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
     check(Hermes, text, None, Some(text), &[]);
-    let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+    // Bare JSON that is not a call to a given tool stays content.
+    let text = "{\"name\": \"get_forecast\", \"arguments\": {\"city\": \"Paris\"}}";
+    check(Hermes, text, Some(WEATHER), Some(text), &[]);
+    let text = "{\"city\": \"Paris\", \"temp\": 21}";
     check(Hermes, text, Some(WEATHER), Some(text), &[]);
     let text = "  The weather in Paris is sunny.\n\n";
     check(
@@ -139,4 +142,47 @@ fn hermes_no_tools_given_and_plain_answers() {
     );
     check(Hermes, text, None, Some(text), &[]);
     check(Hermes, "", Some(WEATHER), Some(""), &[]);
+}
+
+#[test]
+fn hermes_bare_and_fenced_calls_as_the_whole_answer() {
+    let args = json!({"city": "Paris"});
+    // Qwen2.5-Coder-0.5B under tool_choice auto (recorded from wick with its template).
+    let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+    check(
+        Hermes,
+        text,
+        Some(WEATHER),
+        None,
+        &[("get_weather", args.clone())],
+    );
+    // Qwen2.5-Coder-1.5B's habit: a markdown fence.
+    let text = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n```";
+    check(
+        Hermes,
+        text,
+        Some(WEATHER),
+        None,
+        &[("get_weather", args.clone())],
+    );
+    let text = "\n```\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n```\nDone.";
+    check(
+        Hermes,
+        text,
+        Some(WEATHER),
+        Some("Done."),
+        &[("get_weather", args.clone())],
+    );
+    // Without tools, or without `arguments`, or not at the start: content.
+    let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+    check(Hermes, text, None, Some(text), &[]);
+    let text = "{\"name\": \"get_weather\"}";
+    check(Hermes, text, Some(WEATHER), Some(text), &[]);
+    let text = "Here: {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+    check(Hermes, text, Some(WEATHER), Some(text), &[]);
+    let text = "```python\nprint(1)\n```";
+    check(Hermes, text, Some(WEATHER), Some(text), &[]);
+    // Cut off inside the fence: content.
+    let text = "```json\n{\"name\": \"get_weather\", \"argu";
+    check(Hermes, text, Some(WEATHER), Some(text), &[]);
 }
