@@ -143,3 +143,16 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
         }
     }
 }
+
+/// An error with its causes, `: `-joined (reqwest's own message hides whether the connection
+/// was refused, reset or timed out). For the HTTP clients: bench, router, route-eval.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -20,6 +20,7 @@ use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
+use crate::errors::error_chain;
 pub use report::{LevelReport, Percentiles, RequestRecord};
 use sse::{chunk_content, SseData, SseLines};
 
@@ -341,19 +342,6 @@ async fn stream_request(target: &Target, prompt: &str, start: Instant) -> Result
         record.completion_tokens = text_chunks;
     }
     Ok(record)
-}
-
-/// The error with its causes (reqwest's own message hides whether the connection was refused,
-/// reset or timed out).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Deterministic, mutually different prompts of `words` words each.

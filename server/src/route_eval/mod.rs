@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::errors::error_chain;
 use checkers::{Check, CheckSpec};
 pub use report::{ItemRecord, ModelReport, Prices};
 
@@ -351,17 +352,6 @@ async fn one_item(target: &Target, model: &str, item: &Item) -> ItemRecord {
         calls.iter().map(call).collect::<Vec<_>>().join("; ")
     };
     record
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

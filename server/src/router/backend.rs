@@ -12,6 +12,7 @@ use axum::response::Response;
 use futures_util::TryStreamExt;
 use tokio::sync::Semaphore;
 
+use crate::errors::error_chain;
 use crate::server::AppState;
 
 /// Which API a request is for.
@@ -213,15 +214,4 @@ impl RemoteClient {
             body: Body::from_stream(stream),
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

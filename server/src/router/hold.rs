@@ -66,13 +66,7 @@ pub fn encode(data: &SseData, strip_logprobs: bool) -> Bytes {
     let text = match data {
         SseData::Json(v) if strip_logprobs => {
             let mut v = v.clone();
-            if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
-                for c in choices {
-                    if let Some(obj) = c.as_object_mut().filter(|o| o.contains_key("logprobs")) {
-                        obj.insert("logprobs".into(), Value::Null);
-                    }
-                }
-            }
+            super::strip_logprobs(&mut v);
             v.to_string()
         }
         SseData::Json(v) => v.to_string(),
@@ -116,18 +110,7 @@ impl HeldAnswer {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             let choice = self.choices.entry(index).or_default();
             let mut counted = 0;
-            let lp = c.get("logprobs");
-            let entries: Vec<f64> = match endpoint {
-                Endpoint::Chat => lp
-                    .and_then(|l| l.get("content"))
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|t| t.get("logprob")?.as_f64()).collect()),
-                Endpoint::Completions => lp
-                    .and_then(|l| l.get("token_logprobs"))
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_f64).collect()),
-            }
-            .unwrap_or_default();
+            let entries = super::policy::token_logprobs(endpoint, c);
             counted += entries.len();
             choice.logprobs.extend(entries);
             let text = match endpoint {

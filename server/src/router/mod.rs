@@ -602,10 +602,11 @@ fn asks_logprobs(endpoint: Endpoint, body: &Value) -> bool {
 }
 
 /// Logprobs the router asked for itself are not the client's.
+/// (A whole answer or one stream chunk; choices without the key are left as they are.)
 fn strip_logprobs(json: &mut Value) {
     if let Some(choices) = json.get_mut("choices").and_then(Value::as_array_mut) {
         for c in choices {
-            if let Some(obj) = c.as_object_mut() {
+            if let Some(obj) = c.as_object_mut().filter(|o| o.contains_key("logprobs")) {
                 obj.insert("logprobs".into(), Value::Null);
             }
         }

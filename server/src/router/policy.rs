@@ -94,7 +94,7 @@ pub fn escalation(
 
 /// The generated tokens' logprobs, from chat's `logprobs.content[].logprob` or completions'
 /// `logprobs.token_logprobs[]`.
-fn token_logprobs(endpoint: Endpoint, choice: &Value) -> Vec<f64> {
+pub(super) fn token_logprobs(endpoint: Endpoint, choice: &Value) -> Vec<f64> {
     let lp = choice.get("logprobs");
     match endpoint {
         Endpoint::Chat => lp
