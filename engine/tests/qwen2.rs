@@ -22,19 +22,6 @@ use wick_engine::model_source::ModelSource;
 use wick_engine::tokenizer::Tokenizer;
 use wick_engine::weights::{WeightFormat, Weights};
 
-/// GGUF and Hugging Face names of each layer's matrices.
-const LAYER_PARTS: [(&str, &str); 9] = [
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
-
 fn golden_cases() -> Vec<Case> {
     let cases = golden::cases("golden_qwen2.json", common::FALLBACK_MODEL_SHA256);
     assert!(cases.len() >= 6);
@@ -212,7 +199,7 @@ fn converted_to_hugging_face_matches_gguf() {
         tensors.insert("model.norm.weight".to_string(), dense("output_norm.weight"));
         tensors.insert("lm_head.weight".to_string(), dense("output.weight"));
         for l in 0..cfg.num_hidden_layers {
-            for (g, h) in LAYER_PARTS {
+            for (g, h) in common::LAYER_PARTS {
                 tensors.insert(
                     format!("model.layers.{l}.{h}.weight"),
                     dense(&format!("blk.{l}.{g}.weight")),

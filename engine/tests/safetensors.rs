@@ -22,18 +22,6 @@ use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
 use wick_engine::model_source::ModelSource;
 use wick_engine::weights::Weights;
 
-const LAYER_PARTS: [(&str, &str); 9] = [
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
-
 /// GGUF's Q/K rows are permuted for interleaved RoPE; undo it per head.
 fn unpermute(w: &Tensor, heads: usize) -> Tensor {
     let (out, inp) = w.dims2().unwrap();
@@ -72,7 +60,7 @@ fn converted_default_model_matches_gguf() {
         w.dense("output_norm.weight", DType::F32, &dev).unwrap(),
     );
     for l in 0..cfg.num_hidden_layers {
-        for (g, h) in LAYER_PARTS {
+        for (g, h) in common::LAYER_PARTS {
             let mut t = w.dense(&format!("blk.{l}.{g}.weight"), DType::F32, &dev).unwrap();
             if g == "attn_q" {
                 t = unpermute(&t, cfg.num_attention_heads);
