@@ -151,6 +151,24 @@ impl Config {
         served_model_index(self).map(|i| &self.models[i])
     }
 
+    /// Every local model this process runs, each with its own engine: the served model first,
+    /// then each other local model a route names as a tier, in the order routes name them.
+    /// Empty when no model is served (an ambiguous `server.model`, reported by validation).
+    pub fn local_models(&self) -> Vec<&ModelConfig> {
+        let Some(first) = self.served_model() else {
+            return Vec::new();
+        };
+        let mut out = vec![first];
+        for id in self.routes.iter().flat_map(|r| &r.tiers) {
+            if let Some(m) = self.models.iter().find(|m| &m.id == id && !m.is_remote()) {
+                if !out.iter().any(|o| o.id == m.id) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
     /// The configuration as TOML, secrets masked ([`Secret`] serializes as a mask).
     pub fn to_toml(&self) -> String {
         // Every field is a string, number, bool or table of them: serializing cannot fail.

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     /// The `[[models]]` id this process serves; may be left out when there is one local model.
+    /// Other local models that routes name as tiers run in this process too, each with its own
+    /// engine and KV pool (`Config::local_models`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Bearer tokens accepted on `/v1/*`; empty: no authentication. Prefer `WICK_API_KEY` (from a

@@ -174,6 +174,25 @@ fn several_local_models_need_server_model() {
 }
 
 #[test]
+fn local_models_are_the_served_one_then_those_routes_name() {
+    let src = "[server]\nmodel = \"b\"\n\
+        [[models]]\nid = \"a\"\n\
+        [[models]]\nid = \"b\"\nsource = \"b.gguf\"\n\
+        [[models]]\nid = \"c\"\nsource = \"c.gguf\"\n\
+        [[models]]\nid = \"r\"\nurl = \"http://r/v1\"\n\
+        [[routes]]\nname = \"one\"\ntiers = [\"c\", \"r\", \"b\"]\n\
+        [[routes]]\nname = \"two\"\ntiers = [\"b\", \"c\"]\n";
+    let cfg = load_text(src, &[], &Overrides::default()).unwrap();
+    let ids: Vec<&str> = cfg.local_models().iter().map(|m| m.id.as_str()).collect();
+    // `a` is named by no route and not served; `r` is remote; none twice.
+    assert_eq!(ids, ["b", "c"]);
+    // No routes: only the served model.
+    let cfg = load_text("[[models]]\nid = \"a\"\n", &[], &Overrides::default()).unwrap();
+    let ids: Vec<&str> = cfg.local_models().iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+}
+
+#[test]
 fn precedence_is_defaults_then_file_then_env_then_flags() {
     let src = "[server]\nport = 9000\nhost = \"0.0.0.0\"\n[engine]\nmax_num_seqs = 8\nkv_cache_mib = 64\n";
     let none = Overrides::default();

@@ -84,25 +84,28 @@ pub fn gpu_memory(device: &Device) -> Result<Option<(usize, usize)>> {
     }
 }
 
-/// The KV pool's budget: `configured` bytes, or on a GPU with a `headroom`, the free memory less
-/// the headroom. Fails when the headroom leaves no room for even one block.
+/// The KV pool's budget: `configured` bytes, or on a GPU with a `headroom`, `share` of the free
+/// memory less the headroom (several engines in one process each take their part). Fails when
+/// that leaves no room for even one block.
 pub fn kv_cache_budget(
     gpu: Option<(usize, usize)>,
     configured: usize,
     headroom: Option<usize>,
+    share: f64,
     bytes_per_block: usize,
 ) -> Result<usize> {
     let (Some((free, total)), Some(headroom)) = (gpu, headroom) else {
         return Ok(configured);
     };
-    let budget = free.saturating_sub(headroom);
+    let budget = (free.saturating_sub(headroom) as f64 * share.clamp(0.0, 1.0)) as usize;
     if budget < bytes_per_block.max(1) {
         let mib = |b: usize| b >> 20;
         return Err(EngineError::InvalidConfig(format!(
-            "no GPU memory left for the KV cache: {} MiB free of {} MiB after loading the model, headroom {} MiB, one block needs {} MiB; lower the headroom or use a smaller model",
+            "no GPU memory left for the KV cache: {} MiB free of {} MiB after loading the model, headroom {} MiB, this engine's share {:.2}, one block needs {} MiB; lower the headroom or use a smaller model",
             mib(free),
             mib(total),
             mib(headroom),
+            share,
             mib(bytes_per_block).max(1)
         )));
     }
@@ -117,21 +120,29 @@ mod tests {
     fn budget_is_free_memory_less_headroom_on_a_gpu_only() {
         let gib = 1usize << 30;
         // CPU: the configured bytes, whatever the headroom.
-        assert_eq!(kv_cache_budget(None, 3 * gib, Some(gib), 1000).unwrap(), 3 * gib);
+        assert_eq!(
+            kv_cache_budget(None, 3 * gib, Some(gib), 1.0, 1000).unwrap(),
+            3 * gib
+        );
         // GPU without a headroom: configured.
         assert_eq!(
-            kv_cache_budget(Some((70 * gib, 80 * gib)), 3 * gib, None, 1000).unwrap(),
+            kv_cache_budget(Some((70 * gib, 80 * gib)), 3 * gib, None, 0.5, 1000).unwrap(),
             3 * gib
         );
         // GPU with a headroom: free - headroom, regardless of the configured bytes.
         assert_eq!(
-            kv_cache_budget(Some((70 * gib, 80 * gib)), 3 * gib, Some(2 * gib), 1000).unwrap(),
+            kv_cache_budget(Some((70 * gib, 80 * gib)), 3 * gib, Some(2 * gib), 1.0, 1000).unwrap(),
             68 * gib
         );
-        let err = kv_cache_budget(Some((gib, 80 * gib)), 3 * gib, Some(2 * gib), 1000).unwrap_err();
+        // Several engines: each its share of that.
+        assert_eq!(
+            kv_cache_budget(Some((70 * gib, 80 * gib)), 3 * gib, Some(2 * gib), 0.25, 1000).unwrap(),
+            17 * gib
+        );
+        let err = kv_cache_budget(Some((gib, 80 * gib)), 3 * gib, Some(2 * gib), 1.0, 1000).unwrap_err();
         assert!(err.to_string().contains("1024 MiB free of 81920 MiB"), "{err}");
         // Less than one block left is an error, not an empty pool.
-        assert!(kv_cache_budget(Some((2 * gib + 999, 80 * gib)), 0, Some(2 * gib), 1000).is_err());
+        assert!(kv_cache_budget(Some((2 * gib + 999, 80 * gib)), 0, Some(2 * gib), 1.0, 1000).is_err());
     }
 
     #[test]

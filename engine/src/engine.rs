@@ -38,6 +38,10 @@ pub struct EngineConfig {
     /// loaded) minus this headroom, and `kv_cache_bytes` is ignored. None: `kv_cache_bytes`
     /// everywhere. No effect on the CPU.
     pub gpu_memory_headroom_bytes: Option<usize>,
+    /// The part of that free memory (less the headroom) this engine's pool takes, in (0, 1]:
+    /// a process running several models creates their engines one after another, each taking
+    /// 1/(engines still to create) of what is free then, so they share it evenly.
+    pub gpu_memory_share: f64,
     /// An exact block count, overriding `kv_cache_bytes` (tests use small pools).
     pub num_blocks: Option<usize>,
     /// Fraction of blocks kept free at admission, so running sequences can grow without
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_cache_bytes: 1 << 30,
             gpu_memory_headroom_bytes: Some(crate::device::DEFAULT_GPU_HEADROOM_BYTES),
+            gpu_memory_share: 1.0,
             num_blocks: None,
             watermark: 0.01,
             enable_prefix_caching: true,
@@ -225,6 +230,12 @@ impl Engine {
         let model_cfg = loaded.config().clone();
         let dtype = loaded.model.dtype();
         let device = loaded.model.device().clone();
+        if !(config.gpu_memory_share > 0.0 && config.gpu_memory_share <= 1.0) {
+            return Err(EngineError::InvalidConfig(format!(
+                "gpu_memory_share must be in (0, 1], got {}",
+                config.gpu_memory_share
+            )));
+        }
         let num_blocks = match config.num_blocks {
             Some(n) => n,
             None => {
@@ -233,6 +244,7 @@ impl Engine {
                     crate::device::gpu_memory(&device)?,
                     config.kv_cache_bytes,
                     config.gpu_memory_headroom_bytes,
+                    config.gpu_memory_share,
                     block_bytes,
                 )?;
                 PagedKvCache::blocks_for_budget(&model_cfg, config.block_size.max(1), dtype, budget)

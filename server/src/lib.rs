@@ -1,11 +1,13 @@
 //! wick's HTTP server and command line. Layout after TGI's router: [`server`] (routes),
 //! [`validation`] (request checks), [`infer`] (the engine interface), [`chat_template`],
-//! [`openai`] (wire types), [`stream`] (SSE) and [`errors`].
+//! [`openai`] (wire types), [`stream`] (SSE) and [`errors`]; [`local_model`] is what a model
+//! this process runs consists of.
 
 pub mod bench;
 pub mod chat_template;
 pub mod errors;
 pub mod infer;
+pub mod local_model;
 pub mod metrics;
 pub mod openai;
 pub mod route_eval;

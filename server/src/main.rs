@@ -167,33 +167,77 @@ fn chat_template(
         .context("parsing the chat template")
 }
 
-fn serve(cfg: wick_config::Config) -> Result<()> {
-    // wick-config validated that exactly one local model is served.
-    let model = cfg.served_model().context("no local model to serve")?;
+/// One local model, loaded (weights on the device; no engine yet).
+struct LoadedLocal {
+    /// The config's id (routes name it) and the name clients use.
+    config_id: String,
+    model_id: String,
+    loaded: wick_engine::loader::LoadedModel,
+    template: Option<ChatTemplate>,
+    tool_format: Option<wick_server::tool_parser::ToolCallFormat>,
+}
+
+fn load_local(model: &wick_config::ModelConfig, opts: &LoadOptions) -> Result<LoadedLocal> {
     let source = resolve_model(model.source.as_deref())?;
     let model_id = model.served_name.clone().unwrap_or_else(|| source.display_name());
-    let (engine_cfg, server_cfg) = (&cfg.engine, &cfg.server);
-    let opts = load_options(&engine_cfg.device, engine_cfg.dtype.as_deref())?;
     tracing::info!(model = %model_id, "loading");
-    let loaded = loader::load(&source, &opts).context("loading the model")?;
+    let loaded = loader::load(&source, opts).with_context(|| format!("loading model `{}`", model.id))?;
     let template = chat_template(model.chat_template.as_ref(), &loaded.tokenizer)?;
     if template.is_none() {
-        tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400");
+        tracing::warn!(model = %model_id, "the model has no chat template: /v1/chat/completions will answer 400");
     }
-    let engine = Engine::new(loaded, config_cmd::engine_config(engine_cfg))?;
     let tool_format = model.tool_call_parser.map(config_cmd::tool_call_format);
     if let (Some(format), Some(t)) = (tool_format, &template) {
         if tools::template_format(t, Some(format)).is_none() {
             tracing::warn!(
+                model = %model_id,
                 %format,
                 "tool_call_parser is not used: the chat template does not render tools, so tool \
                  requests get the generic prompt and its Hermes markup"
             );
         }
     }
-    let mut state = AppState::new(Arc::new(engine), model_id, template);
-    state.tool_format = tool_format;
-    state.router = RouterState::from_config(&cfg, &model.id, &state.model_id, state.metrics.registry())
+    Ok(LoadedLocal {
+        config_id: model.id.clone(),
+        model_id,
+        loaded,
+        template,
+        tool_format,
+    })
+}
+
+fn serve(cfg: wick_config::Config) -> Result<()> {
+    // wick-config validated that one local model is the served one; routes may name more.
+    let models = cfg.local_models();
+    anyhow::ensure!(!models.is_empty(), "no local model to serve");
+    let (engine_cfg, server_cfg) = (&cfg.engine, &cfg.server);
+    let opts = load_options(&engine_cfg.device, engine_cfg.dtype.as_deref())?;
+    // Every model's weights first, then the engines: on a GPU each engine's KV pool takes its
+    // share of the memory left once all weights are in.
+    let loaded = models
+        .iter()
+        .map(|m| load_local(m, &opts))
+        .collect::<Result<Vec<_>>>()?;
+    let mut state: Option<AppState> = None;
+    let mut local_ids = std::collections::HashMap::new();
+    let count = loaded.len();
+    for (i, m) in loaded.into_iter().enumerate() {
+        let mut engine_config = config_cmd::engine_config(engine_cfg);
+        engine_config.gpu_memory_share = 1.0 / (count - i) as f64;
+        let engine = Arc::new(
+            Engine::new(m.loaded, engine_config)
+                .with_context(|| format!("starting the engine of `{}`", m.config_id))?,
+        );
+        local_ids.insert(m.config_id.clone(), m.model_id.clone());
+        match &mut state {
+            None => state = Some(AppState::new(engine, m.model_id, m.template, m.tool_format)),
+            Some(s) => s
+                .add_model(engine, m.model_id, m.template, m.tool_format)
+                .map_err(anyhow::Error::msg)?,
+        }
+    }
+    let mut state = state.context("no local model to serve")?;
+    state.router = RouterState::from_config(&cfg, &local_ids, state.metrics.registry())
         .context("setting up the routes")?;
     if let Some(router) = &state.router {
         let names: Vec<&String> = router.routes.keys().collect();
@@ -213,7 +257,8 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, model = %state.model_id, "serving");
+        let models: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
+        tracing::info!(%addr, ?models, "serving");
         let app = server::router(state.clone());
         let app = if cfg.metrics.enabled {
             app
@@ -246,7 +291,9 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
             served = server => served?,
             _ = deadline => tracing::warn!("drain grace period over; exiting with requests in flight"),
         }
-        state.engine.shutdown();
+        for m in &state.models {
+            m.engine.shutdown();
+        }
         tracing::info!("stopped");
         Ok(())
     })

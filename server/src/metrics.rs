@@ -24,8 +24,16 @@ const ITL_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
 
+/// The process's metrics: the registry `/metrics` renders, HTTP requests, and one
+/// [`ModelMetrics`] per local model (each labelled with its `model_name`).
 pub struct Metrics {
     registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+}
+
+/// One local model's engine and request metrics, labelled `model_name`.
+pub struct ModelMetrics {
     running: IntGauge,
     waiting: IntGauge,
     kv_usage: Gauge,
@@ -41,12 +49,49 @@ pub struct Metrics {
     e2e: HistogramVec,
     queue_time: HistogramVec,
     finished: IntCounterVec,
-    http_requests: IntCounterVec,
-    http_duration: HistogramVec,
     model: String,
     /// The engine's cumulative counters at the last scrape (the prometheus counters advance by
     /// the difference, so they stay monotonic).
     last: Mutex<EngineStats>,
+}
+
+/// Registers metrics into one registry, each labelled `model_name = model`.
+struct Registrar<'a> {
+    registry: &'a Registry,
+    model: &'a str,
+}
+
+impl Registrar<'_> {
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_label("model_name", self.model)
+    }
+
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> prometheus::Result<C> {
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.register(IntGauge::with_opts(self.opts(name, help))?)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.register(IntCounter::with_opts(self.opts(name, help))?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        vars: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts {
+            common_opts: self.opts(name, help),
+            buckets: buckets.to_vec(),
+        };
+        self.register(HistogramVec::new(opts, vars)?)
+    }
 }
 
 impl Metrics {
@@ -55,115 +100,110 @@ impl Metrics {
         &self.registry
     }
 
+    /// The process's metrics; HTTP metrics carry the served (first) model's `model_name`, as
+    /// in a one-model process.
     pub fn new(model: &str) -> prometheus::Result<Self> {
-        let r = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("model_name", model);
-        let reg = |c: Box<dyn prometheus::core::Collector>| r.register(c);
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::with_opts(opts(name, help))?;
-            reg(Box::new(g.clone()))?;
-            Ok(g)
+        let registry = Registry::new();
+        let r = Registrar {
+            registry: &registry,
+            model,
         };
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::with_opts(opts(name, help))?;
-            reg(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let histogram =
-            |name: &str, help: &str, buckets: &[f64], vars: &[&str]| -> prometheus::Result<HistogramVec> {
-                let o = opts(name, help);
-                let h = HistogramVec::new(
-                    HistogramOpts {
-                        common_opts: o,
-                        buckets: buckets.to_vec(),
-                    },
-                    vars,
-                )?;
-                reg(Box::new(h.clone()))?;
-                Ok(h)
-            };
-        let kv_usage = Gauge::with_opts(opts(
-            "vllm:kv_cache_usage_perc",
-            "KV cache usage (1 = all blocks used)",
-        ))?;
-        reg(Box::new(kv_usage.clone()))?;
-        let finished = IntCounterVec::new(
-            opts("vllm:request_success_total", "Finished choices by finish reason"),
-            &["finished_reason"],
-        )?;
-        reg(Box::new(finished.clone()))?;
-        let http_requests = IntCounterVec::new(
+        let http_requests = r.register(IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["handler", "status"],
+        )?)?;
+        let http_duration = r.histogram(
+            "http_request_duration_seconds",
+            "Time to the response head (for streams: to the start of the stream)",
+            LATENCY_BUCKETS,
+            &["handler"],
         )?;
-        reg(Box::new(http_requests.clone()))?;
         Ok(Self {
-            running: gauge("vllm:num_requests_running", "Sequences holding KV blocks")?,
-            waiting: gauge("vllm:num_requests_waiting", "Sequences waiting for admission")?,
-            kv_usage,
-            kv_blocks_total: gauge("wick:kv_cache_blocks_total", "KV cache blocks")?,
-            kv_blocks_used: gauge(
+            http_requests,
+            http_duration,
+            registry,
+        })
+    }
+
+    /// Registers the metrics of one local model (vLLM's names, labelled `model_name`).
+    pub fn add_model(&self, model: &str) -> prometheus::Result<Arc<ModelMetrics>> {
+        let r = Registrar {
+            registry: &self.registry,
+            model,
+        };
+        Ok(Arc::new(ModelMetrics {
+            running: r.gauge("vllm:num_requests_running", "Sequences holding KV blocks")?,
+            waiting: r.gauge("vllm:num_requests_waiting", "Sequences waiting for admission")?,
+            kv_usage: r.register(Gauge::with_opts(
+                r.opts("vllm:kv_cache_usage_perc", "KV cache usage (1 = all blocks used)"),
+            )?)?,
+            kv_blocks_total: r.gauge("wick:kv_cache_blocks_total", "KV cache blocks")?,
+            kv_blocks_used: r.gauge(
                 "wick:kv_cache_blocks_used",
                 "KV cache blocks referenced by sequences",
             )?,
-            prefix_queries: counter(
+            prefix_queries: r.counter(
                 "vllm:prefix_cache_queries_total",
                 "Prompt tokens looked up in the prefix cache",
             )?,
-            prefix_hits: counter(
+            prefix_hits: r.counter(
                 "vllm:prefix_cache_hits_total",
                 "Prompt tokens found in the prefix cache",
             )?,
-            preemptions: counter(
+            preemptions: r.counter(
                 "vllm:num_preemptions_total",
                 "Sequences preempted (recomputed later)",
             )?,
-            prompt_tokens: counter("vllm:prompt_tokens_total", "Prompt tokens of admitted requests")?,
-            generation_tokens: counter("vllm:generation_tokens_total", "Generated tokens")?,
-            ttft: histogram(
+            prompt_tokens: r.counter("vllm:prompt_tokens_total", "Prompt tokens of admitted requests")?,
+            generation_tokens: r.counter("vllm:generation_tokens_total", "Generated tokens")?,
+            ttft: r.histogram(
                 "vllm:time_to_first_token_seconds",
                 "Time to the first token",
                 LATENCY_BUCKETS,
                 &[],
             )?,
-            itl: histogram(
+            itl: r.histogram(
                 "vllm:time_per_output_token_seconds",
                 "Time between consecutive tokens of a choice",
                 ITL_BUCKETS,
                 &[],
             )?,
-            e2e: histogram(
+            e2e: r.histogram(
                 "vllm:e2e_request_latency_seconds",
                 "Request latency, submission to the last token",
                 LATENCY_BUCKETS,
                 &[],
             )?,
-            queue_time: histogram(
+            queue_time: r.histogram(
                 "vllm:request_queue_time_seconds",
                 "Time a request waited in the queue before it was first scheduled",
                 LATENCY_BUCKETS,
                 &[],
             )?,
-            finished,
-            http_duration: histogram(
-                "http_request_duration_seconds",
-                "Time to the response head (for streams: to the start of the stream)",
-                LATENCY_BUCKETS,
-                &["handler"],
-            )?,
-            http_requests,
+            finished: r.register(IntCounterVec::new(
+                r.opts("vllm:request_success_total", "Finished choices by finish reason"),
+                &["finished_reason"],
+            )?)?,
             model: model.to_string(),
             last: Mutex::new(EngineStats::default()),
-            registry: r,
-        })
+        }))
     }
 
+    /// The text exposition, after each model's metrics took its engine's figures.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl ModelMetrics {
     pub fn model(&self) -> &str {
         &self.model
     }
 
-    /// The text exposition, with the engine's figures as of now.
-    pub fn render(&self, stats: &EngineStats) -> String {
+    /// Takes the engine's figures as of now (at scrape time).
+    pub fn observe(&self, stats: &EngineStats) {
         self.running.set(stats.num_running as i64);
         self.waiting.set(stats.num_waiting as i64);
         self.kv_blocks_total.set(stats.num_blocks as i64);
@@ -191,16 +231,13 @@ impl Metrics {
             );
             *last = stats.clone();
         }
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
     }
 }
 
 /// Observes one request's latencies as its events pass: TTFT on the first token, the gap
 /// between a choice's consecutive tokens, end-to-end and the finish reason at the end.
 pub struct RequestTimer {
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     start: Instant,
     first_token: bool,
     /// Last token time per choice.
@@ -208,7 +245,7 @@ pub struct RequestTimer {
 }
 
 impl RequestTimer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<ModelMetrics>) -> Self {
         Self {
             metrics,
             start: Instant::now(),
@@ -262,7 +299,10 @@ pub async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
     if let Some(router) = &state.router {
         router.observe_breakers();
     }
-    let body = state.metrics.render(&state.engine.stats());
+    for m in &state.models {
+        m.metrics.observe(&m.engine.stats());
+    }
+    let body = state.metrics.render();
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 

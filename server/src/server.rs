@@ -21,6 +21,7 @@ use wick_engine::Engine;
 use crate::chat_template::ChatTemplate;
 use crate::errors::ApiError;
 use crate::infer::{self, ChoiceOutput};
+use crate::local_model::LocalModel;
 use crate::metrics::{self, Metrics, RequestTimer};
 use crate::openai::*;
 use crate::router::backend::Endpoint;
@@ -31,7 +32,8 @@ use crate::tools::{self, ToolConstraint};
 use crate::validation;
 
 pub struct AppState {
-    pub engine: Arc<Engine>,
+    /// The local models, `server.model` first (see [`LocalModel`]).
+    pub models: Vec<Arc<LocalModel>>,
     pub metrics: Arc<Metrics>,
     /// Accepted bearer tokens for `/v1/*`; empty: no authentication.
     pub api_keys: Vec<String>,
@@ -39,11 +41,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_allow_origins: Vec<String>,
-    /// The name clients use in `model`.
-    pub model_id: String,
-    pub template: Option<ChatTemplate>,
-    /// `tool_call_parser` from the config (None: detected from the template).
-    pub tool_format: Option<ToolCallFormat>,
     pub created: u64,
     pub draining: AtomicBool,
     /// Routes to tiers (None: no routes configured).
@@ -51,32 +48,70 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, model_id: String, template: Option<ChatTemplate>) -> Self {
-        Self {
-            engine,
+    /// A process serving `engine` as `model_id`; more models come with [`AppState::add_model`].
+    pub fn new(
+        engine: Arc<Engine>,
+        model_id: String,
+        template: Option<ChatTemplate>,
+        tool_format: Option<ToolCallFormat>,
+    ) -> Self {
+        let mut state = Self {
+            models: Vec::new(),
             metrics: Arc::new(Metrics::new(&model_id).expect("metric names are valid")),
             api_keys: Vec::new(),
             max_body_bytes: 8 << 20,
             cors_allow_origins: Vec::new(),
-            model_id,
-            template,
-            tool_format: None,
             created: unix_now(),
             draining: AtomicBool::new(false),
             router: None,
+        };
+        state
+            .add_model(engine, model_id, template, tool_format)
+            .expect("the first model's metrics are the registry's only ones");
+        state
+    }
+
+    /// One more local model (its metrics labelled with its name). Fails when a model of that
+    /// name is already served.
+    pub fn add_model(
+        &mut self,
+        engine: Arc<Engine>,
+        model_id: String,
+        template: Option<ChatTemplate>,
+        tool_format: Option<ToolCallFormat>,
+    ) -> Result<(), String> {
+        if self.models.iter().any(|m| m.id == model_id) {
+            return Err(format!("two local models are both served as `{model_id}`"));
         }
+        let metrics = self
+            .metrics
+            .add_model(&model_id)
+            .map_err(|e| format!("metrics of `{model_id}`: {e}"))?;
+        self.models.push(Arc::new(LocalModel {
+            id: model_id,
+            engine,
+            template,
+            tool_format,
+            metrics,
+        }));
+        Ok(())
+    }
+
+    /// The model `server.model` names (what `/ready` reports).
+    pub fn primary(&self) -> &Arc<LocalModel> {
+        &self.models[0]
     }
 
     pub fn fingerprint(&self) -> String {
-        format!("wick-{}", env!("CARGO_PKG_VERSION"))
+        fingerprint()
     }
 
-    fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if model == self.model_id {
-            Ok(())
-        } else {
-            Err(ApiError::model_not_found(model))
-        }
+    fn local_model(&self, model: &str) -> Result<Arc<LocalModel>, ApiError> {
+        self.models
+            .iter()
+            .find(|m| m.id == model)
+            .cloned()
+            .ok_or_else(|| ApiError::model_not_found(model))
     }
 
     fn check_not_draining(&self) -> Result<(), ApiError> {
@@ -85,6 +120,11 @@ impl AppState {
         }
         Ok(())
     }
+}
+
+/// `system_fingerprint` in responses: the build.
+pub fn fingerprint() -> String {
+    format!("wick-{}", env!("CARGO_PKG_VERSION"))
 }
 
 pub fn unix_now() -> u64 {
@@ -207,7 +247,8 @@ fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiEr
     })
 }
 
-/// A request for a route goes to the router; `None`: it is for the local model.
+/// A request for a route (or a remote backend by name) goes to the router; `None`: it is for a
+/// local model.
 async fn route_request(
     state: &Arc<AppState>,
     endpoint: Endpoint,
@@ -216,7 +257,8 @@ async fn route_request(
 ) -> Option<Response> {
     let router = state.router.as_ref()?;
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let route = router.routes.get(value.get("model")?.as_str()?)?;
+    let model = value.get("model")?.as_str()?;
+    let route = router.routes.get(model).or_else(|| router.direct.get(model))?;
     // An explicit choice of tier: the `x-wick-route` header, or `metadata.wick_route`.
     let pinned = headers
         .get(crate::router::ROUTE_HEADER)
@@ -259,7 +301,7 @@ async fn chat_completions(
         return Ok(response);
     }
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(&body)?;
-    state.check_model(&req.model)?;
+    let model = state.local_model(&req.model)?;
     validation::check_functions(req.functions.as_ref(), req.function_call.as_ref())?;
     if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return Err(ApiError::invalid(
@@ -268,13 +310,13 @@ async fn chat_completions(
         ));
     }
     let messages = validation::chat_messages(&req.messages)?;
-    let template = state
+    let template = model
         .template
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
-    let prepared = tools::prepare(template, state.tool_format, &req, messages)?;
+    let prepared = tools::prepare(template, model.tool_format, &req, messages)?;
     // The template writes BOS itself where the model wants one.
-    let prompt = state.engine.tokenizer().encode(&prepared.prompt, false)?;
+    let prompt = model.engine.tokenizer().encode(&prepared.prompt, false)?;
     let mut params =
         validation::sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     validation::chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
@@ -288,12 +330,12 @@ async fn chat_completions(
         }
         Some(ToolConstraint::Forced(spec)) => {
             // Compiled here so that a schema llguidance rejects is blamed on `tools`.
-            compiled = Some(state.engine.compile_constraint(&spec, "tools")?);
+            compiled = Some(model.engine.compile_constraint(&spec, "tools")?);
             params.constraint = Some(spec);
         }
         // `auto` with response_format: the answer's format wins; calls are still parsed.
         Some(ToolConstraint::Triggered(_)) if params.constraint.is_some() => {}
-        Some(ToolConstraint::Triggered(spec)) => match state.engine.compile_constraint(&spec, "tools") {
+        Some(ToolConstraint::Triggered(spec)) => match model.engine.compile_constraint(&spec, "tools") {
             Ok(c) => {
                 compiled = Some(c);
                 params.constraint = Some(spec);
@@ -311,8 +353,8 @@ async fn chat_completions(
         params.skip_special_tokens = false;
     }
     let n = params.n;
-    let timer = RequestTimer::new(state.metrics.clone());
-    let events = infer::submit_all(&state.engine, vec![prompt], &params, compiled.as_ref(), timer)?;
+    let timer = RequestTimer::new(model.metrics.clone());
+    let events = infer::submit_all(&model.engine, vec![prompt], &params, compiled.as_ref(), timer)?;
     let id = random_id("chatcmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -324,10 +366,10 @@ async fn chat_completions(
             logprobs: params.logprobs,
             tools: tool_setup,
         };
-        return Ok(stream::sse(state.clone(), events, options));
+        return Ok(stream::sse(model, events, options));
     }
     let (choices, usage) = infer::collect(events, n, 1).await?;
-    let tokenizer = state.engine.tokenizer();
+    let tokenizer = model.engine.tokenizer();
     let choices = choices
         .into_iter()
         .enumerate()
@@ -358,8 +400,8 @@ async fn chat_completions(
         id,
         object: "chat.completion",
         created: unix_now(),
-        model: state.model_id.clone(),
-        system_fingerprint: state.fingerprint(),
+        model: model.id.clone(),
+        system_fingerprint: fingerprint(),
         choices,
         usage: stream::usage(usage),
     })
@@ -377,7 +419,7 @@ async fn completions(
         return Ok(response);
     }
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(&body)?;
-    state.check_model(&req.model)?;
+    let model = state.local_model(&req.model)?;
     if let Some(best_of) = req.best_of.filter(|&b| b > 1) {
         // Generating best_of candidates to return the likeliest n is not implemented: refused
         // rather than answered as if it were.
@@ -392,7 +434,7 @@ async fn completions(
             "suffix is not supported by this model",
         ));
     }
-    let tokenizer = state.engine.tokenizer().clone();
+    let tokenizer = model.engine.tokenizer().clone();
     let prompts = validation::completion_prompts(&req.prompt, |s| Ok(tokenizer.encode(s, true)?))?;
     // OpenAI's completions default to 16 tokens.
     let mut params = validation::sampling_params(&sampling, Some(sampling.max_tokens.unwrap_or(16)))?;
@@ -428,8 +470,8 @@ async fn completions(
     } else {
         Vec::new()
     };
-    let timer = RequestTimer::new(state.metrics.clone());
-    let events = infer::submit_all(&state.engine, prompts, &params, None, timer)?;
+    let timer = RequestTimer::new(model.metrics.clone());
+    let events = infer::submit_all(&model.engine, prompts, &params, None, timer)?;
     let id = random_id("cmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -441,7 +483,7 @@ async fn completions(
             logprobs: params.logprobs,
             tools: None,
         };
-        return Ok(stream::sse(state.clone(), events, options));
+        return Ok(stream::sse(model, events, options));
     }
     let (choices, usage) = infer::collect(events, n, num_prompts).await?;
     let choices = choices
@@ -472,28 +514,28 @@ async fn completions(
         id,
         object: "text_completion",
         created: unix_now(),
-        model: state.model_id.clone(),
-        system_fingerprint: state.fingerprint(),
+        model: model.id.clone(),
+        system_fingerprint: fingerprint(),
         choices,
         usage: Some(stream::usage(usage)),
     })
     .into_response())
 }
 
-fn model_card(state: &AppState) -> ModelCard {
+fn model_card(state: &AppState, model: &LocalModel) -> ModelCard {
     ModelCard {
-        id: state.model_id.clone(),
+        id: model.id.clone(),
         object: "model",
         created: state.created,
         owned_by: "wick",
-        max_model_len: Some(state.engine.limits().max_model_len),
+        max_model_len: Some(model.engine.limits().max_model_len),
         tiers: None,
     }
 }
 
-/// The local model, then each route (with its tiers' backend ids) and each remote backend.
+/// The local models, then each route (with its tiers' backend ids) and each remote backend.
 fn model_cards(state: &AppState) -> Vec<ModelCard> {
-    let mut cards = vec![model_card(state)];
+    let mut cards: Vec<ModelCard> = state.models.iter().map(|m| model_card(state, m)).collect();
     if let Some(router) = &state.router {
         let mut routes: Vec<_> = router.routes.values().collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -507,7 +549,7 @@ fn model_cards(state: &AppState) -> Vec<ModelCard> {
                 tiers: Some(r.tiers.iter().map(|t| t.backend.id.clone()).collect()),
             });
         }
-        for b in router.backends.iter().filter(|b| b.model != state.model_id) {
+        for b in router.backends.iter().filter(|b| b.is_remote()) {
             cards.push(ModelCard {
                 id: b.model.clone(),
                 object: "model",
@@ -551,7 +593,9 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    Json(serde_json::json!({"status": "ready", "model": state.model_id})).into_response()
+    let models: Vec<&str> = state.models.iter().map(|m| m.id.as_str()).collect();
+    Json(serde_json::json!({"status": "ready", "model": state.primary().id, "models": models}))
+        .into_response()
 }
 
 async fn version() -> Json<serde_json::Value> {

@@ -17,8 +17,9 @@ use wick_engine::tokenizer::Tokenizer;
 
 use crate::errors::ApiError;
 use crate::infer::{Merged, MergedEvents};
+use crate::local_model::LocalModel;
 use crate::openai::*;
-use crate::server::{unix_now, AppState};
+use crate::server::{fingerprint, unix_now};
 use crate::tool_parser::{StreamDelta, StreamingToolParser};
 use crate::tools::ToolSetup;
 
@@ -130,7 +131,7 @@ pub fn prompt_logprobs(
 type TokenLogprobEntry = (u32, (f32, Vec<(u32, f32)>));
 
 struct StreamState {
-    state: Arc<AppState>,
+    model: Arc<LocalModel>,
     events: MergedEvents,
     kind: StreamKind,
     id: String,
@@ -161,8 +162,8 @@ impl StreamState {
             id: self.id.clone(),
             object: "chat.completion.chunk",
             created: self.created,
-            model: self.state.model_id.clone(),
-            system_fingerprint: self.state.fingerprint(),
+            model: self.model.id.clone(),
+            system_fingerprint: fingerprint(),
             choices,
             usage,
         })
@@ -173,8 +174,8 @@ impl StreamState {
             id: self.id.clone(),
             object: "text_completion",
             created: self.created,
-            model: self.state.model_id.clone(),
-            system_fingerprint: self.state.fingerprint(),
+            model: self.model.id.clone(),
+            system_fingerprint: fingerprint(),
             choices,
             usage,
         })
@@ -188,7 +189,7 @@ impl StreamState {
         logprobs: Option<TokenLogprobEntry>,
         finish: Option<&'static str>,
     ) -> Event {
-        let tokenizer = self.state.engine.tokenizer();
+        let tokenizer = self.model.engine.tokenizer();
         match self.kind {
             StreamKind::Chat => self.chat_chunk(
                 vec![ChatChunkChoice {
@@ -282,7 +283,7 @@ impl StreamState {
             return None;
         }
         let (tokens, entries): (Vec<u32>, Vec<_>) = held.into_iter().unzip();
-        Some(chat_logprobs(self.state.engine.tokenizer(), &tokens, &entries))
+        Some(chat_logprobs(self.model.engine.tokenizer(), &tokens, &entries))
     }
 
     async fn fill(&mut self) {
@@ -386,7 +387,7 @@ pub struct SseOptions {
     pub tools: Option<Arc<ToolSetup>>,
 }
 
-pub fn sse(state: Arc<AppState>, events: MergedEvents, options: SseOptions) -> Response {
+pub fn sse(model: Arc<LocalModel>, events: MergedEvents, options: SseOptions) -> Response {
     let SseOptions {
         kind,
         id,
@@ -408,7 +409,7 @@ pub fn sse(state: Arc<AppState>, events: MergedEvents, options: SseOptions) -> R
         parsers,
         made_call: vec![false; n],
         held_logprobs,
-        state,
+        model,
         events,
         kind,
         id,

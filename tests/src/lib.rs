@@ -119,3 +119,64 @@ pub fn request_raw(port: u16, raw: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     Some(out)
 }
+
+/// A response: status, headers (names lower-cased) and body (de-chunked).
+pub struct Reply {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// `POST path` with a JSON body; panics if the server does not answer.
+pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Reply {
+    let (status, text) = request(port, "POST", path, Some(&body.to_string())).expect("the server answers");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let headers: std::collections::HashMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"));
+    Reply {
+        status,
+        body: if chunked { dechunk(body) } else { body.to_string() },
+        headers,
+    }
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+pub fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
+/// The fallback model's path, from scripts/fetch-fallback-model (idempotent; it fetches the
+/// model if it is missing).
+pub fn fallback_model() -> String {
+    let out = Command::new(root().join("scripts/fetch-fallback-model"))
+        .output()
+        .expect("scripts/fetch-fallback-model runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a path").trim().to_string()
+}

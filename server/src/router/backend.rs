@@ -1,4 +1,4 @@
-//! A route's tier: the model this process serves (called in process, through the same handlers
+//! A route's tier: a model this process runs (called in process, through the same handlers
 //! as a direct request) or a remote OpenAI-compatible endpoint (HTTP, streamed through without
 //! buffering). Either answers with a status and a body; what counts as a failure (for failover
 //! and the circuit breaker) is decided here.
@@ -32,7 +32,7 @@ impl Endpoint {
 }
 
 pub enum BackendKind {
-    /// The model this process serves.
+    /// A model this process runs (its own engine; the handlers find it by `model`).
     Local,
     Remote(RemoteClient),
 }
@@ -48,6 +48,10 @@ pub struct Backend {
 }
 
 impl Backend {
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, BackendKind::Remote(_))
+    }
+
     /// What `usage` (an OpenAI usage object) cost on this backend.
     pub fn cost(&self, usage: Option<&serde_json::Value>) -> f64 {
         let tokens = |k: &str| {

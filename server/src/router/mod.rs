@@ -57,20 +57,19 @@ pub struct Tier {
 
 pub struct RouterState {
     pub routes: HashMap<String, Route>,
-    /// Remote backends by the name clients may also ask for directly (their `served_name` or
-    /// id): requests for them are proxied (with failover only to themselves).
+    /// Every backend the routes name, by id.
     pub backends: Vec<Arc<Backend>>,
+    /// Remote backends as clients may also ask for them directly (by their `served_name` or
+    /// id): a one-tier route each, so a request is proxied with the tier's breaker and retries
+    /// but no cascade.
+    pub direct: HashMap<String, Route>,
     metrics: RouterMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterConfigError {
-    #[error("route `{route}` names local model `{model}`, but this process serves `{served}`: run each local model as its own wick and reference it with `url`")]
-    OtherLocalModel {
-        route: String,
-        model: String,
-        served: String,
-    },
+    #[error("route `{route}` names local model `{model}`, which this process does not run")]
+    LocalModelNotRunning { route: String, model: String },
     #[error("model `{model}`: {source}")]
     Client {
         model: String,
@@ -82,12 +81,11 @@ pub enum RouterConfigError {
 }
 
 impl RouterState {
-    /// The routes and remote backends of `cfg`; `served` is the id of the local model this
-    /// process runs, `served_name` what clients call it. `None` when there are no routes.
+    /// The routes and remote backends of `cfg`; `local` maps the id of each local model this
+    /// process runs to what clients call it (its served name). `None` when there are no routes.
     pub fn from_config(
         cfg: &Config,
-        served: &str,
-        served_name: &str,
+        local: &HashMap<String, String>,
         registry: &prometheus::Registry,
     ) -> Result<Option<Self>, RouterConfigError> {
         if cfg.routes.is_empty() {
@@ -132,17 +130,18 @@ impl RouterState {
                             })?;
                         BackendKind::Remote(client)
                     }
-                    None if id == served => BackendKind::Local,
-                    None => {
-                        return Err(RouterConfigError::OtherLocalModel {
-                            route: r.name.clone(),
-                            model: id.clone(),
-                            served: served.to_string(),
-                        })
-                    }
+                    None => BackendKind::Local,
                 };
                 let model = match kind {
-                    BackendKind::Local => served_name.to_string(),
+                    BackendKind::Local => {
+                        local
+                            .get(id)
+                            .cloned()
+                            .ok_or_else(|| RouterConfigError::LocalModelNotRunning {
+                                route: r.name.clone(),
+                                model: id.clone(),
+                            })?
+                    }
                     BackendKind::Remote(_) => m.served_name.clone().unwrap_or_else(|| id.clone()),
                 };
                 let backend = Arc::new(Backend {
@@ -171,16 +170,33 @@ impl RouterState {
         }
         let mut backends: Vec<Arc<Backend>> = backends.into_values().collect();
         backends.sort_by(|a, b| a.id.cmp(&b.id));
+        let policy = RoutePolicy::default();
+        let direct = backends
+            .iter()
+            .filter(|b| b.is_remote())
+            .map(|b| {
+                let route = Route {
+                    name: b.model.clone(),
+                    tiers: vec![Tier {
+                        backend: b.clone(),
+                        breaker: breaker(&policy),
+                    }],
+                    policy: policy.clone(),
+                };
+                (b.model.clone(), route)
+            })
+            .collect();
         Ok(Some(Self {
             routes,
             backends,
+            direct,
             metrics: RouterMetrics::new(registry)?,
         }))
     }
 
     /// Breaker states into their gauge (at scrape time).
     pub fn observe_breakers(&self) {
-        for r in self.routes.values() {
+        for r in self.routes.values().chain(self.direct.values()) {
             for t in &r.tiers {
                 self.metrics
                     .breaker
