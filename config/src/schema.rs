@@ -143,6 +143,65 @@ pub struct ModelConfig {
     /// Routes: what a million generated tokens cost on this model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price_output_per_mtok: Option<f64>,
+    /// Routes: what this model can do beyond text chat; a request that needs something a tier
+    /// lacks skips that tier (pre-routing). Default: a local model has `tools`,
+    /// `structured_outputs` and `logprobs` (wick's models read text only); a remote one
+    /// everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
+}
+
+/// What a request may need from a model beyond text chat (`[[models]] capabilities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `tools` (or legacy `functions`) offered with a `tool_choice` other than `none`.
+    Tools,
+    /// `response_format` `json_object` or `json_schema`.
+    StructuredOutputs,
+    /// Token logprobs in the answer.
+    Logprobs,
+    /// Image content parts (`image_url`, `input_image`).
+    ImageInput,
+    /// Audio content parts (`input_audio`) or audio output (`audio`, `modalities`).
+    Audio,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 5] = [
+        Capability::Tools,
+        Capability::StructuredOutputs,
+        Capability::Logprobs,
+        Capability::ImageInput,
+        Capability::Audio,
+    ];
+    /// What wick's own (text-only) models do.
+    pub const LOCAL: [Capability; 3] = [
+        Capability::Tools,
+        Capability::StructuredOutputs,
+        Capability::Logprobs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::StructuredOutputs => "structured_outputs",
+            Self::Logprobs => "logprobs",
+            Self::ImageInput => "image_input",
+            Self::Audio => "audio",
+        }
+    }
+}
+
+impl ModelConfig {
+    /// [`ModelConfig::capabilities`], or the default for a local or remote model.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        match &self.capabilities {
+            Some(c) => c.clone(),
+            None if self.is_remote() => Capability::ALL.to_vec(),
+            None => Capability::LOCAL.to_vec(),
+        }
+    }
 }
 
 impl ModelConfig {

@@ -317,3 +317,20 @@ fn a_negative_price_is_refused() {
     assert_eq!(p.field, "models[0].price_input_per_mtok");
     assert!(p.message.contains("at least 0"), "{}", p.message);
 }
+
+#[test]
+fn capabilities_default_by_kind_and_local_models_read_text_only() {
+    let src = "[[models]]\nid = \"a\"\n[[models]]\nid = \"r\"\nurl = \"http://r/v1\"\n\
+        [[models]]\nid = \"t\"\nurl = \"http://t/v1\"\ncapabilities = [\"tools\"]\n\
+        [server]\nmodel = \"a\"\n";
+    let cfg = load_text(src, &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.models[0].capabilities(), Capability::LOCAL.to_vec());
+    assert_eq!(cfg.models[1].capabilities(), Capability::ALL.to_vec());
+    assert_eq!(cfg.models[2].capabilities(), vec![Capability::Tools]);
+    let p = problem("[[models]]\nid = \"a\"\ncapabilities = [\"tools\", \"image_input\"]\n");
+    assert_eq!(p.field, "models[0].capabilities");
+    assert!(p.message.contains("image_input"), "{}", p.message);
+    // An unknown capability is a type error on its line.
+    let p = problem("[[models]]\nid = \"a\"\ncapabilities = [\"vision\"]\n");
+    assert!(p.message.contains("vision"), "{}", p.message);
+}

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::error::did_you_mean;
-use crate::schema::Config;
+use crate::schema::{Capability, Config};
 
 /// The weight formats the loader accepts (`WeightFormat::parse` in wick-engine).
 pub const DTYPES: &[&str] = &["f32", "f16", "bf16", "q8_0", "q4_0"];
@@ -149,6 +149,17 @@ fn check_models(cfg: &Config, out: &mut Vec<Finding>) {
         }
         if m.max_concurrency == Some(0) {
             out.push((at("max_concurrency"), "must be greater than 0".into(), None));
+        }
+        if !m.is_remote() {
+            for c in m.capabilities.iter().flatten() {
+                if !Capability::LOCAL.contains(c) {
+                    out.push((
+                        at("capabilities"),
+                        format!("`{}`: wick's local models read text only", c.as_str()),
+                        None,
+                    ));
+                }
+            }
         }
         for (field, v) in [
             ("price_input_per_mtok", m.price_input_per_mtok),

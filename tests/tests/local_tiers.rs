@@ -1,7 +1,8 @@
 //! Several local models in one process (issue #7): the default model as `small` and the
 //! fallback model (Qwen2.5-Coder-0.5B) as `large`, each with its own engine, behind a route
 //! `auto` whose tiers are both local. Clients may name either model directly; the route
-//! escalates from one engine to the other in process; each model has its own metrics.
+//! escalates from one engine to the other in process; each model has its own metrics. Also:
+//! remote backends asked for by name, and pre-routing on what a tier's model lacks.
 
 use serde_json::{json, Value};
 use wick_tests::{fallback_model, free_port, http_get, post_json, Server};
@@ -40,6 +41,16 @@ url = "http://127.0.0.1:{unreachable}/v1"
 timeout_secs = 5
 
 [[models]]
+id = "vision"               # nothing listens there either; it would take images
+url = "http://127.0.0.1:{unreachable}/v1"
+capabilities = ["image_input"]
+
+[[models]]
+id = "plain"                # a text-only remote: no tools
+url = "http://127.0.0.1:{unreachable}/v1"
+capabilities = []
+
+[[models]]
 id = "unused"               # named by no route: not loaded
 source = "/nonexistent.gguf"
 
@@ -50,6 +61,14 @@ tiers = ["small", "large"]
 [[routes]]
 name = "spare"
 tiers = ["remote", "large"]
+
+[[routes]]
+name = "see"
+tiers = ["small", "vision"]
+
+[[routes]]
+name = "toolful"
+tiers = ["plain", "large"]
 "#,
         large = fallback_model()
     );
@@ -131,6 +150,44 @@ tiers = ["remote", "large"]
     let r = post_json(port, "/v1/chat/completions", &chat("spare", 4));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-wick-backend"), Some("large"));
+
+    // Pre-routing on capabilities: an image skips the text-only tiers (here the vision tier is
+    // unreachable, so 503, saying both); with no tier that takes images, a 400 naming
+    // `messages`; tools skip a tier configured without them.
+    let image = json!({"model": "see", "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    let r = post_json(port, "/v1/chat/completions", &image);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("x-wick-escalation"), Some("small:lacks_image_input"));
+    assert_eq!(r.header("x-wick-failover"), Some("vision:unreachable"));
+    let mut image_auto = image.clone();
+    image_auto["model"] = json!("auto");
+    let r = post_json(port, "/v1/chat/completions", &image_auto);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "messages");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("image_input")),
+        "{}",
+        r.body
+    );
+    let tools = json!({"model": "toolful", "max_tokens": 24, "temperature": 0,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                "required": ["city"]}}}],
+        "tool_choice": "required"});
+    let r = post_json(port, "/v1/chat/completions", &tools);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert_eq!(r.header("x-wick-escalation"), Some("plain:lacks_tools"));
+    assert_eq!(r.header("x-wick-failover"), None, "`plain` was never tried");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
 
     // Completions reach the second model too; an unknown model is a 404.
     let r = post_json(

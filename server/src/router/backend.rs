@@ -45,11 +45,18 @@ pub struct Backend {
     pub kind: BackendKind,
     /// Price per million prompt and generated tokens (`price_*_per_mtok`; 0 when unset).
     pub prices: (f64, f64),
+    /// What its model can do beyond text chat (`capabilities`, or the default for its kind).
+    pub capabilities: Vec<wick_config::Capability>,
 }
 
 impl Backend {
     pub fn is_remote(&self) -> bool {
         matches!(self.kind, BackendKind::Remote(_))
+    }
+
+    /// The first of `needs` its model lacks.
+    pub fn lacks(&self, needs: &[wick_config::Capability]) -> Option<wick_config::Capability> {
+        needs.iter().copied().find(|c| !self.capabilities.contains(c))
     }
 
     /// What `usage` (an OpenAI usage object) cost on this backend.

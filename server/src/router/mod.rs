@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod breaker;
+pub mod capability;
 pub mod hold;
 pub mod policy;
 
@@ -152,6 +153,7 @@ impl RouterState {
                         m.price_input_per_mtok.unwrap_or(0.0),
                         m.price_output_per_mtok.unwrap_or(0.0),
                     ),
+                    capabilities: m.capabilities(),
                 });
                 backends.insert(id.clone(), backend.clone());
                 tiers.push(Tier {
@@ -344,10 +346,40 @@ pub async fn dispatch(
         meta.remove("wick_route");
     }
     let metrics = &router.metrics;
+    let mut trail = Trail::default();
+    // Pre-routing: tiers whose model lacks what the request needs are passed over.
+    let needs = capability::required(endpoint, &body);
+    let mut capable = Vec::with_capacity(order.len());
+    let mut first_missing = None;
+    for tier in order {
+        match tier.backend.lacks(&needs) {
+            None => capable.push(tier),
+            Some(missing) => {
+                let reason = format!("lacks_{}", missing.as_str());
+                trail.escalations.push(format!("{}:{reason}", tier.backend.id));
+                metrics
+                    .escalations
+                    .with_label_values(&[&route.name, &tier.backend.id, &reason])
+                    .inc();
+                first_missing.get_or_insert(missing);
+            }
+        }
+    }
+    if let (true, Some(missing)) = (capable.is_empty(), first_missing) {
+        return ApiError::invalid(
+            capability::param(missing),
+            format!(
+                "no tier of route `{}` supports {} (the request needs it)",
+                route.name,
+                missing.as_str()
+            ),
+        )
+        .into_response();
+    }
+    let order = capable;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let client_logprobs = asks_logprobs(endpoint, &body);
     let tools: Option<Vec<Value>> = body.get("tools").and_then(Value::as_array).cloned();
-    let mut trail = Trail::default();
     // The best answer so far: a cheap tier's, kept in case every tier above it fails.
     let mut kept: Option<(Arc<Backend>, StatusCode, Value)> = None;
     // The same for a stream that ended within the hold: its events, to replay.
@@ -373,7 +405,11 @@ pub async fn dispatch(
         let cascade = i < last && pinned.is_none();
         let mut request = body.clone();
         request["model"] = Value::String(tier.model.clone());
-        if cascade && policy::needs_logprobs(&route.policy) && !client_logprobs {
+        if cascade
+            && policy::needs_logprobs(&route.policy)
+            && !client_logprobs
+            && tier.lacks(&[wick_config::Capability::Logprobs]).is_none()
+        {
             match endpoint {
                 Endpoint::Chat => request["logprobs"] = Value::Bool(true),
                 Endpoint::Completions => request["logprobs"] = Value::from(0),
