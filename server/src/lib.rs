@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod chat_template;
 pub mod errors;
+pub mod http_client;
 pub mod infer;
 pub mod local_model;
 pub mod metrics;

@@ -141,7 +141,7 @@ struct Target {
 async fn run_async(args: BenchArgs) -> Result<BenchReport, BenchError> {
     // A fresh connection per request: some servers (llama.cpp's) close a connection after a
     // streamed response, and a pooled one would then fail the next request.
-    let client = reqwest::Client::builder()
+    let client = crate::http_client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
         .pool_max_idle_per_host(0)
         .build()?;

@@ -200,7 +200,7 @@ struct Target {
 }
 
 async fn run_async(args: &RouteEvalArgs, items: Vec<Item>) -> Result<RouteEvalReport, RouteEvalError> {
-    let client = reqwest::Client::builder()
+    let client = crate::http_client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
         .build()?;
     let target = Arc::new(Target {

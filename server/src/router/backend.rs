@@ -172,7 +172,7 @@ impl RemoteClient {
         timeout: Duration,
         max_concurrency: Option<usize>,
     ) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .connect_timeout(Duration::from_secs(5).min(timeout))
             // Per read, so a long stream lives as long as tokens keep coming.
             .read_timeout(timeout)
