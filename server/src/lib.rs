@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat_template;
 pub mod errors;
 pub mod infer;
+pub mod json_schema;
 pub mod metrics;
 pub mod openai;
 pub mod route_eval;
