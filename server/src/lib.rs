@@ -8,6 +8,7 @@ pub mod chat_template;
 pub mod errors;
 pub mod http_client;
 pub mod infer;
+pub mod json_schema;
 pub mod local_model;
 pub mod metrics;
 pub mod openai;

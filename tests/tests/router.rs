@@ -79,6 +79,21 @@ fn streamed_content(body: &str) -> (String, Vec<String>) {
     (content, models)
 }
 
+/// The usage chunk of a streamed answer (`usage` set, `choices` empty), if it has one.
+fn streamed_usage(body: &str) -> Option<Value> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .find(|v| v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+}
+
+fn tokens_of(usage: &Value, key: &str) -> f64 {
+    usage[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {key} in {usage}"))
+}
+
 fn chat(model: &str, max_tokens: u32) -> Value {
     json!({"model": model, "max_tokens": max_tokens, "temperature": 0,
         "messages": [{"role": "user", "content": "Name a colour."}]})
@@ -308,6 +323,94 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
         body["stream"] = json!(true);
         post(port, "/v1/chat/completions", &body)
     };
+
+    // Streams are priced too, from the usage chunk the router asks for (and removes again when
+    // the client did not ask for it).
+    let cost = |route: &str, backend: &str| {
+        let line = format!(r#"wick_router_cost_total{{backend="{backend}",route="{route}"}}"#);
+        metric(port, &line).unwrap_or(0.0)
+    };
+    let fallback_cost = |route: &str| {
+        metric(
+            port,
+            &format!(r#"wick_router_fallback_cost_total{{route="{route}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    let small_price =
+        |u: &Value| (tokens_of(u, "prompt_tokens") * 0.1 + tokens_of(u, "completion_tokens") * 0.2) / 1e6;
+    let large_price =
+        |u: &Value| (tokens_of(u, "prompt_tokens") * 1.0 + tokens_of(u, "completion_tokens") * 2.0) / 1e6;
+    let close =
+        |got: f64, want: f64, what: &str| assert!((got - want).abs() < 1e-12, "{what}: {got} vs {want}");
+    let mut with_usage = chat("priced", 8);
+    with_usage["stream_options"] = json!({"include_usage": true});
+    // Held (8 tokens end within the hold of 32), judged, committed: the client asked for the
+    // usage, so it is passed on; it is charged on `small` and, for the saving, on the fallback.
+    let (spent, saved) = (cost("priced", "small"), fallback_cost("priced"));
+    let r = streamed(&with_usage);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    let usage = streamed_usage(&r.body).unwrap_or_else(|| panic!("no usage chunk: {}", r.body));
+    assert_eq!(r.body.matches(r#""usage""#).count(), 1, "{}", r.body);
+    close(
+        cost("priced", "small") - spent,
+        small_price(&usage),
+        "streamed cost",
+    );
+    close(
+        fallback_cost("priced") - saved,
+        large_price(&usage),
+        "streamed fallback cost",
+    );
+    // The same request without include_usage: priced the same, and no usage chunk for the client.
+    let (spent, saved) = (cost("priced", "small"), fallback_cost("priced"));
+    let r = streamed(&chat("priced", 8));
+    assert!(!r.body.contains(r#""usage""#), "{}", r.body);
+    assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
+    close(
+        cost("priced", "small") - spent,
+        small_price(&usage),
+        "cost without include_usage",
+    );
+    close(
+        fallback_cost("priced") - saved,
+        large_price(&usage),
+        "fallback without include_usage",
+    );
+    // An escalated stream: the dropped attempt (it ended within the hold, so its usage came) is
+    // charged on `small`, the answer, passed through from the last tier, on `large`. `small`'s
+    // usage for the same request: a non-streamed call pinned to it (charged once more).
+    let (spent_small, spent_large, saved) = (
+        cost("auto", "small"),
+        cost("auto", "large"),
+        fallback_cost("auto"),
+    );
+    let mut pinned_small = chat("auto", 4);
+    pinned_small["metadata"] = json!({"wick_route": "small"});
+    let r = post(port, "/v1/chat/completions", &pinned_small);
+    assert_eq!(r.header("x-wick-backend"), Some("small"));
+    let small_usage = r.json()["usage"].clone();
+    let mut escalating = chat("auto", 4);
+    escalating["stream_options"] = json!({"include_usage": true});
+    let r = streamed(&escalating);
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    let large_usage = streamed_usage(&r.body).unwrap_or_else(|| panic!("no usage chunk: {}", r.body));
+    close(
+        cost("auto", "small") - spent_small,
+        2.0 * small_price(&small_usage),
+        "escalated attempt",
+    );
+    close(
+        cost("auto", "large") - spent_large,
+        large_price(&large_usage),
+        "passed through",
+    );
+    let answers_on_fallback = large_price(&small_usage) + large_price(&large_usage);
+    close(
+        fallback_cost("auto") - saved,
+        answers_on_fallback,
+        "fallback cost of both answers",
+    );
     let r = streamed(&chat("auto", 4));
     assert_eq!(r.header("x-wick-backend"), Some("large"), "{:?}", r.headers);
     assert_eq!(r.header("x-wick-escalation"), Some("small:length"));

@@ -5,13 +5,15 @@
 //! - `{"contains": "Paris"}`: the content contains it, case-insensitive.
 //! - `{"regex": "..."}`: the content matches (Rust `regex` syntax; `(?i)` for case-insensitive).
 //! - `{"json_schema": {...}}`: the content (a surrounding Markdown code fence removed) parses as
-//!   JSON and validates against a subset of JSON Schema ([`validate`]).
+//!   JSON and validates against the schema (full JSON Schema, [`crate::json_schema`]).
 //! - `{"tool_call": {"name": "...", "arguments": {...}}}`: one of the answer's tool calls has that
 //!   name and its parsed arguments contain each given key with an equal value (strings compared
 //!   trimmed and case-insensitive, numbers numerically, other values exactly).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::json_schema::Schema;
 
 /// A check as written in the JSONL file.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,13 +34,13 @@ pub struct ToolCallSpec {
     pub arguments: Map<String, Value>,
 }
 
-/// A check ready to run (its regex compiled).
+/// A check ready to run (its regex or schema compiled).
 #[derive(Debug, Clone)]
 pub enum Check {
     Exact(String),
     Contains(String),
     Regex(regex::Regex),
-    JsonSchema(Value),
+    JsonSchema(Schema),
     ToolCall(ToolCallSpec),
 }
 
@@ -48,7 +50,10 @@ impl Check {
             CheckSpec::Exact(s) => Self::Exact(s),
             CheckSpec::Contains(s) => Self::Contains(s),
             CheckSpec::Regex(r) => Self::Regex(regex::Regex::new(&r).map_err(|e| format!("bad regex: {e}"))?),
-            CheckSpec::JsonSchema(s) if s.is_object() => Self::JsonSchema(s),
+            CheckSpec::JsonSchema(s) if s.is_object() => {
+                Self::JsonSchema(Schema::compile(&s).map_err(|e| format!("bad json_schema: {e}"))?)
+            }
+            // `true`/`false` are schemas too, but as a check they would say nothing.
             CheckSpec::JsonSchema(_) => return Err("json_schema must be an object".into()),
             CheckSpec::ToolCall(t) => Self::ToolCall(t),
         })
@@ -71,7 +76,7 @@ impl Check {
             Self::Contains(want) => content.to_lowercase().contains(&want.to_lowercase()),
             Self::Regex(re) => re.is_match(content),
             Self::JsonSchema(schema) => {
-                serde_json::from_str::<Value>(strip_fence(content)).is_ok_and(|v| validate(schema, &v))
+                serde_json::from_str::<Value>(strip_fence(content)).is_ok_and(|v| schema.is_valid(&v))
             }
             Self::ToolCall(want) => tool_calls.iter().any(|c| call_matches(want, c)),
         }
@@ -118,86 +123,6 @@ fn loosely_equal(want: &Value, got: &Value) -> bool {
     }
 }
 
-/// JSON Schema, the subset labelled sets need: `type` (one or a list), `enum`, `const`,
-/// `properties`, `required`, `additionalProperties: false`, `items`, `minItems`/`maxItems`,
-/// `minLength`/`maxLength`, `minimum`/`maximum`. Other keywords are ignored (pass).
-pub fn validate(schema: &Value, v: &Value) -> bool {
-    let Some(s) = schema.as_object() else {
-        return schema.as_bool() != Some(false);
-    };
-    if let Some(t) = s.get("type") {
-        let ok = match t {
-            Value::String(t) => has_type(t, v),
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).any(|t| has_type(t, v)),
-            _ => true,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    if s.get("enum")
-        .and_then(Value::as_array)
-        .is_some_and(|e| !e.contains(v))
-    {
-        return false;
-    }
-    if s.get("const").is_some_and(|c| c != v) {
-        return false;
-    }
-    let num = |k: &str| s.get(k).and_then(Value::as_f64);
-    if let Some(x) = v.as_f64() {
-        if num("minimum").is_some_and(|m| x < m) || num("maximum").is_some_and(|m| x > m) {
-            return false;
-        }
-    }
-    if let Some(text) = v.as_str() {
-        let n = text.chars().count() as f64;
-        if num("minLength").is_some_and(|m| n < m) || num("maxLength").is_some_and(|m| n > m) {
-            return false;
-        }
-    }
-    if let Some(items) = v.as_array() {
-        let n = items.len() as f64;
-        if num("minItems").is_some_and(|m| n < m) || num("maxItems").is_some_and(|m| n > m) {
-            return false;
-        }
-        if let Some(item_schema) = s.get("items") {
-            if !items.iter().all(|i| validate(item_schema, i)) {
-                return false;
-            }
-        }
-    }
-    if let Some(obj) = v.as_object() {
-        let required = s.get("required").and_then(Value::as_array);
-        if required.is_some_and(|r| r.iter().filter_map(Value::as_str).any(|k| !obj.contains_key(k))) {
-            return false;
-        }
-        let props = s.get("properties").and_then(Value::as_object);
-        for (k, val) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(ps) if !validate(ps, val) => return false,
-                Some(_) => {}
-                None if s.get("additionalProperties") == Some(&Value::Bool(false)) => return false,
-                None => {}
-            }
-        }
-    }
-    true
-}
-
-fn has_type(t: &str, v: &Value) -> bool {
-    match t {
-        "string" => v.is_string(),
-        "number" => v.is_number(),
-        "integer" => v.as_f64().is_some_and(|x| x.fract() == 0.0),
-        "boolean" => v.is_boolean(),
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "null" => v.is_null(),
-        _ => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn json_schema_validates_the_subset() {
+    fn json_schema_validates_types_bounds_and_closed_objects() {
         let c = check(json!({"json_schema": {
             "type": "object", "required": ["name", "age"], "additionalProperties": false,
             "properties": {"name": {"type": "string", "minLength": 1},
@@ -260,6 +185,36 @@ mod tests {
         assert!(!c.passes("name: Ada", &[]), "not JSON");
         let bad: CheckSpec = serde_json::from_value(json!({"json_schema": 3})).unwrap();
         assert!(Check::new(bad).is_err());
+    }
+
+    #[test]
+    fn json_schema_is_the_full_standard_and_a_bad_schema_is_an_error() {
+        // Keywords the old subset ignored (passed): pattern, anyOf, nested $defs references.
+        let c = check(json!({"json_schema": {
+            "$defs": {"point": {"type": "object", "required": ["x", "y"],
+                "properties": {"x": {"type": "number"}, "y": {"type": "number"}}}},
+            "type": "object", "required": ["id", "at"],
+            "properties": {"id": {"type": "string", "pattern": "^[a-z]+-[0-9]+$"},
+                           "at": {"$ref": "#/$defs/point"},
+                           "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}));
+        assert!(c.passes(r#"{"id": "job-7", "at": {"x": 1, "y": 2.5}, "note": null}"#, &[]));
+        assert!(
+            !c.passes(r#"{"id": "Job 7", "at": {"x": 1, "y": 2}}"#, &[]),
+            "pattern"
+        );
+        assert!(
+            !c.passes(r#"{"id": "job-7", "at": {"x": 1}}"#, &[]),
+            "$ref'd required"
+        );
+        assert!(
+            !c.passes(r#"{"id": "job-7", "at": {"x": 1, "y": 2}, "note": 3}"#, &[]),
+            "anyOf"
+        );
+        for bad in [json!({"type": "strnig"}), json!({"pattern": "("})] {
+            let spec: CheckSpec = serde_json::from_value(json!({"json_schema": bad})).unwrap();
+            let err = Check::new(spec).expect_err("does not compile");
+            assert!(err.starts_with("bad json_schema: invalid JSON Schema"), "{err}");
+        }
     }
 
     #[test]

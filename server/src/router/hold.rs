@@ -5,6 +5,7 @@
 //! committed: what follows is not judged.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::backend::Endpoint;
+use super::tap::StreamTap;
 
 /// One SSE event's `data:` payload.
 #[derive(Debug, Clone)]
@@ -21,34 +23,52 @@ pub enum SseData {
     Other(String),
 }
 
-/// Splits an SSE byte stream into events (`data:` lines; comments and other fields dropped).
+/// One SSE event as it arrived and what its `data:` lines say.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// The event's bytes, separator included: what goes on when the router changes nothing,
+    /// so comments (keep-alives) and other fields pass through as the backend wrote them.
+    pub raw: Bytes,
+    /// `None`: an event without `data:` (a comment).
+    pub data: Option<SseData>,
+}
+
+/// Splits an SSE byte stream into events.
 #[derive(Default)]
 pub struct SseSplitter {
     buf: Vec<u8>,
 }
 
 impl SseSplitter {
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseData> {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(end) = find_event_end(&self.buf) {
-            let event: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
-            let text = String::from_utf8_lossy(&event[..end.0]);
+            let raw: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&raw[..end.0]);
             let data: Vec<&str> = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
                 .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let data = data.join("\n");
-            out.push(match serde_json::from_str(&data) {
-                Ok(v) => SseData::Json(v),
-                Err(_) => SseData::Other(data),
+            let data = (!data.is_empty()).then(|| {
+                let data = data.join("\n");
+                match serde_json::from_str(&data) {
+                    Ok(v) => SseData::Json(v),
+                    Err(_) => SseData::Other(data),
+                }
+            });
+            out.push(SseEvent {
+                raw: Bytes::from(raw),
+                data,
             });
         }
         out
+    }
+
+    /// What is left after the last complete event (a stream cut mid-event), as it arrived.
+    pub fn rest(self) -> Bytes {
+        Bytes::from(self.buf)
     }
 }
 
@@ -60,19 +80,6 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
     }
-}
-
-pub fn encode(data: &SseData, strip_logprobs: bool) -> Bytes {
-    let text = match data {
-        SseData::Json(v) if strip_logprobs => {
-            let mut v = v.clone();
-            super::strip_logprobs(&mut v);
-            v.to_string()
-        }
-        SseData::Json(v) => v.to_string(),
-        SseData::Other(s) => s.clone(),
-    };
-    Bytes::from(format!("data: {text}\n\n"))
 }
 
 /// What the held part of a stream says, assembled as a non-streamed response so that the same
@@ -183,32 +190,38 @@ impl HeldAnswer {
     }
 }
 
-/// A body that sends `held` first, then the rest of `upstream` (re-encoded when the router's
-/// own logprobs must be removed), ending when either side goes away.
+/// A body that sends `held` first, then the rest of `upstream`, each event through `tap`
+/// (which prices the usage chunk and removes what the router asked for itself), ending when
+/// either side goes away.
 pub fn committed_body(
-    held: Vec<SseData>,
+    held: Vec<SseEvent>,
     mut splitter: SseSplitter,
     mut upstream: axum::body::BodyDataStream,
-    strip_logprobs: bool,
+    mut tap: StreamTap,
 ) -> Body {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
-        for data in &held {
-            if tx.send(Ok(encode(data, strip_logprobs))).await.is_err() {
-                return;
+        for event in &held {
+            if let Some(out) = tap.pass(event) {
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
             }
         }
         while let Some(chunk) = upstream.next().await {
             let out = match chunk {
-                Ok(bytes) if strip_logprobs => {
-                    let events = splitter.push(&bytes);
-                    let mut out = Vec::new();
-                    for e in &events {
-                        out.extend_from_slice(&encode(e, true));
+                Ok(bytes) => {
+                    let out: Vec<u8> = splitter
+                        .push(&bytes)
+                        .iter()
+                        .filter_map(|e| tap.pass(e))
+                        .flat_map(|b| b.to_vec())
+                        .collect();
+                    if out.is_empty() {
+                        continue;
                     }
                     Ok(Bytes::from(out))
                 }
-                Ok(bytes) => Ok(bytes),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             let failed = out.is_err();
@@ -217,9 +230,36 @@ pub fn committed_body(
                 return;
             }
         }
+        let rest = splitter.rest();
+        if !rest.is_empty() {
+            let _ = tx.send(Ok(rest)).await;
+        }
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Body::from_stream(stream)
+}
+
+/// After a held stream finished (every choice has its finish reason) what is left of it, its
+/// usage chunk and `[DONE]`, read into `held` so that the dropped attempt can be priced and a
+/// replay is whole. `limit` bounds the wait for a backend that never closes the stream.
+pub async fn read_rest(
+    held: &mut Vec<SseEvent>,
+    splitter: &mut SseSplitter,
+    upstream: &mut axum::body::BodyDataStream,
+    limit: Duration,
+) {
+    let done = |e: &SseEvent| matches!(&e.data, Some(SseData::Other(s)) if s.trim() == "[DONE]");
+    let rest = async {
+        while !held.last().is_some_and(done) {
+            match upstream.next().await {
+                Some(Ok(bytes)) => held.extend(splitter.push(&bytes)),
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(limit, rest).await.is_err() {
+        tracing::debug!("a finished stream did not end within {limit:?}: read no further");
+    }
 }
 
 #[cfg(test)]
@@ -242,11 +282,13 @@ mod tests {
         // Fed in 7-byte pieces: events straddle chunks.
         for piece in wire.as_bytes().chunks(7) {
             for e in splitter.push(piece) {
-                held.add(Endpoint::Chat, &e);
+                held.add(Endpoint::Chat, e.data.as_ref().expect("data"));
                 all.push(e);
             }
         }
         assert_eq!(all.len(), 5);
+        let raw: Vec<u8> = all.iter().flat_map(|e| e.raw.to_vec()).collect();
+        assert_eq!(raw, wire.as_bytes(), "each event as it came");
         assert!(held.finished);
         assert_eq!(held.tokens, 2);
         let r = held.as_response(Endpoint::Chat);
@@ -254,12 +296,41 @@ mod tests {
         assert_eq!(r["choices"][0]["finish_reason"], "length");
         assert_eq!(r["choices"][0]["logprobs"]["content"][1]["logprob"], -1.5);
         // Re-encoding without logprobs keeps the rest of the event.
-        let out = encode(&all[1], true);
+        let mut tap = StreamTap::new(true, true, Default::default());
+        let out = tap.pass(&all[1]).expect("passed");
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
         );
-        assert_eq!(&encode(&all[4], false)[..], b"data: [DONE]\n\n");
+        assert_eq!(tap.pass(&all[4]).as_deref(), Some(&b"data: [DONE]\n\n"[..]));
+        // A stream cut mid-event keeps what came of it.
+        let mut cut = SseSplitter::default();
+        assert_eq!(cut.push(b"data: [DONE]\n\ndata: {\"x").len(), 1);
+        assert_eq!(&cut.rest()[..], b"data: {\"x");
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_finished_stream_is_read_to_done_or_for_the_limit() {
+        let pieces = [
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\ndata: [DO",
+            "NE]\n\n",
+        ];
+        let chunks = pieces.map(|p| Ok::<_, std::io::Error>(Bytes::from(p)));
+        // A backend that keeps the connection open after `[DONE]`.
+        let open = futures_util::stream::iter(chunks).chain(futures_util::stream::pending());
+        let mut upstream = Body::from_stream(open).into_data_stream();
+        let (mut held, mut splitter) = (Vec::new(), SseSplitter::default());
+        let start = std::time::Instant::now();
+        read_rest(&mut held, &mut splitter, &mut upstream, Duration::from_secs(60)).await;
+        assert!(start.elapsed() < Duration::from_secs(30), "stopped at [DONE]");
+        assert_eq!(held.len(), 2);
+        assert!(matches!(&held[0].data, Some(SseData::Json(v)) if v["usage"]["prompt_tokens"] == 3));
+        // One that sends nothing more: given up after the limit.
+        let silent = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let mut upstream = Body::from_stream(silent).into_data_stream();
+        let mut held = Vec::new();
+        read_rest(&mut held, &mut splitter, &mut upstream, Duration::from_millis(20)).await;
+        assert!(held.is_empty());
     }
 
     #[test]

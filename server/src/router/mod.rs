@@ -9,13 +9,16 @@
 //!
 //! Streaming: a cheap tier's stream is held back for its first `stream_hold_tokens` tokens
 //! (`hold.rs`) and judged like a whole answer; then it is committed (passed through as it
-//! arrives) or dropped for the next tier. See docs/router.md.
+//! arrives) or dropped for the next tier. Every stream goes through a `tap.rs` tap that prices
+//! its usage chunk (asked for by the router) and removes what the client did not ask for. See
+//! docs/router.md.
 
 pub mod backend;
 pub mod breaker;
 pub mod capability;
 pub mod hold;
 pub mod policy;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use crate::server::AppState;
 use backend::{Backend, BackendFailure, BackendKind, Endpoint, RemoteClient};
 use breaker::CircuitBreaker;
 use policy::Escalation;
+use tap::{Meter, StreamTap};
 
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
 pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
@@ -43,6 +47,8 @@ pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-wick-route");
 
 /// Non-streamed answers larger than this are a failure of the tier.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// How long a dropped stream that had finished may take to send its usage chunk and `[DONE]`.
+const REST_OF_STREAM: Duration = Duration::from_secs(2);
 
 pub struct Route {
     pub name: String,
@@ -253,7 +259,7 @@ impl RouterMetrics {
         let cost = CounterVec::new(
             Opts::new(
                 "wick_router_cost_total",
-                "Spent on each backend at its configured token prices (non-streamed requests)",
+                "Spent on each backend at its configured token prices",
             ),
             &["route", "backend"],
         )?;
@@ -279,6 +285,26 @@ impl RouterMetrics {
             failovers,
             breaker,
         })
+    }
+}
+
+impl RouterMetrics {
+    /// Where a stream's usage is charged: on `tier`, the backend that wrote it (`None`: already
+    /// charged) and, when it is the answer the client gets, on the route's last tier (the
+    /// saving's baseline), as the non-streamed path does.
+    fn meter(&self, route: &Route, tier: Option<&Arc<Backend>>, answer: bool) -> Meter {
+        let mut meter = Meter::default();
+        if let Some(tier) = tier {
+            meter.add(
+                self.cost.with_label_values(&[&route.name, &tier.id]),
+                tier.clone(),
+            );
+        }
+        if let Some(fallback) = route.tiers.last().filter(|_| answer) {
+            let counter = self.fallback_cost.with_label_values(&[&route.name]);
+            meter.add(counter, fallback.backend.clone());
+        }
+        meter
     }
 }
 
@@ -379,11 +405,17 @@ pub async fn dispatch(
     let order = capable;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let client_logprobs = asks_logprobs(endpoint, &body);
+    // Streams are priced from their usage chunk, which the router asks for and removes again
+    // if the client did not.
+    let client_usage = tap::asks_usage(&body);
+    if stream {
+        tap::ask_usage(&mut body);
+    }
     let tools: Option<Vec<Value>> = body.get("tools").and_then(Value::as_array).cloned();
     // The best answer so far: a cheap tier's, kept in case every tier above it fails.
     let mut kept: Option<(Arc<Backend>, StatusCode, Value)> = None;
     // The same for a stream that ended within the hold: its events, to replay.
-    let mut kept_stream: Option<(Arc<Backend>, Vec<hold::SseData>)> = None;
+    let mut kept_stream: Option<(Arc<Backend>, Vec<hold::SseEvent>)> = None;
     let mut retries = 0;
     let last = order.len().saturating_sub(1);
     for (
@@ -405,11 +437,13 @@ pub async fn dispatch(
         let cascade = i < last && pinned.is_none();
         let mut request = body.clone();
         request["model"] = Value::String(tier.model.clone());
-        if cascade
+        // The router asks for logprobs to judge the answer (of a tier that gives them); the
+        // client did not.
+        let strip = cascade
             && policy::needs_logprobs(&route.policy)
             && !client_logprobs
-            && tier.lacks(&[wick_config::Capability::Logprobs]).is_none()
-        {
+            && tier.lacks(&[wick_config::Capability::Logprobs]).is_none();
+        if strip {
             match endpoint {
                 Endpoint::Chat => request["logprobs"] = Value::Bool(true),
                 Endpoint::Completions => request["logprobs"] = Value::from(0),
@@ -442,9 +476,12 @@ pub async fn dispatch(
             } else {
                 0
             };
+            let tap = || StreamTap::new(strip, !client_usage, metrics.meter(route, Some(tier), true));
             if hold_tokens == 0 {
                 // Committed at once: the stream goes through as it comes.
                 breaker.record_success();
+                let upstream = reply.body.into_data_stream();
+                let body = hold::committed_body(Vec::new(), hold::SseSplitter::default(), upstream, tap());
                 return stream_response(
                     metrics,
                     route,
@@ -452,7 +489,7 @@ pub async fn dispatch(
                     &trail,
                     reply.status,
                     reply.content_type,
-                    reply.body,
+                    body,
                 );
             }
             let mut upstream = reply.body.into_data_stream();
@@ -464,7 +501,9 @@ pub async fn dispatch(
                 match upstream.next().await {
                     Some(Ok(bytes)) => {
                         for event in splitter.push(&bytes) {
-                            answer.add(endpoint, &event);
+                            if let Some(data) = &event.data {
+                                answer.add(endpoint, data);
+                            }
                             held.push(event);
                         }
                     }
@@ -481,7 +520,6 @@ pub async fn dispatch(
                 continue;
             }
             breaker.record_success();
-            let strip = policy::needs_logprobs(&route.policy) && !client_logprobs;
             match policy::escalation(
                 &route.policy,
                 endpoint,
@@ -495,13 +533,26 @@ pub async fn dispatch(
                         .escalations
                         .with_label_values(&[&route.name, &tier.id, reason.as_str()])
                         .inc();
+                    // The attempt is priced if its usage chunk comes: it does for a stream that
+                    // ended within the hold (what is left of it is read for it); one cut short
+                    // ends without it and is not priced.
+                    if answer.finished {
+                        hold::read_rest(&mut held, &mut splitter, &mut upstream, REST_OF_STREAM).await;
+                    }
+                    let mut attempt = StreamTap::new(false, false, metrics.meter(route, Some(tier), false));
+                    for e in &held {
+                        let _ = attempt.pass(e);
+                    }
+                    if !attempt.priced() {
+                        tracing::debug!(route = %route.name, backend = %tier.id, "dropped stream not priced: no usage chunk");
+                    }
                     if answer.finished {
                         kept_stream = Some((tier.clone(), held));
                     }
                     continue;
                 }
                 None => {
-                    let body = hold::committed_body(held, splitter, upstream, strip);
+                    let body = hold::committed_body(held, splitter, upstream, tap());
                     return stream_response(
                         metrics,
                         route,
@@ -570,10 +621,14 @@ pub async fn dispatch(
         }
     }
     if let Some((tier, held)) = kept_stream {
+        // A held stream is a cascade tier's (logprobs asked for if the policy reads them),
+        // already charged on its tier when it was dropped: only the fallback estimate is added.
         let strip = policy::needs_logprobs(&route.policy) && !client_logprobs;
+        let mut tap = StreamTap::new(strip, !client_usage, metrics.meter(route, None, true));
         let body: Vec<u8> = held
             .iter()
-            .flat_map(|e| hold::encode(e, strip).to_vec())
+            .filter_map(|e| tap.pass(e))
+            .flat_map(|b| b.to_vec())
             .collect();
         let ct = HeaderValue::from_static("text/event-stream");
         return stream_response(

@@ -2,17 +2,21 @@
 //! the next tier (and why)? Reads only the OpenAI response JSON, so it works the same for the
 //! local model and a remote one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::Value;
 use wick_config::RoutePolicy;
 
 use super::backend::Endpoint;
+use crate::json_schema::{Schema, SchemaError};
 
 /// Why an answer was passed up to the next tier (`x-wick-escalation`, metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Escalation {
     /// It stopped at `max_tokens` (or the context) before finishing.
     Length,
-    /// A tool call whose arguments do not parse, name no offered tool, or lack a required key.
+    /// A tool call that names no offered tool, or whose arguments do not parse as a JSON object
+    /// or do not validate against the tool's `parameters` schema.
     InvalidToolCall,
     LowMeanLogprob,
     LowTokenLogprob,
@@ -109,8 +113,10 @@ pub(super) fn token_logprobs(endpoint: Endpoint, choice: &Value) -> Vec<f64> {
     .unwrap_or_default()
 }
 
-/// A call names an offered tool and its arguments are a JSON object with the tool's required
-/// keys (and no others when the schema says `additionalProperties: false`).
+/// A call names an offered tool and its arguments are a JSON object that validates against the
+/// tool's `parameters` schema (full JSON Schema, [`crate::json_schema`]; no schema: any object).
+/// `strict` plays no part: a strict tool's schema already says what strict means (closed,
+/// everything required), and the check is the schema's either way.
 fn valid_call(call: &Value, tools: &[Value]) -> bool {
     let Some(function) = call.get("function") else {
         return false;
@@ -129,26 +135,32 @@ fn valid_call(call: &Value, tools: &[Value]) -> bool {
         .get("arguments")
         .and_then(Value::as_str)
         .and_then(|a| serde_json::from_str(a).ok());
-    let Some(Value::Object(args)) = args else {
+    let Some(args @ Value::Object(_)) = args else {
         return false;
     };
-    let schema = tool.get("parameters");
-    let required = schema
-        .and_then(|s| s.get("required"))
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-        .unwrap_or_default();
-    if required.iter().any(|k| !args.contains_key(*k)) {
-        return false;
+    let Some(schema) = tool.get("parameters").filter(|p| !p.is_null()) else {
+        return true;
+    };
+    match Schema::compile(schema) {
+        Ok(schema) => schema.is_valid(&args),
+        Err(e) => {
+            // The server cannot judge the call, which is no fault of the answer: it stands.
+            uncompilable_schema(name, &e);
+            true
+        }
     }
-    let closed = schema.and_then(|s| s.get("additionalProperties")) == Some(&Value::Bool(false));
-    let properties = schema
-        .and_then(|s| s.get("properties"))
-        .and_then(Value::as_object);
-    !(closed
-        && args
-            .keys()
-            .any(|k| !properties.is_some_and(|p| p.contains_key(k))))
+}
+
+/// Set once a tool schema failed to compile: a client sends the same tools with every request,
+/// so only the first is a warning and the rest are debug lines.
+static WARNED_UNCOMPILABLE: AtomicBool = AtomicBool::new(false);
+
+fn uncompilable_schema(tool: &str, e: &SchemaError) {
+    if WARNED_UNCOMPILABLE.swap(true, Ordering::Relaxed) {
+        tracing::debug!(%tool, "tool call not validated: {e}");
+    } else {
+        tracing::warn!(%tool, "tool call not validated (later ones are logged at debug): {e}");
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +249,90 @@ mod tests {
                 Some(Escalation::InvalidToolCall),
                 "{name} {args}"
             );
+        }
+    }
+
+    /// The verdict on one call to `tool` with `args`: `true` when the answer stands.
+    fn stands(tool: Value, args: &str) -> bool {
+        let name = tool["function"]["name"].clone();
+        let answer = json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": name, "arguments": args}}]}}]});
+        let verdict = escalation(&RoutePolicy::default(), Endpoint::Chat, &answer, Some(&[tool]));
+        assert!(
+            matches!(verdict, None | Some(Escalation::InvalidToolCall)),
+            "{verdict:?}"
+        );
+        verdict.is_none()
+    }
+
+    fn tool(parameters: Value) -> Value {
+        json!({"type": "function", "function": {"name": "book", "parameters": parameters}})
+    }
+
+    #[test]
+    fn tool_arguments_are_validated_against_the_full_schema() {
+        let booking = tool(json!({
+            "type": "object",
+            "properties": {
+                "guests": {"type": "integer", "minimum": 1},
+                "room": {"enum": ["single", "double"]},
+                "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "dates": {"type": "array", "items": {"type": "string", "format": "date"}, "minItems": 1},
+                "contact": {"type": "object", "required": ["email"],
+                    "properties": {"email": {"type": "string"}, "phone": {"type": "string"}},
+                    "additionalProperties": false}},
+            "required": ["guests"]}));
+        let ok = r#"{"guests": 2, "room": "double", "code": "LHR", "dates": ["2025-01-01"],
+            "contact": {"email": "a@b.c"}}"#;
+        assert!(stands(booking.clone(), ok));
+        assert!(
+            stands(booking.clone(), r#"{"guests": 1}"#),
+            "optional keys may be left out"
+        );
+        for (why, args) in [
+            ("type", r#"{"guests": "two"}"#),
+            ("integer", r#"{"guests": 2.5}"#),
+            ("minimum", r#"{"guests": 0}"#),
+            ("enum", r#"{"guests": 2, "room": "suite"}"#),
+            ("pattern", r#"{"guests": 2, "code": "lhr"}"#),
+            ("array items", r#"{"guests": 2, "dates": ["2025-01-01", 3]}"#),
+            ("minItems", r#"{"guests": 2, "dates": []}"#),
+            ("nested required", r#"{"guests": 2, "contact": {"phone": "1"}}"#),
+            ("nested type", r#"{"guests": 2, "contact": {"email": 5}}"#),
+            (
+                "nested closed",
+                r#"{"guests": 2, "contact": {"email": "a@b.c", "fax": "2"}}"#,
+            ),
+            ("required", r#"{"room": "single"}"#),
+        ] {
+            assert!(!stands(booking.clone(), args), "{why}: {args}");
+        }
+    }
+
+    #[test]
+    fn no_schema_takes_any_object_and_a_broken_one_does_not_escalate() {
+        let bare = json!({"type": "function", "function": {"name": "ping"}});
+        assert!(stands(bare.clone(), r#"{"anything": [1, 2]}"#));
+        assert!(stands(bare.clone(), "{}"));
+        assert!(
+            !stands(bare, "[1]"),
+            "arguments are an object whatever the schema"
+        );
+        assert!(stands(tool(Value::Null), r#"{"x": 1}"#));
+        // The server cannot compile it: not the answer's fault, so it stands if it parses.
+        let broken = tool(json!({"type": "object", "properties": {"x": {"type": "strnig"}}}));
+        assert!(stands(broken.clone(), r#"{"x": 1}"#));
+        assert!(!stands(broken, r#"{"x": 1"#), "still has to parse");
+    }
+
+    #[test]
+    fn strict_does_not_change_the_verdict() {
+        let schema = json!({"type": "object", "properties": {"q": {"type": "string"}}});
+        for strict in [json!(true), json!(false), Value::Null] {
+            let mut t = tool(schema.clone());
+            t["function"]["strict"] = strict.clone();
+            assert!(stands(t.clone(), r#"{"q": "x", "extra": 1}"#), "strict {strict}");
+            assert!(!stands(t, r#"{"q": 1}"#), "strict {strict}");
         }
     }
 }
