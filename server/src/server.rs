@@ -1,13 +1,13 @@
 //! The HTTP routes. Handlers are thin: parse (`parse_json`), validate (`validation`), render the
 //! chat template, submit (`infer`), then shape OpenAI's response or SSE stream (`stream`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,111 +16,18 @@ use axum::{Json, Router};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use wick_engine::Engine;
 
-use crate::chat_template::ChatTemplate;
 use crate::errors::ApiError;
 use crate::infer::{self, ChoiceOutput};
-use crate::local_model::LocalModel;
-use crate::metrics::{self, Metrics, RequestTimer};
+use crate::metrics::{self, RequestTimer};
+use crate::model_list;
 use crate::openai::*;
 use crate::router::backend::Endpoint;
-use crate::router::RouterState;
 use crate::stream::{self, StreamKind};
-use crate::tool_parser::ToolCallFormat;
 use crate::tools::{self, ToolConstraint};
 use crate::validation;
 
-pub struct AppState {
-    /// The local models, `server.model` first (see [`LocalModel`]).
-    pub models: Vec<Arc<LocalModel>>,
-    pub metrics: Arc<Metrics>,
-    /// Accepted bearer tokens for `/v1/*`; empty: no authentication.
-    pub api_keys: Vec<String>,
-    /// Larger request bodies are refused with 413.
-    pub max_body_bytes: usize,
-    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
-    pub cors_allow_origins: Vec<String>,
-    pub created: u64,
-    pub draining: AtomicBool,
-    /// Routes to tiers (None: no routes configured).
-    pub router: Option<RouterState>,
-}
-
-impl AppState {
-    /// A process serving `engine` as `model_id`; more models come with [`AppState::add_model`].
-    pub fn new(
-        engine: Arc<Engine>,
-        model_id: String,
-        template: Option<ChatTemplate>,
-        tool_format: Option<ToolCallFormat>,
-    ) -> Self {
-        let mut state = Self {
-            models: Vec::new(),
-            metrics: Arc::new(Metrics::new(&model_id).expect("metric names are valid")),
-            api_keys: Vec::new(),
-            max_body_bytes: 8 << 20,
-            cors_allow_origins: Vec::new(),
-            created: unix_now(),
-            draining: AtomicBool::new(false),
-            router: None,
-        };
-        state
-            .add_model(engine, model_id, template, tool_format)
-            .expect("the first model's metrics are the registry's only ones");
-        state
-    }
-
-    /// One more local model (its metrics labelled with its name). Fails when a model of that
-    /// name is already served.
-    pub fn add_model(
-        &mut self,
-        engine: Arc<Engine>,
-        model_id: String,
-        template: Option<ChatTemplate>,
-        tool_format: Option<ToolCallFormat>,
-    ) -> Result<(), String> {
-        if self.models.iter().any(|m| m.id == model_id) {
-            return Err(format!("two local models are both served as `{model_id}`"));
-        }
-        let metrics = self
-            .metrics
-            .add_model(&model_id)
-            .map_err(|e| format!("metrics of `{model_id}`: {e}"))?;
-        self.models.push(Arc::new(LocalModel {
-            id: model_id,
-            engine,
-            template,
-            tool_format,
-            metrics,
-        }));
-        Ok(())
-    }
-
-    /// The model `server.model` names (what `/ready` reports).
-    pub fn primary(&self) -> &Arc<LocalModel> {
-        &self.models[0]
-    }
-
-    pub fn fingerprint(&self) -> String {
-        fingerprint()
-    }
-
-    fn local_model(&self, model: &str) -> Result<Arc<LocalModel>, ApiError> {
-        self.models
-            .iter()
-            .find(|m| m.id == model)
-            .cloned()
-            .ok_or_else(|| ApiError::model_not_found(model))
-    }
-
-    fn check_not_draining(&self) -> Result<(), ApiError> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(ApiError::unavailable("the server is shutting down"));
-        }
-        Ok(())
-    }
-}
+pub use crate::state::AppState;
 
 /// `system_fingerprint` in responses: the build.
 pub fn fingerprint() -> String {
@@ -143,8 +50,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/models", get(model_list::list_models))
+        .route("/v1/models/{id}", get(model_list::get_model))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     let router = Router::new()
         .merge(api)
@@ -520,65 +427,6 @@ async fn completions(
         usage: Some(stream::usage(usage)),
     })
     .into_response())
-}
-
-fn model_card(state: &AppState, model: &LocalModel) -> ModelCard {
-    ModelCard {
-        id: model.id.clone(),
-        object: "model",
-        created: state.created,
-        owned_by: "wick",
-        max_model_len: Some(model.engine.limits().max_model_len),
-        tiers: None,
-    }
-}
-
-/// The local models, then each route (with its tiers' backend ids) and each remote backend.
-fn model_cards(state: &AppState) -> Vec<ModelCard> {
-    let mut cards: Vec<ModelCard> = state.models.iter().map(|m| model_card(state, m)).collect();
-    if let Some(router) = &state.router {
-        let mut routes: Vec<_> = router.routes.values().collect();
-        routes.sort_by(|a, b| a.name.cmp(&b.name));
-        for r in routes {
-            cards.push(ModelCard {
-                id: r.name.clone(),
-                object: "model",
-                created: state.created,
-                owned_by: "wick-router",
-                max_model_len: None,
-                tiers: Some(r.tiers.iter().map(|t| t.backend.id.clone()).collect()),
-            });
-        }
-        for b in router.backends.iter().filter(|b| b.is_remote()) {
-            cards.push(ModelCard {
-                id: b.model.clone(),
-                object: "model",
-                created: state.created,
-                owned_by: "remote",
-                max_model_len: None,
-                tiers: None,
-            });
-        }
-    }
-    cards
-}
-
-async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList {
-        object: "list",
-        data: model_cards(&state),
-    })
-}
-
-async fn get_model(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<ModelCard>, ApiError> {
-    model_cards(&state)
-        .into_iter()
-        .find(|c| c.id == id)
-        .map(Json)
-        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 async fn health() -> Json<serde_json::Value> {

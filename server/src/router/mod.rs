@@ -17,8 +17,12 @@ pub mod backend;
 pub mod breaker;
 pub mod capability;
 pub mod hold;
+mod metrics;
 pub mod policy;
+mod setup;
 pub mod tap;
+
+pub use setup::RouterConfigError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,16 +32,16 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
 use serde_json::Value;
-use wick_config::{Config, RoutePolicy};
+use wick_config::RoutePolicy;
 
 use crate::errors::ApiError;
 use crate::server::AppState;
-use backend::{Backend, BackendFailure, BackendKind, Endpoint, RemoteClient};
+use backend::{Backend, BackendFailure, Endpoint};
 use breaker::CircuitBreaker;
+use metrics::RouterMetrics;
 use policy::Escalation;
-use tap::{Meter, StreamTap};
+use tap::StreamTap;
 
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
 pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
@@ -71,241 +75,6 @@ pub struct RouterState {
     /// but no cascade.
     pub direct: HashMap<String, Route>,
     metrics: RouterMetrics,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RouterConfigError {
-    #[error("route `{route}` names local model `{model}`, which this process does not run")]
-    LocalModelNotRunning { route: String, model: String },
-    #[error("model `{model}`: {source}")]
-    Client {
-        model: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("router metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-}
-
-impl RouterState {
-    /// The routes and remote backends of `cfg`; `local` maps the id of each local model this
-    /// process runs to what clients call it (its served name). `None` when there are no routes.
-    pub fn from_config(
-        cfg: &Config,
-        local: &HashMap<String, String>,
-        registry: &prometheus::Registry,
-    ) -> Result<Option<Self>, RouterConfigError> {
-        if cfg.routes.is_empty() {
-            return Ok(None);
-        }
-        let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
-        let breaker = |p: &RoutePolicy| {
-            CircuitBreaker::new(p.breaker_failures, Duration::from_secs(p.breaker_cooldown_secs))
-        };
-        let mut routes = HashMap::new();
-        for r in &cfg.routes {
-            let mut tiers = Vec::new();
-            for id in &r.tiers {
-                if let Some(b) = backends.get(id) {
-                    tiers.push(Tier {
-                        backend: b.clone(),
-                        breaker: breaker(&r.policy),
-                    });
-                    continue;
-                }
-                let Some(m) = cfg.models.iter().find(|m| &m.id == id) else {
-                    continue; // wick-config's validation reports unknown ids before this runs.
-                };
-                let kind = match &m.url {
-                    Some(url) => {
-                        let key = m.api_key_env.as_ref().and_then(|var| match std::env::var(var) {
-                            Ok(key) => Some(key),
-                            Err(_) => {
-                                // Started anyway: the backend may not need a key; if it does,
-                                // its 401s fail over like any other failure.
-                                tracing::warn!(model = %id, %var, "api_key_env is not set: no key sent");
-                                None
-                            }
-                        });
-                        let timeout = Duration::from_secs(m.timeout_secs.unwrap_or(600));
-                        let client =
-                            RemoteClient::new(url, key, timeout, m.max_concurrency).map_err(|source| {
-                                RouterConfigError::Client {
-                                    model: id.clone(),
-                                    source,
-                                }
-                            })?;
-                        BackendKind::Remote(client)
-                    }
-                    None => BackendKind::Local,
-                };
-                let model = match kind {
-                    BackendKind::Local => {
-                        local
-                            .get(id)
-                            .cloned()
-                            .ok_or_else(|| RouterConfigError::LocalModelNotRunning {
-                                route: r.name.clone(),
-                                model: id.clone(),
-                            })?
-                    }
-                    BackendKind::Remote(_) => m.served_name.clone().unwrap_or_else(|| id.clone()),
-                };
-                let backend = Arc::new(Backend {
-                    id: id.clone(),
-                    model,
-                    kind,
-                    prices: (
-                        m.price_input_per_mtok.unwrap_or(0.0),
-                        m.price_output_per_mtok.unwrap_or(0.0),
-                    ),
-                    capabilities: m.capabilities(),
-                });
-                backends.insert(id.clone(), backend.clone());
-                tiers.push(Tier {
-                    backend,
-                    breaker: breaker(&r.policy),
-                });
-            }
-            routes.insert(
-                r.name.clone(),
-                Route {
-                    name: r.name.clone(),
-                    tiers,
-                    policy: r.policy.clone(),
-                },
-            );
-        }
-        let mut backends: Vec<Arc<Backend>> = backends.into_values().collect();
-        backends.sort_by(|a, b| a.id.cmp(&b.id));
-        let policy = RoutePolicy::default();
-        let direct = backends
-            .iter()
-            .filter(|b| b.is_remote())
-            .map(|b| {
-                let route = Route {
-                    name: b.model.clone(),
-                    tiers: vec![Tier {
-                        backend: b.clone(),
-                        breaker: breaker(&policy),
-                    }],
-                    policy: policy.clone(),
-                };
-                (b.model.clone(), route)
-            })
-            .collect();
-        Ok(Some(Self {
-            routes,
-            backends,
-            direct,
-            metrics: RouterMetrics::new(registry)?,
-        }))
-    }
-
-    /// Breaker states into their gauge (at scrape time).
-    pub fn observe_breakers(&self) {
-        for r in self.routes.values().chain(self.direct.values()) {
-            for t in &r.tiers {
-                self.metrics
-                    .breaker
-                    .with_label_values(&[&r.name, &t.backend.id])
-                    .set(t.breaker.state().as_gauge());
-            }
-        }
-    }
-}
-
-struct RouterMetrics {
-    /// What requests cost on the backends they went to (escalated attempts included).
-    cost: CounterVec,
-    /// What the same answers would have cost on the route's last tier.
-    fallback_cost: CounterVec,
-    requests: IntCounterVec,
-    escalations: IntCounterVec,
-    failovers: IntCounterVec,
-    breaker: IntGaugeVec,
-}
-
-impl RouterMetrics {
-    fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "wick_router_requests_total",
-                "Route requests by the backend that answered",
-            ),
-            &["route", "backend"],
-        )?;
-        let escalations = IntCounterVec::new(
-            Opts::new(
-                "wick_router_escalations_total",
-                "Answers passed up to the next tier, by reason",
-            ),
-            &["route", "backend", "reason"],
-        )?;
-        let failovers = IntCounterVec::new(
-            Opts::new(
-                "wick_router_failovers_total",
-                "Tiers skipped because they failed, by reason",
-            ),
-            &["route", "backend", "reason"],
-        )?;
-        let breaker = IntGaugeVec::new(
-            Opts::new(
-                "wick_router_breaker_state",
-                "Circuit breaker per route and backend: 0 closed, 1 open, 2 half-open",
-            ),
-            &["route", "backend"],
-        )?;
-        let cost = CounterVec::new(
-            Opts::new(
-                "wick_router_cost_total",
-                "Spent on each backend at its configured token prices",
-            ),
-            &["route", "backend"],
-        )?;
-        let fallback_cost = CounterVec::new(
-            Opts::new(
-                "wick_router_fallback_cost_total",
-                "What the same answers would have cost on the route's last tier; minus \
-                 wick_router_cost_total: the saving",
-            ),
-            &["route"],
-        )?;
-        registry.register(Box::new(cost.clone()))?;
-        registry.register(Box::new(fallback_cost.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(escalations.clone()))?;
-        registry.register(Box::new(failovers.clone()))?;
-        registry.register(Box::new(breaker.clone()))?;
-        Ok(Self {
-            cost,
-            fallback_cost,
-            requests,
-            escalations,
-            failovers,
-            breaker,
-        })
-    }
-}
-
-impl RouterMetrics {
-    /// Where a stream's usage is charged: on `tier`, the backend that wrote it (`None`: already
-    /// charged) and, when it is the answer the client gets, on the route's last tier (the
-    /// saving's baseline), as the non-streamed path does.
-    fn meter(&self, route: &Route, tier: Option<&Arc<Backend>>, answer: bool) -> Meter {
-        let mut meter = Meter::default();
-        if let Some(tier) = tier {
-            meter.add(
-                self.cost.with_label_values(&[&route.name, &tier.id]),
-                tier.clone(),
-            );
-        }
-        if let Some(fallback) = route.tiers.last().filter(|_| answer) {
-            let counter = self.fallback_cost.with_label_values(&[&route.name]);
-            meter.add(counter, fallback.backend.clone());
-        }
-        meter
-    }
 }
 
 /// What happened on the way to an answer, for the response headers.

@@ -149,6 +149,7 @@ mod tests {
             model: "b".into(),
             kind: BackendKind::Local,
             prices,
+            capabilities: wick_config::Capability::LOCAL.to_vec(),
         })
     }
 

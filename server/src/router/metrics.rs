@@ -1,0 +1,103 @@
+//! The router's Prometheus metrics: requests by the backend that answered, escalations and
+//! failovers by reason, breaker states, and cost (spent, and the fallback-only baseline).
+
+use std::sync::Arc;
+
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
+
+use super::backend::Backend;
+use super::tap::Meter;
+use super::Route;
+
+pub(super) struct RouterMetrics {
+    /// What requests cost on the backends they went to (escalated attempts included).
+    pub(super) cost: CounterVec,
+    /// What the same answers would have cost on the route's last tier.
+    pub(super) fallback_cost: CounterVec,
+    pub(super) requests: IntCounterVec,
+    pub(super) escalations: IntCounterVec,
+    pub(super) failovers: IntCounterVec,
+    pub(super) breaker: IntGaugeVec,
+}
+
+impl RouterMetrics {
+    pub(super) fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "wick_router_requests_total",
+                "Route requests by the backend that answered",
+            ),
+            &["route", "backend"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new(
+                "wick_router_escalations_total",
+                "Answers passed up to the next tier, by reason",
+            ),
+            &["route", "backend", "reason"],
+        )?;
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "wick_router_failovers_total",
+                "Tiers skipped because they failed, by reason",
+            ),
+            &["route", "backend", "reason"],
+        )?;
+        let breaker = IntGaugeVec::new(
+            Opts::new(
+                "wick_router_breaker_state",
+                "Circuit breaker per route and backend: 0 closed, 1 open, 2 half-open",
+            ),
+            &["route", "backend"],
+        )?;
+        let cost = CounterVec::new(
+            Opts::new(
+                "wick_router_cost_total",
+                "Spent on each backend at its configured token prices",
+            ),
+            &["route", "backend"],
+        )?;
+        let fallback_cost = CounterVec::new(
+            Opts::new(
+                "wick_router_fallback_cost_total",
+                "What the same answers would have cost on the route's last tier; minus \
+                 wick_router_cost_total: the saving",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(fallback_cost.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(breaker.clone()))?;
+        Ok(Self {
+            cost,
+            fallback_cost,
+            requests,
+            escalations,
+            failovers,
+            breaker,
+        })
+    }
+}
+
+impl RouterMetrics {
+    /// Where a stream's usage is charged: on `tier`, the backend that wrote it (`None`: already
+    /// charged) and, when it is the answer the client gets, on the route's last tier (the
+    /// saving's baseline), as the non-streamed path does.
+    pub(super) fn meter(&self, route: &Route, tier: Option<&Arc<Backend>>, answer: bool) -> Meter {
+        let mut meter = Meter::default();
+        if let Some(tier) = tier {
+            meter.add(
+                self.cost.with_label_values(&[&route.name, &tier.id]),
+                tier.clone(),
+            );
+        }
+        if let Some(fallback) = route.tiers.last().filter(|_| answer) {
+            let counter = self.fallback_cost.with_label_values(&[&route.name]);
+            meter.add(counter, fallback.backend.clone());
+        }
+        meter
+    }
+}
