@@ -18,6 +18,9 @@ async fn async_openai_client_against_wick_serve() {
     let server = tokio::task::spawn_blocking(|| Server::start(&["--api-key", KEY]))
         .await
         .expect("server starts");
+    // The workspace builds reqwest with rustls but without a built-in crypto provider (wick
+    // installs ring: server/src/http_client.rs), and async-openai's client is that reqwest.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = OpenAIConfig::new()
         .with_api_base(format!("http://127.0.0.1:{}/v1", server.port))
         .with_api_key(KEY);
