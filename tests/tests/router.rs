@@ -4,59 +4,10 @@
 //! opening and recovering after a restart, streaming passthrough, and that `model` and the
 //! `x-wick-*` headers say who answered.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wick_tests::{free_port, http_get, request, Server};
-
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-fn post(port: u16, path: &str, body: &Value) -> Reply {
-    let (status, text) = request(port, "POST", path, Some(&body.to_string())).expect("router answers");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let headers: HashMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    let chunked = headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"));
-    Reply {
-        status,
-        body: if chunked { dechunk(body) } else { body.to_string() },
-        headers,
-    }
-}
-
-/// The payload of a `Transfer-Encoding: chunked` body.
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-    out
-}
+use wick_tests::{fallback_model, free_port, http_get, post_json as post, Server};
 
 /// The content of a streamed chat answer, and the `model` of its chunks.
 fn streamed_content(body: &str) -> (String, Vec<String>) {
@@ -491,16 +442,6 @@ fn cascade_failover_breaker_and_streaming_through_real_processes() {
             r#"wick_router_failovers_total{backend="large",reason="unreachable",route="large-first"}"#
         ) >= Some(1.0)
     );
-}
-
-/// The fallback model's path, from scripts/fetch-fallback-model (idempotent; it fetches the
-/// model if it is missing).
-fn fallback_model() -> String {
-    let out = std::process::Command::new(wick_tests::root().join("scripts/fetch-fallback-model"))
-        .output()
-        .expect("scripts/fetch-fallback-model runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("a path").trim().to_string()
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
