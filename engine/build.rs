@@ -1,5 +1,5 @@
-//! Under the `cuda` feature, compiles `kernels/paged_decode.cu` to PTX with nvcc (found as
-//! `$CUDA_HOME/bin/nvcc`, else on `PATH`), embedded by `src/paged_decode_cuda.rs`. Compiling at
+//! Under the `cuda` feature, compiles `src/kernels/cuda/paged_decode.cu` to PTX with nvcc (found as
+//! `$CUDA_HOME/bin/nvcc`, else on `PATH`), embedded by `src/kernels/cuda/paged_decode.rs`. Compiling at
 //! build time (rather than with NVRTC at run time) makes a kernel error a build error, in CI
 //! too, and keeps the GPU machine free of a compiler; the driver JIT-compiles the PTX.
 //! Without the feature this does nothing, so CPU builds need no CUDA at all.
@@ -9,7 +9,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=kernels/paged_decode.cu");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/paged_decode.cu");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -29,11 +29,11 @@ fn main() {
         .arg(format!("--gpu-architecture=compute_{cap}"))
         .arg("-o")
         .arg(&out)
-        .arg("kernels/paged_decode.cu")
+        .arg("src/kernels/cuda/paged_decode.cu")
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("{} failed ({s}) compiling kernels/paged_decode.cu", nvcc.display()),
+        Ok(s) => panic!("{} failed ({s}) compiling src/kernels/cuda/paged_decode.cu", nvcc.display()),
         Err(e) => panic!(
             "could not run {} ({e}): the cuda feature needs nvcc; `eval \"$(scripts/cuda-toolchain)\"` installs one",
             nvcc.display()

@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wick_engine::constraint::{ConstraintCompiler, ConstraintSpec};
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_source::ModelSource;
-use wick_engine::sampler::argmax;
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::sample::constraint::{ConstraintCompiler, ConstraintSpec};
+use wick_engine::sample::sampler::argmax;
+use wick_engine::source::ModelSource;
 
 fn main() {
     let loaded = loader::load(

@@ -10,10 +10,10 @@
 use std::time::Instant;
 
 use candle_core::Device;
-use wick_engine::kv_cache::{BlockTable, PagedKvCache};
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
-use wick_engine::model_source::ModelSource;
+use wick_engine::kv::cache::{BlockTable, PagedKvCache};
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
+use wick_engine::source::ModelSource;
 
 const PROMPT: usize = 128;
 const DECODE_STEPS: usize = 32;
@@ -33,7 +33,7 @@ fn bench(format: &str, batches: &[usize]) {
     let max_batch = *batches.iter().max().unwrap();
     let per_seq = (PROMPT + DECODE_STEPS).div_ceil(BLOCK);
     let cache = PagedKvCache::new(
-        &cfg,
+        kv_shape(&cfg),
         BLOCK,
         per_seq * max_batch,
         loaded.model.dtype(),

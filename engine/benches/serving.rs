@@ -13,10 +13,10 @@
 use std::time::{Duration, Instant};
 
 use wick_engine::engine::EngineEvent;
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_source::ModelSource;
-use wick_engine::sampling_params::SamplingParams;
-use wick_engine::scheduler::SchedulerConfig;
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::sched::scheduler::SchedulerConfig;
+use wick_engine::source::ModelSource;
 use wick_engine::{Engine, EngineConfig, GenerateRequest};
 
 const PROMPT_TOKENS: usize = 115;

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_source::ModelSource;
-use wick_engine::weights::{WeightFormat, Weights};
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::model::weights::{WeightFormat, Weights};
+use wick_engine::source::ModelSource;
 
 type Error = Box<dyn std::error::Error>;
 

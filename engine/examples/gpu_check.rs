@@ -14,15 +14,15 @@ use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
-use wick_engine::attention::AttentionImpl;
-use wick_engine::block_manager::BlockManager;
+use wick_engine::engine::generate::{greedy, StepOutput};
 use wick_engine::engine::EngineEvent;
-use wick_engine::generate::{greedy, StepOutput};
-use wick_engine::kv_cache::PagedKvCache;
-use wick_engine::loader::{self, LoadOptions, LoadedModel};
-use wick_engine::model_runner::ModelRunner;
-use wick_engine::model_source::ModelSource;
-use wick_engine::sampling_params::SamplingParams;
+use wick_engine::kv::block_manager::BlockManager;
+use wick_engine::kv::cache::PagedKvCache;
+use wick_engine::model::loader::{self, LoadOptions, LoadedModel};
+use wick_engine::runner::attention::AttentionImpl;
+use wick_engine::runner::{kv_shape, ModelRunner};
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::source::ModelSource;
 use wick_engine::{Engine, EngineConfig, GenerateRequest};
 
 type Error = Box<dyn std::error::Error>;
@@ -59,7 +59,7 @@ type GreedyRun = (Vec<u32>, Vec<Vec<f32>>, LoadedModel);
 fn run_greedy(loaded: LoadedModel, prompt: &[u32], n: usize) -> Result<GreedyRun, Error> {
     let cfg = loaded.config().clone();
     let device = loaded.model.device().clone();
-    let cache = PagedKvCache::new(&cfg, 16, 64, loaded.model.dtype(), &device)?;
+    let cache = PagedKvCache::new(kv_shape(&cfg), 16, 64, loaded.model.dtype(), &device)?;
     let mut runner = ModelRunner::new(loaded.model, cache);
     let mut blocks = BlockManager::new(64, 16)?;
     let mut dists = Vec::new();
@@ -110,7 +110,7 @@ fn equivalence(source: &ModelSource, device: &Device, dtype: Option<&str>) -> Re
 
 /// Used and total GPU memory in MiB (None on the CPU).
 fn gpu_mib(device: &Device) -> Option<(usize, usize)> {
-    let (free, total) = wick_engine::device::gpu_memory(device).ok()??;
+    let (free, total) = wick_engine::model::device::gpu_memory(device).ok()??;
     Some(((total - free) >> 20, total >> 20))
 }
 
@@ -140,7 +140,7 @@ fn kv_auto(source: &ModelSource, device: &Device, dtype: Option<&str>) -> Result
     let stats = engine.stats();
     println!(
         "KV pool sized from free memory (headroom {} MiB): {} blocks; {tokens} tokens served from it; GPU memory (MiB used, total) before {before:?}, with the engine {after:?}",
-        wick_engine::device::DEFAULT_GPU_HEADROOM_BYTES >> 20,
+        wick_engine::model::device::DEFAULT_GPU_HEADROOM_BYTES >> 20,
         stats.num_blocks
     );
     if tokens == 0 {
@@ -165,7 +165,7 @@ fn serving(
             kv_cache_bytes: 4 << 30,
             gpu_memory_headroom_bytes: None,
             attention,
-            scheduler: wick_engine::scheduler::SchedulerConfig {
+            scheduler: wick_engine::sched::scheduler::SchedulerConfig {
                 max_num_seqs: 128,
                 max_num_batched_tokens: 2048,
             },

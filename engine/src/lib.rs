@@ -1,48 +1,32 @@
 //! wick's engine: loads Llama-family models (GGUF or safetensors, local or from the Hugging Face
 //! Hub), tokenizes, and runs batched forward passes over a paged KV cache.
 //!
-//! Layout, one concept per file: [`model_source`] (what to load), [`loader`], [`weights`],
-//! [`model_config`], [`tokenizer`] and [`detokenizer`], [`llama`] (the architecture),
-//! [`attention`] (how K/V are stored and read; [`paged_decode`]: the fused decode kernel),
-//! [`kv_cache`] (the paged pool), [`block_manager`] (who owns which block), [`model_runner`] (a batch in, logits out),
-//! [`sampling_params`] (what a request asks for), [`sampler`] (logits to tokens), [`stop`]
-//! (when a sequence ends, and which text may be streamed), [`sequence`] (one generation
-//! stream's state), [`scheduler`] (the batching policy) and [`engine`] (the handle the server
-//! calls; its thread is `engine_loop`).
+//! One room per part (docs/architecture.md; `scripts/check-layers` keeps the arrows one way):
+//! - [`source`]: what to load (a file, a directory, a Hub id) and the GGUF metadata;
+//! - [`tokenizer`]: the tokenizer and the incremental detokenizer;
+//! - [`model`]: configuration, weights, loading, the Llama/Qwen2 forward and its attention
+//!   interface;
+//! - [`kernels`]: what replaces candle ops for speed (CPU, and CUDA behind the `cuda` feature);
+//! - [`kv`]: the paged KV pool and the block manager with prefix caching;
+//! - [`sample`]: sampling parameters, the sampler, constraints, stop handling;
+//! - [`sched`]: sequence state and the batching policy;
+//! - [`runner`]: one forward step for a batch over the paged pool;
+//! - [`engine`]: the engine thread and the handle the server calls.
 
-pub mod attention;
-pub mod block_manager;
-pub mod constraint;
-pub mod cpu_attention;
-pub mod detokenizer;
-pub mod device;
 pub mod engine;
-mod engine_loop;
 pub mod error;
-pub mod generate;
-pub mod gguf_metadata;
-mod hub;
-pub mod kv_cache;
-pub mod llama;
-pub mod loader;
-pub mod model_config;
-pub mod model_runner;
-pub mod model_source;
-pub mod paged_decode;
-#[cfg(feature = "cuda")]
-mod paged_decode_cuda;
-pub mod q4_1_matmul;
-pub mod sampler;
-pub mod sampling_params;
-pub mod scheduler;
-pub mod sequence;
-pub mod stop;
+pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod runner;
+pub mod sample;
+pub mod sched;
+pub mod source;
 pub mod tokenizer;
-pub mod weights;
 
-pub use device::device_from_spec;
 pub use engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, GenerationStream};
 pub use error::{EngineError, Result};
+pub use model::device::device_from_spec;
 
 /// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

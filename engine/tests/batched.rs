@@ -9,11 +9,12 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use wick_engine::attention::{AttentionImpl, ContiguousAttention};
-use wick_engine::kv_cache::{BlockTable, PagedKvCache};
-use wick_engine::llama::LlamaModel;
-use wick_engine::loader::LoadedModel;
-use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
+use wick_engine::kv::cache::{BlockTable, PagedKvCache};
+use wick_engine::model::attention::ContiguousAttention;
+use wick_engine::model::llama::LlamaModel;
+use wick_engine::model::loader::LoadedModel;
+use wick_engine::runner::attention::AttentionImpl;
+use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
 
 const BLOCK: usize = 16;
 
@@ -77,7 +78,7 @@ fn paged_alone_reference(model: LlamaModel, plans: &[Plan]) -> (Vec<Tensor>, Lla
     let cfg = model.config().clone();
     let max_len = plans.iter().map(|p| p.tokens.len()).max().unwrap();
     let blocks = max_len.div_ceil(BLOCK);
-    let cache = PagedKvCache::new(&cfg, BLOCK, blocks, model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, blocks, model.dtype(), &Device::Cpu).unwrap();
     let mut runner = ModelRunner::new(model, cache);
     let table = BlockTable((0..blocks as u32).rev().collect());
     let out = plans
@@ -165,7 +166,7 @@ fn check_model(
         .iter()
         .map(|n| BlockTable((0..n.div_ceil(BLOCK)).map(|_| free.pop().unwrap()).collect()))
         .collect();
-    let cache = PagedKvCache::new(&cfg, BLOCK, num_blocks, model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, num_blocks, model.dtype(), &Device::Cpu).unwrap();
     let mut runner = ModelRunner::new(model, cache).with_attention(attention);
 
     let mut next_chunk = vec![0usize; plans.len()];
@@ -292,7 +293,7 @@ fn portable_paged_batches_match_contiguous_f32() {
 fn a_batch_without_sampled_rows_returns_no_logits() {
     let loaded = common::load_default(None);
     let cfg = loaded.config().clone();
-    let cache = PagedKvCache::new(&cfg, BLOCK, 4, loaded.model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, 4, loaded.model.dtype(), &Device::Cpu).unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     let table = BlockTable(vec![2, 0]);
     let tokens: Vec<u32> = (100..120).collect();

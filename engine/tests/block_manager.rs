@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wick_engine::block_manager::{default_block_hash, BlockHash, BlockManager};
-use wick_engine::kv_cache::BlockTable;
+use wick_engine::kv::block_manager::{default_block_hash, BlockHash, BlockManager};
+use wick_engine::kv::cache::BlockTable;
 use wick_engine::EngineError;
 
 fn manager(num_blocks: usize, block_size: usize) -> BlockManager {

@@ -5,10 +5,10 @@
 mod common;
 
 use serde_json::{json, Value};
-use wick_engine::constraint::ConstraintSpec;
 use wick_engine::engine::EngineEvent;
-use wick_engine::sampling_params::SamplingParams;
-use wick_engine::stop::FinishReason;
+use wick_engine::sample::constraint::ConstraintSpec;
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::sample::stop::FinishReason;
 use wick_engine::{Engine, EngineConfig, EngineError, GenerateRequest};
 
 fn engine() -> Engine {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wick_engine::engine::{EngineEvent, EngineStats, Usage};
-use wick_engine::sampling_params::SamplingParams;
-use wick_engine::scheduler::SchedulerConfig;
-use wick_engine::stop::{FinishReason, StopMatch};
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::sample::stop::{FinishReason, StopMatch};
+use wick_engine::sched::scheduler::SchedulerConfig;
 use wick_engine::{Engine, EngineConfig, EngineError, GenerateRequest, GenerationStream};
 
 #[derive(Debug, Clone, Default, PartialEq)]

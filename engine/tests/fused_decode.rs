@@ -10,16 +10,15 @@ use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use wick_engine::attention::{
-    AttentionBackend, AttentionImpl, PagedAttention, PagedAttentionMetadata, SequenceSpan,
-};
-use wick_engine::block_manager::BlockManager;
-use wick_engine::generate::{greedy, StepOutput};
-use wick_engine::kv_cache::{BlockTable, PagedKvCache};
-use wick_engine::loader::LoadOptions;
-use wick_engine::model_config::LlamaConfig;
-use wick_engine::model_runner::ModelRunner;
-use wick_engine::weights::WeightFormat;
+use wick_engine::engine::generate::{greedy, StepOutput};
+use wick_engine::kv::block_manager::BlockManager;
+use wick_engine::kv::cache::{BlockTable, PagedKvCache};
+use wick_engine::model::attention::AttentionBackend;
+use wick_engine::model::config::LlamaConfig;
+use wick_engine::model::loader::LoadOptions;
+use wick_engine::model::weights::WeightFormat;
+use wick_engine::runner::attention::{AttentionImpl, PagedAttention, PagedAttentionMetadata, SequenceSpan};
+use wick_engine::runner::{kv_shape, ModelRunner};
 
 fn config(heads: usize, kv_heads: usize, head_dim: usize) -> LlamaConfig {
     LlamaConfig {
@@ -107,7 +106,7 @@ fn one_layer(
     let k = rand((tokens, kv_heads, head_dim), &mut rng);
     let v = rand((tokens, kv_heads, head_dim), &mut rng);
     let run = |imp: AttentionImpl| {
-        let cache = PagedKvCache::new(&cfg, block_size, num_blocks, dtype, &device).unwrap();
+        let cache = PagedKvCache::new(kv_shape(&cfg), block_size, num_blocks, dtype, &device).unwrap();
         for (s, (hk, hv)) in spans.iter().zip(&history) {
             let n = s.context_len - s.query_len;
             if n == 0 {
@@ -235,7 +234,7 @@ fn default_model_greedy_tokens_identical_fused_vs_portable() {
                 device: device.clone(),
             });
             let cfg = loaded.config().clone();
-            let cache = PagedKvCache::new(&cfg, 16, 32, dtype, &device).unwrap();
+            let cache = PagedKvCache::new(kv_shape(&cfg), 16, 32, dtype, &device).unwrap();
             let mut runner = ModelRunner::new(loaded.model, cache).with_attention(imp);
             let mut blocks = BlockManager::new(32, 16).unwrap();
             prompts

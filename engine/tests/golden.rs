@@ -6,8 +6,8 @@ mod common;
 
 use candle_core::DType;
 use common::golden::{self, Case};
-use wick_engine::loader::LoadOptions;
-use wick_engine::weights::WeightFormat;
+use wick_engine::model::loader::LoadOptions;
+use wick_engine::model::weights::WeightFormat;
 
 fn golden_cases() -> Vec<Case> {
     golden::cases("golden.json", common::DEFAULT_MODEL_SHA256)

@@ -3,8 +3,8 @@
 
 mod common;
 
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_source::{ModelFiles, ModelSource};
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::source::{ModelFiles, ModelSource};
 use wick_engine::EngineError;
 
 #[test]

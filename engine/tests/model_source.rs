@@ -9,8 +9,8 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::RngCore;
-use wick_engine::loader::{self, LoadOptions, LoadedModel};
-use wick_engine::model_source::{ModelFiles, ModelSource};
+use wick_engine::model::loader::{self, LoadOptions, LoadedModel};
+use wick_engine::source::{ModelFiles, ModelSource};
 use wick_engine::EngineError;
 
 fn load_path(path: &Path) -> Result<LoadedModel, EngineError> {

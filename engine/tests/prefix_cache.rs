@@ -8,9 +8,9 @@ mod common;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wick_engine::block_manager::BlockManager;
-use wick_engine::kv_cache::{BlockTable, PagedKvCache};
-use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
+use wick_engine::kv::block_manager::BlockManager;
+use wick_engine::kv::cache::{BlockTable, PagedKvCache};
+use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
 
 const BLOCK: usize = 16;
 const NUM_BLOCKS: usize = 64;
@@ -18,7 +18,14 @@ const NUM_BLOCKS: usize = 64;
 fn runner() -> ModelRunner {
     let loaded = common::load_default(None);
     let cfg = loaded.config().clone();
-    let cache = PagedKvCache::new(&cfg, BLOCK, NUM_BLOCKS, loaded.model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(
+        kv_shape(&cfg),
+        BLOCK,
+        NUM_BLOCKS,
+        loaded.model.dtype(),
+        &Device::Cpu,
+    )
+    .unwrap();
     ModelRunner::new(loaded.model, cache)
 }
 
@@ -78,7 +85,9 @@ fn shared_prefix_is_not_recomputed_and_gives_identical_logits() {
         let logits = run(&mut runner, &t1, &tokens, done);
         done = tokens.len();
         blocks.commit_full_blocks(&t1, &tokens).unwrap();
-        tokens.push(wick_engine::sampler::argmax(&logits.to_vec1::<f32>().unwrap()));
+        tokens.push(wick_engine::sample::sampler::argmax(
+            &logits.to_vec1::<f32>().unwrap(),
+        ));
     }
     let first_blocks = t1.0.clone();
     blocks.free(&mut t1);

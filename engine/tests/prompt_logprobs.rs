@@ -7,8 +7,8 @@ mod common;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wick_engine::engine::{EngineEvent, PromptTokenLogprob, Usage};
-use wick_engine::sampling_params::SamplingParams;
-use wick_engine::scheduler::SchedulerConfig;
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::sched::scheduler::SchedulerConfig;
 use wick_engine::{Engine, EngineConfig, GenerateRequest};
 
 /// A generated token: id, logprob, top logprobs.

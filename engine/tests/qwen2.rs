@@ -14,13 +14,13 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use common::golden::{self, Case};
 use serde_json::Value;
-use wick_engine::attention::ContiguousAttention;
-use wick_engine::llama::LlamaModel;
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_config::Architecture;
-use wick_engine::model_source::ModelSource;
+use wick_engine::model::attention::ContiguousAttention;
+use wick_engine::model::config::Architecture;
+use wick_engine::model::llama::LlamaModel;
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::model::weights::{WeightFormat, Weights};
+use wick_engine::source::ModelSource;
 use wick_engine::tokenizer::Tokenizer;
-use wick_engine::weights::{WeightFormat, Weights};
 
 fn golden_cases() -> Vec<Case> {
     let cases = golden::cases("golden_qwen2.json", common::FALLBACK_MODEL_SHA256);

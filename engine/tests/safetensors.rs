@@ -14,13 +14,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wick_engine::attention::{AttentionImpl, ContiguousAttention};
-use wick_engine::kv_cache::{BlockTable, PagedKvCache};
-use wick_engine::llama::LlamaModel;
-use wick_engine::loader::{self, LoadOptions};
-use wick_engine::model_runner::{LogitsWanted, ModelRunner, SequenceChunk};
-use wick_engine::model_source::ModelSource;
-use wick_engine::weights::Weights;
+use wick_engine::kv::cache::{BlockTable, PagedKvCache};
+use wick_engine::model::attention::ContiguousAttention;
+use wick_engine::model::llama::LlamaModel;
+use wick_engine::model::loader::{self, LoadOptions};
+use wick_engine::model::weights::Weights;
+use wick_engine::runner::attention::AttentionImpl;
+use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
+use wick_engine::source::ModelSource;
 
 /// GGUF's Q/K rows are permuted for interleaved RoPE; undo it per head.
 fn unpermute(w: &Tensor, heads: usize) -> Tensor {
@@ -221,7 +222,7 @@ fn tiny_paged_matches_contiguous(tied: bool, shards: bool, seed: u64) {
     let mut model = Some(model);
     for attention in [AttentionImpl::Auto, AttentionImpl::Portable] {
         let blocks: usize = seqs.iter().map(|s| s.len().div_ceil(16)).sum::<usize>() * 2;
-        let cache = PagedKvCache::new(&cfg, 16, blocks, DType::F32, &Device::Cpu).unwrap();
+        let cache = PagedKvCache::new(kv_shape(&cfg), 16, blocks, DType::F32, &Device::Cpu).unwrap();
         let mut runner = ModelRunner::new(model.take().unwrap(), cache).with_attention(attention);
         // Odd blocks only, handed out back to front: nothing is contiguous.
         let mut free: Vec<u32> = (0..blocks as u32).filter(|b| b % 2 == 1).collect();

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::Content;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wick_engine::detokenizer::IncrementalDetokenizer;
+use wick_engine::tokenizer::detokenizer::IncrementalDetokenizer;
 use wick_engine::tokenizer::Tokenizer;
 
 struct Case {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use wick_engine::constraint::{Constraint, ConstraintCompiler, ConstraintSpec};
+use wick_engine::sample::constraint::{Constraint, ConstraintCompiler, ConstraintSpec};
 use wick_engine::tokenizer::Tokenizer;
 
 const TRIGGER: &str = "<tool_call>";

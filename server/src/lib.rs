@@ -1,24 +1,17 @@
-//! wick's HTTP server and command line. Layout after TGI's router: [`server`] (routes),
-//! [`validation`] (request checks), [`infer`] (the engine interface), [`chat_template`],
-//! [`openai`] (wire types), [`stream`] (SSE) and [`errors`]; [`state`] is what handlers share,
-//! [`local_model`] what a model this process runs consists of, [`model_list`] `/v1/models`.
+//! wick's HTTP server and command line, one room per part (docs/architecture.md;
+//! `scripts/check-layers` keeps the arrows one way):
+//! - [`api`]: the OpenAI API over HTTP: axum routes and thin handlers (`routes`), what they share
+//!   (`state`), the local model service (`service`: an OpenAI request to the engine and back,
+//!   with `validation`, `infer`, `sse`), and the wire vocabulary (`openai` types, `errors`,
+//!   `chat_template`);
+//! - [`tools`]: tool-call formats, parsers, grammars and JSON Schema;
+//! - [`router`]: routes, tiers, cascade, failover and breakers;
+//! - [`ops`]: metrics, authentication, draining and the outgoing HTTP client;
+//! - [`cli`]: the subcommands other than `serve` (`generate`, `config`, `bench`, `route-eval`),
+//!   and the command line's configuration glue.
 
-pub mod bench;
-pub mod chat_template;
-pub mod errors;
-pub mod http_client;
-pub mod infer;
-pub mod json_schema;
-pub mod local_model;
-pub mod metrics;
-pub mod model_list;
-pub mod openai;
-pub mod route_eval;
+pub mod api;
+pub mod cli;
+pub mod ops;
 pub mod router;
-pub mod server;
-pub mod state;
-pub mod stream;
-pub mod tool_grammar;
-pub mod tool_parser;
 pub mod tools;
-pub mod validation;

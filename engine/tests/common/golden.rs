@@ -2,10 +2,10 @@
 //! file format and running its prompts through the paged path.
 
 use serde_json::Value;
-use wick_engine::block_manager::BlockManager;
-use wick_engine::kv_cache::PagedKvCache;
-use wick_engine::loader::LoadedModel;
-use wick_engine::model_runner::ModelRunner;
+use wick_engine::kv::block_manager::BlockManager;
+use wick_engine::kv::cache::PagedKvCache;
+use wick_engine::model::loader::LoadedModel;
+use wick_engine::runner::{kv_shape, ModelRunner};
 
 pub struct Step {
     pub token: u32,
@@ -61,14 +61,21 @@ pub fn cases(file: &str, sha256: &str) -> Vec<Case> {
 pub fn run_all(loaded: LoadedModel, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
     let cfg = loaded.config().clone();
     let blocks = 64;
-    let cache = PagedKvCache::new(&cfg, 16, blocks, loaded.model.dtype(), loaded.model.device()).unwrap();
+    let cache = PagedKvCache::new(
+        kv_shape(&cfg),
+        16,
+        blocks,
+        loaded.model.dtype(),
+        loaded.model.device(),
+    )
+    .unwrap();
     let mut alloc = BlockManager::new(blocks, 16).unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     cases
         .iter()
         .map(|case| {
             let mut steps = Vec::new();
-            wick_engine::generate::greedy(
+            wick_engine::engine::generate::greedy(
                 &mut runner,
                 &mut alloc,
                 &case.prompt_ids,

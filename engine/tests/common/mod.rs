@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use wick_engine::loader::{self, LoadOptions, LoadedModel};
-use wick_engine::model_source::ModelSource;
-use wick_engine::weights::WeightFormat;
+use wick_engine::model::loader::{self, LoadOptions, LoadedModel};
+use wick_engine::model::weights::WeightFormat;
+use wick_engine::source::ModelSource;
 
 pub mod golden;
 

@@ -1,7 +1,7 @@
-//! A route's tier: a model this process runs (called in process, through the same handlers
-//! as a direct request) or a remote OpenAI-compatible endpoint (HTTP, streamed through without
-//! buffering). Either answers with a status and a body; what counts as a failure (for failover
-//! and the circuit breaker) is decided here.
+//! A route's tier: a model this process runs (called in process, through the local model
+//! service that answers a direct request) or a remote OpenAI-compatible endpoint (HTTP,
+//! streamed through without buffering). Either answers with a status and a body; what counts as
+//! a failure (for failover and the circuit breaker) is decided here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,24 +12,9 @@ use axum::response::Response;
 use futures_util::TryStreamExt;
 use tokio::sync::Semaphore;
 
-use crate::errors::error_chain;
-use crate::server::AppState;
-
-/// Which API a request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-}
-
-impl Endpoint {
-    fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "chat/completions",
-            Self::Completions => "completions",
-        }
-    }
-}
+use crate::api::local_model::LocalModels;
+use crate::api::service::{self, Endpoint};
+use crate::ops::http_client::error_chain;
 
 pub enum BackendKind {
     /// A model this process runs (its own engine; the handlers find it by `model`).
@@ -134,13 +119,13 @@ impl Backend {
     /// Sends `body` (with `model` already set to [`Backend::model`]).
     pub async fn send(
         &self,
-        app: &Arc<AppState>,
+        local: &LocalModels,
         endpoint: Endpoint,
         body: Bytes,
     ) -> Result<BackendReply, BackendFailure> {
         let reply = match &self.kind {
             BackendKind::Local => {
-                let response = crate::server::handle_local(app.clone(), endpoint, body).await;
+                let response = service::handle(local, endpoint, body).await;
                 BackendReply::from_response(response)
             }
             BackendKind::Remote(client) => client.send(endpoint, body).await?,
@@ -172,7 +157,7 @@ impl RemoteClient {
         timeout: Duration,
         max_concurrency: Option<usize>,
     ) -> reqwest::Result<Self> {
-        let client = crate::http_client::builder()
+        let client = crate::ops::http_client::builder()
             .connect_timeout(Duration::from_secs(5).min(timeout))
             // Per read, so a long stream lives as long as tokens keep coming.
             .read_timeout(timeout)

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use wick_config::Capability;
 
-use super::backend::Endpoint;
+use crate::api::service::Endpoint;
 
 /// What `body` (an OpenAI request) needs beyond text chat, in [`Capability::ALL`]'s order.
 pub fn required(endpoint: Endpoint, body: &Value) -> Vec<Capability> {

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::backend::Endpoint;
 use super::tap::StreamTap;
+use crate::api::service::Endpoint;
 
 /// One SSE event's `data:` payload.
 #[derive(Debug, Clone)]

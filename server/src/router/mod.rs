@@ -35,9 +35,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use wick_config::RoutePolicy;
 
-use crate::errors::ApiError;
-use crate::server::AppState;
-use backend::{Backend, BackendFailure, Endpoint};
+use crate::api::errors::ApiError;
+use crate::api::local_model::LocalModels;
+use crate::api::service::Endpoint;
+use backend::{Backend, BackendFailure};
 use breaker::CircuitBreaker;
 use metrics::RouterMetrics;
 use policy::Escalation;
@@ -107,15 +108,13 @@ impl Trail {
 /// `x-wick-route` or `metadata.wick_route`) goes to that tier first, without cascading (the
 /// other tiers remain for failover).
 pub async fn dispatch(
-    app: Arc<AppState>,
+    router: &RouterState,
+    local: &LocalModels,
     route: &Route,
     endpoint: Endpoint,
     mut body: Value,
     pinned: Option<&str>,
 ) -> Response {
-    let Some(router) = app.router.as_ref() else {
-        return ApiError::internal("no router").into_response();
-    };
     let order: Vec<&Tier> = match pinned {
         None => route.tiers.iter().collect(),
         Some(id) => {
@@ -227,7 +226,7 @@ pub async fn dispatch(
                 .with_label_values(&[&route.name, &tier.id, f.reason()])
                 .inc();
         };
-        let reply = match tier.send(&app, endpoint, bytes).await {
+        let reply = match tier.send(local, endpoint, bytes).await {
             Ok(r) => r,
             Err(f) => {
                 breaker.record_failure();

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::Value;
 use wick_config::RoutePolicy;
 
-use super::backend::Endpoint;
-use crate::json_schema::{Schema, SchemaError};
+use crate::api::service::Endpoint;
+use crate::tools::json_schema::{Schema, SchemaError};
 
 /// Why an answer was passed up to the next tier (`x-wick-escalation`, metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub(super) fn token_logprobs(endpoint: Endpoint, choice: &Value) -> Vec<f64> {
 }
 
 /// A call names an offered tool and its arguments are a JSON object that validates against the
-/// tool's `parameters` schema (full JSON Schema, [`crate::json_schema`]; no schema: any object).
+/// tool's `parameters` schema (full JSON Schema, [`crate::tools::json_schema`]; no schema: any object).
 /// `strict` plays no part: a strict tool's schema already says what strict means (closed,
 /// everything required), and the check is the schema's either way.
 fn valid_call(call: &Value, tools: &[Value]) -> bool {

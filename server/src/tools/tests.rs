@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::validation::chat_messages;
+use crate::api::validation::chat_messages;
 
 fn llama31() -> ChatTemplate {
     let path = concat!(

@@ -1,0 +1,496 @@
+//! The engine thread. It owns the model runner, the KV cache's block manager, the scheduler and
+//! every live request, and loops: take commands, schedule a step, copy blocks (copy-on-write),
+//! run the forward, sample, detokenize, check stops, send events, free what finished.
+//!
+//! When there is no work it blocks on its command channel: it never spins, because on a small
+//! CPU machine the HTTP server shares its cores.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use candle_core::{DType, Tensor};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{
+    Command, EngineEvent, EngineStats, GenerateRequest, PromptTokenLogprob, Shared, TokenEvent, Usage,
+};
+use crate::error::Result;
+use crate::kv::block_manager::BlockManager;
+use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
+use crate::sample::constraint::Constraint;
+use crate::sample::sampler::{sample_batch, token_logprobs, SampledToken, SequenceSamplingState};
+use crate::sample::stop::FinishReason;
+use crate::sched::scheduler::Scheduler;
+use crate::sched::sequence::{RequestId, Sequence};
+use crate::tokenizer::Tokenizer;
+
+struct RequestState {
+    events: UnboundedSender<EngineEvent>,
+    /// Choices not finished yet.
+    unfinished: usize,
+    /// Admitted at least once (no longer counted in the bounded queue).
+    admitted: bool,
+    submitted: Instant,
+    usage: Usage,
+}
+
+pub(crate) struct EngineLoop {
+    runner: ModelRunner,
+    blocks: BlockManager,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    max_model_len: usize,
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    requests: AHashMap<RequestId, RequestState>,
+    prompt_tokens_total: u64,
+    generation_tokens_total: u64,
+    steps: u64,
+}
+
+impl EngineLoop {
+    pub fn new(
+        runner: ModelRunner,
+        blocks: BlockManager,
+        scheduler: Scheduler,
+        tokenizer: Arc<Tokenizer>,
+        max_model_len: usize,
+        commands: mpsc::Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            runner,
+            blocks,
+            scheduler,
+            tokenizer,
+            max_model_len,
+            commands,
+            shared,
+            requests: AHashMap::new(),
+            prompt_tokens_total: 0,
+            generation_tokens_total: 0,
+            steps: 0,
+        }
+    }
+
+    pub fn run(mut self) {
+        'run: loop {
+            if self.scheduler.is_idle() {
+                self.publish_stats();
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break 'run;
+                        }
+                    }
+                    Err(_) => break 'run,
+                }
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break 'run;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'run,
+                }
+            }
+            self.abort_abandoned();
+            if self.scheduler.is_idle() {
+                continue;
+            }
+            match self.step() {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Nothing could be scheduled (should not happen: one sequence always fits
+                    // the pool). Wait for a command instead of spinning.
+                    tracing::warn!(
+                        waiting = self.scheduler.num_waiting(),
+                        "no sequence could be scheduled"
+                    );
+                    match self.commands.recv_timeout(Duration::from_millis(50)) {
+                        Ok(command) => {
+                            if !self.handle(command) {
+                                break 'run;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break 'run,
+                    }
+                }
+                Err(e) => self.fail_running(&e.to_string()),
+            }
+            self.publish_stats();
+        }
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.fail(id, "the engine has stopped");
+        }
+        self.publish_stats();
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit {
+                id,
+                request,
+                events,
+                constraint,
+            } => self.add_request(id, *request, events, constraint),
+            Command::Abort(id) => self.abort(id),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn add_request(
+        &mut self,
+        id: RequestId,
+        request: GenerateRequest,
+        events: UnboundedSender<EngineEvent>,
+        constraint: Option<Box<Constraint>>,
+    ) {
+        let GenerateRequest {
+            prompt,
+            params,
+            priority,
+            ..
+        } = request;
+        let eos = &self.tokenizer.eos_token_ids;
+        let n = params.n.max(1);
+        let new_sequence = |index: usize| {
+            let mut seq = Sequence::new(
+                id,
+                index,
+                &prompt,
+                params.for_child(index),
+                eos,
+                self.max_model_len,
+            );
+            seq.priority = priority;
+            seq.arrival = id;
+            if let Some(c) = &constraint {
+                seq.sampling
+                    .set_constraint((**c).clone(), eos.first().copied().unwrap_or(0));
+            }
+            seq
+        };
+        let mut lead = new_sequence(0);
+        lead.forks = (1..n).map(new_sequence).collect();
+        self.requests.insert(
+            id,
+            RequestState {
+                events,
+                unfinished: n,
+                admitted: false,
+                submitted: Instant::now(),
+                usage: Usage {
+                    prompt_tokens: prompt.len(),
+                    ..Usage::default()
+                },
+            },
+        );
+        self.scheduler.add(lead);
+    }
+
+    /// Removes a request and frees its blocks. Unknown ids are ignored.
+    fn abort(&mut self, id: RequestId) {
+        self.scheduler.remove_request(id, &mut self.blocks);
+        if let Some(state) = self.requests.remove(&id) {
+            if !state.admitted {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn fail(&mut self, id: RequestId, message: &str) {
+        if let Some(state) = self.requests.get(&id) {
+            let _ = state.events.send(EngineEvent::Error(message.to_string()));
+        }
+        self.abort(id);
+    }
+
+    /// A step failed midway: the running requests' state cannot be trusted, so they end with an
+    /// error; waiting requests are untouched.
+    fn fail_running(&mut self, message: &str) {
+        tracing::error!(error = message, "engine step failed");
+        let mut ids: Vec<RequestId> = self.scheduler.running().iter().map(|s| s.request_id).collect();
+        ids.dedup();
+        for id in ids {
+            self.fail(id, message);
+        }
+    }
+
+    /// Requests whose stream was dropped are cancelled.
+    fn abort_abandoned(&mut self) {
+        let gone: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            tracing::debug!(request = id, "stream dropped: aborting");
+            self.abort(id);
+        }
+    }
+
+    /// One forward step. Returns false when nothing could be scheduled.
+    fn step(&mut self) -> Result<bool> {
+        let out = self.scheduler.schedule(&mut self.blocks)?;
+        for &(id, cached) in &out.admitted {
+            if let Some(state) = self.requests.get_mut(&id) {
+                if !state.admitted {
+                    state.admitted = true;
+                    state.usage.cached_prompt_tokens = cached;
+                    state.usage.queue_time = state.submitted.elapsed();
+                    self.prompt_tokens_total += state.usage.prompt_tokens as u64;
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+        if out.chunks.is_empty() {
+            return Ok(false);
+        }
+        self.runner.cache().copy_blocks(&out.block_copies)?;
+
+        // Run the chunks; the ones that reach the end of their sequence are sampled. Chunks of
+        // a prompt whose logprobs are wanted return every row's logits.
+        let running = self.scheduler.running();
+        let mut sampled = Vec::new();
+        let mut layout = LogitsLayout::default();
+        let mut chunks: Vec<SequenceChunk<'_>> = Vec::with_capacity(out.chunks.len());
+        for c in &out.chunks {
+            let seq = &running[c.seq];
+            let start = seq.num_computed;
+            let end = start + c.num_tokens;
+            let last = end == seq.tokens.len();
+            if last {
+                sampled.push(c.seq);
+            }
+            let all = seq.wants_prompt_logprobs() && start < seq.prompt_len;
+            chunks.push(SequenceChunk {
+                tokens: &seq.tokens[start..end],
+                num_cached: start,
+                block_table: &seq.block_table,
+                logits: layout.add(c.seq, start, c.num_tokens, last, all),
+            });
+        }
+        let logits = self.runner.execute(&chunks)?;
+        drop(chunks);
+        self.steps += 1;
+        let logits = self.take_prompt_logprobs(&layout, logits)?;
+        for c in &out.chunks {
+            let seq = &mut self.scheduler.running_mut()[c.seq];
+            seq.num_computed += c.num_tokens;
+            self.blocks
+                .commit_full_blocks(&seq.block_table, &seq.tokens[..seq.num_computed])?;
+            if seq.wants_prompt_logprobs() && seq.num_computed >= seq.prompt_len {
+                seq.prompt_logprobs_sent = true;
+                let entries = std::mem::take(&mut seq.prompt_logprobs);
+                if let Some(state) = self.requests.get(&seq.request_id) {
+                    let _ = state.events.send(EngineEvent::PromptLogprobs(entries));
+                }
+            }
+        }
+
+        // Siblings waiting for a prompt that is now computed share its blocks and its logits row.
+        let mut forks = Vec::new();
+        let mut rows: Vec<u32> = (0..sampled.len() as u32).collect();
+        for (row, &i) in sampled.iter().enumerate() {
+            let lead = &mut self.scheduler.running_mut()[i];
+            for mut fork in std::mem::take(&mut lead.forks) {
+                fork.block_table = self.blocks.fork(&lead.block_table)?;
+                // The request's prompt logprobs come from the lead.
+                fork.prompt_logprobs_sent = true;
+                fork.num_computed = lead.num_computed;
+                fork.cached_prompt_tokens = lead.cached_prompt_tokens;
+                forks.push(fork);
+                rows.push(row as u32);
+            }
+        }
+        let logits = if forks.is_empty() {
+            logits
+        } else {
+            let rows = Tensor::new(rows.as_slice(), logits.device())?;
+            logits.index_select(&rows, 0)?
+        };
+        let samples = {
+            let running = self.scheduler.running_mut();
+            // `sampled` is ascending (chunks come in running order).
+            let mut states: Vec<&mut SequenceSamplingState> = running
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| sampled.binary_search(i).is_ok())
+                .map(|(_, s)| &mut s.sampling)
+                .collect();
+            states.extend(forks.iter_mut().map(|f| &mut f.sampling));
+            sample_batch(&logits, &mut states)?
+        };
+
+        self.generation_tokens_total += samples.len() as u64;
+        let mut samples = samples.into_iter();
+        let mut finished = Vec::new();
+        for (&i, sample) in sampled.iter().zip(samples.by_ref()) {
+            let seq = &mut self.scheduler.running_mut()[i];
+            if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
+                finished.push(i);
+            }
+        }
+        for &i in finished.iter().rev() {
+            let seq = self.scheduler.finish(i, &mut self.blocks);
+            self.finish_choice(seq.request_id);
+        }
+        for (mut fork, sample) in forks.into_iter().zip(samples) {
+            if emit(&self.tokenizer, &mut self.requests, &mut fork, sample)? {
+                self.blocks.free(&mut fork.block_table);
+                self.finish_choice(fork.request_id);
+            } else {
+                self.scheduler.insert_running(fork);
+            }
+        }
+        Ok(true)
+    }
+
+    fn finish_choice(&mut self, id: RequestId) {
+        let Some(state) = self.requests.get_mut(&id) else {
+            return;
+        };
+        state.unfinished = state.unfinished.saturating_sub(1);
+        if state.unfinished == 0 {
+            let _ = state.events.send(EngineEvent::Done(state.usage));
+            self.requests.remove(&id);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let blocks = self.blocks.stats();
+        let stats = EngineStats {
+            num_running: self.scheduler.num_running(),
+            num_waiting: self.scheduler.num_waiting(),
+            num_blocks: blocks.num_blocks,
+            used_blocks: blocks.used_blocks,
+            prefix_query_tokens: blocks.prefix_query_tokens,
+            prefix_hit_tokens: blocks.prefix_hit_tokens,
+            num_preemptions: self.scheduler.num_preemptions(),
+            prompt_tokens_total: self.prompt_tokens_total,
+            generation_tokens_total: self.generation_tokens_total,
+            steps: self.steps,
+        };
+        if let Ok(mut s) = self.shared.stats.lock() {
+            *s = stats;
+        }
+    }
+}
+
+/// Appends a sampled token to `seq` and sends its events. Returns true when the choice ended.
+fn emit(
+    tokenizer: &Tokenizer,
+    requests: &mut AHashMap<RequestId, RequestState>,
+    seq: &mut Sequence,
+    sample: SampledToken,
+) -> Result<bool> {
+    seq.tokens.push(sample.token);
+    let delta = seq.detokenizer.push(tokenizer, sample.token)?;
+    let step = seq.stop.push(sample.token, &delta);
+    let Some(state) = requests.get_mut(&seq.request_id) else {
+        return Ok(true);
+    };
+    state.usage.completion_tokens += 1;
+    let _ = state.events.send(EngineEvent::Token(TokenEvent {
+        index: seq.index,
+        token: sample.token,
+        text: step.text,
+        logprob: sample.logprob,
+        top_logprobs: sample.top_logprobs,
+    }));
+    let Some(reason) = step.finish else {
+        return Ok(false);
+    };
+    // A length cut may leave an incomplete character in the detokenizer; it is emitted as
+    // decoded. A stop never emits the stopping token's text.
+    let text = match reason {
+        FinishReason::Length => seq.detokenizer.flush(tokenizer)?,
+        FinishReason::Stop => String::new(),
+    };
+    let _ = state.events.send(EngineEvent::Finished {
+        index: seq.index,
+        reason,
+        stop: seq.stop.stop_match().cloned(),
+        text,
+    });
+    Ok(true)
+}
+
+/// Which rows of a step's logits are whose: a sampled chunk contributes its last row, a chunk
+/// of a prompt whose logprobs are wanted all of its rows.
+#[derive(Default)]
+struct LogitsLayout {
+    rows: usize,
+    /// Row of each sampled sequence, in chunk order.
+    sample_rows: Vec<u32>,
+    /// `(running index, first position, rows, first row)` of chunks returning every row.
+    prompt_chunks: Vec<(usize, usize, usize, usize)>,
+}
+
+impl LogitsLayout {
+    fn add(&mut self, seq: usize, start: usize, len: usize, last: bool, all: bool) -> LogitsWanted {
+        if all {
+            self.prompt_chunks.push((seq, start, len, self.rows));
+            self.rows += len;
+            if last {
+                self.sample_rows.push((self.rows - 1) as u32);
+            }
+            LogitsWanted::All
+        } else if last {
+            self.sample_rows.push(self.rows as u32);
+            self.rows += 1;
+            LogitsWanted::Last
+        } else {
+            LogitsWanted::None
+        }
+    }
+}
+
+impl EngineLoop {
+    /// Records the prompt logprobs the step computed and returns the logits of the sampled rows
+    /// only (one per sampled sequence, in chunk order).
+    fn take_prompt_logprobs(&mut self, layout: &LogitsLayout, logits: Tensor) -> Result<Tensor> {
+        if layout.prompt_chunks.is_empty() {
+            return Ok(logits);
+        }
+        for &(i, start, len, first_row) in &layout.prompt_chunks {
+            let rows = logits
+                .narrow(0, first_row, len)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            let seq = &mut self.scheduler.running_mut()[i];
+            let top = seq.sampling.params().prompt_logprobs.unwrap_or(0);
+            for (p, row) in (start..).zip(&rows) {
+                // Row p predicts token p + 1. After a preemption, positions already recorded
+                // are recomputed: skip them.
+                if p + 1 >= seq.prompt_len || p < seq.prompt_logprobs.len() {
+                    continue;
+                }
+                let token = seq.tokens[p + 1];
+                let (logprob, top_logprobs) = token_logprobs(row, token, top);
+                seq.prompt_logprobs.push(PromptTokenLogprob {
+                    token,
+                    logprob,
+                    top_logprobs,
+                });
+            }
+        }
+        if layout.sample_rows.is_empty() {
+            return Ok(logits.narrow(0, 0, 0)?);
+        }
+        let rows = Tensor::new(layout.sample_rows.as_slice(), logits.device())?;
+        Ok(logits.index_select(&rows, 0)?)
+    }
+}

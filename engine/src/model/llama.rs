@@ -1,0 +1,200 @@
+//! The Llama architecture (Llama 2/3/3.1/3.2, SmolLM2, TinyLlama, Mistral-7B-style, and Qwen2,
+//! which adds biases to the Q/K/V projections: see [`crate::model::config::Architecture`]),
+//! written for batches: one forward takes the new tokens of many sequences at once (prefill chunks and
+//! single decode tokens mixed), each with its own position, and returns logits only for the rows
+//! that will be sampled. Where K/V are stored and how attention reads them is the
+//! [`AttentionBackend`]'s business.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+use crate::model::attention::AttentionBackend;
+use crate::model::config::{rope_inv_freq, LlamaConfig};
+use crate::model::weights::{Linear, WeightFormat, Weights};
+
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    /// Biases of q, k and v ([`qkv_bias`](crate::model::config::Architecture::qkv_bias)).
+    qkv_bias: Option<[Tensor; 3]>,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    inv_freq: Tensor,
+    /// GGUF Q/K weights are permuted for interleaved (GPT-J style) RoPE; Hugging Face weights
+    /// use the half-split (NeoX style) form.
+    rope_interleaved: bool,
+    dtype: DType,
+    device: Device,
+}
+
+impl LlamaModel {
+    /// `format` says how matrices are held (see [`WeightFormat`]).
+    pub fn load(
+        cfg: LlamaConfig,
+        weights: &mut Weights,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Self> {
+        let dtype = format.compute_dtype();
+        let is_gguf = weights.gguf_content().is_some();
+        let h = cfg.hidden_size;
+        let vec_of = |w: &mut Weights, name: &str, len: usize| -> Result<Tensor> {
+            let t = w.dense(name, dtype, device)?;
+            w.check_shape(name, &t, &[len])?;
+            Ok(t)
+        };
+        let vec_w = |w: &mut Weights, name: &str| vec_of(w, name, h);
+        let q_dim = cfg.num_attention_heads * cfg.head_dim;
+        let embed = weights.dense("token_embd.weight", dtype, device)?;
+        weights.check_shape("token_embd.weight", &embed, &[cfg.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = |s: &str| format!("blk.{i}.{s}.bias");
+            let qkv_bias = if cfg.architecture.qkv_bias() {
+                Some([
+                    vec_of(weights, &bias("attn_q"), q_dim)?,
+                    vec_of(weights, &bias("attn_k"), cfg.kv_dim())?,
+                    vec_of(weights, &bias("attn_v"), cfg.kv_dim())?,
+                ])
+            } else {
+                None
+            };
+            blocks.push(Block {
+                attn_norm: vec_w(weights, &n("attn_norm"))?,
+                q: weights.linear(&n("attn_q"), format, device)?,
+                k: weights.linear(&n("attn_k"), format, device)?,
+                v: weights.linear(&n("attn_v"), format, device)?,
+                qkv_bias,
+                o: weights.linear(&n("attn_output"), format, device)?,
+                ffn_norm: vec_w(weights, &n("ffn_norm"))?,
+                gate: weights.linear(&n("ffn_gate"), format, device)?,
+                up: weights.linear(&n("ffn_up"), format, device)?,
+                down: weights.linear(&n("ffn_down"), format, device)?,
+            });
+        }
+        let norm = vec_w(weights, "output_norm.weight")?;
+        let tied = !weights.contains("output.weight");
+        let lm_head_name = if tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let lm_head = weights.linear(lm_head_name, format, device)?;
+
+        let mut inv_freq = rope_inv_freq(&cfg);
+        // Llama 3.1 GGUFs store the long-context correction as per-frequency divisors.
+        if is_gguf && weights.contains("rope_freqs.weight") {
+            let factors = weights
+                .dense("rope_freqs.weight", DType::F32, device)?
+                .to_vec1::<f32>()?;
+            for (f, d) in inv_freq.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
+        let n = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
+        let rope_interleaved = is_gguf && cfg.architecture.gguf_rope_interleaved();
+        let cfg = LlamaConfig {
+            tie_word_embeddings: tied,
+            ..cfg
+        };
+        Ok(Self {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            rope_interleaved,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Rotates `x` (`(tokens, heads, head_dim)`) by each token's position.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (t, heads, d) = x.dims3()?;
+        // Each token is its own "batch" of length 1, so every token gets its own angle.
+        let x4 = x.reshape((t, heads, 1, d))?;
+        let out = if self.rope_interleaved {
+            candle_nn::rotary_emb::rope_i(&x4, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x4, cos, sin)?
+        };
+        Ok(out.reshape((t, heads, d))?)
+    }
+
+    /// `tokens` and `positions`: `(n,)` u32. `logit_rows`: the rows whose logits are wanted
+    /// (None: all). Returns f32 logits `(rows, vocab)`.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        logit_rows: Option<&Tensor>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let n = tokens.dim(0)?;
+        let (heads, kv_heads, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let angles = positions
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?
+            .broadcast_mul(&self.inv_freq)?;
+        let cos = angles.cos()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
+        let sin = angles.sin()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
+        let eps = cfg.rms_norm_eps as f32;
+
+        let mut x = self.embed.index_select(tokens, 0)?;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let (mut q, mut k, mut v) = (b.q.forward(&h)?, b.k.forward(&h)?, b.v.forward(&h)?);
+            if let Some([bq, bk, bv]) = &b.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let q = q.reshape((n, heads, hd))?;
+            let k = k.reshape((n, kv_heads, hd))?;
+            let v = v.reshape((n, kv_heads, hd))?;
+            let q = self.rope(&q, &cos, &sin)?;
+            let k = self.rope(&k, &cos, &sin)?;
+            let a = attn.attend(layer, &q, &k, &v)?;
+            x = (x + b.o.forward(&a)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let gated = (candle_nn::ops::silu(&b.gate.forward(&h)?)? * b.up.forward(&h)?)?;
+            x = (x + b.down.forward(&gated)?)?;
+        }
+        let x = match logit_rows {
+            Some(rows) => x.index_select(rows, 0)?,
+            None => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}

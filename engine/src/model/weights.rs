@@ -1,0 +1,280 @@
+//! Weight access for the model, whatever the file format. The model asks for tensors by their
+//! GGUF names (`blk.3.attn_q.weight`); safetensors names are mapped from those.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::kernels::cpu::q4_1_matmul::Q41Matrix;
+
+/// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
+pub enum Linear {
+    /// candle's quantized or dense matmul.
+    Candle(QMatMul),
+    /// Q4_1 on the CPU: our AVX2 kernel (bit-identical to candle's, faster).
+    CpuQ4_1(Q41Matrix),
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(m) => Ok(m.forward(x)?),
+            Linear::CpuQ4_1(m) => m.forward(x),
+        }
+    }
+}
+
+/// How matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// GGUF matrices stay in their stored quantization; safetensors load dense in f32.
+    #[default]
+    AsStored,
+    /// Every matrix dense in this dtype; activations in it too.
+    Dense(DType),
+    /// Every matrix re-quantized to this GGML type at load (activations f32).
+    Quantized(GgmlDType),
+}
+
+impl WeightFormat {
+    /// `f32`, `f16`, `bf16` (dense) or `q8_0`, `q4_0` (re-quantized).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => Self::Dense(DType::F32),
+            "f16" => Self::Dense(DType::F16),
+            "bf16" => Self::Dense(DType::BF16),
+            "q8_0" => Self::Quantized(GgmlDType::Q8_0),
+            "q4_0" => Self::Quantized(GgmlDType::Q4_0),
+            other => {
+                return Err(EngineError::InvalidConfig(format!(
+                    "unknown weight format `{other}` (expected f32, f16, bf16, q8_0 or q4_0)"
+                )))
+            }
+        })
+    }
+
+    /// The dtype activations are computed in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Self::Dense(dt) => dt,
+            Self::AsStored | Self::Quantized(_) => DType::F32,
+        }
+    }
+}
+
+/// GGUF tensor types the engine accepts.
+const SUPPORTED_GGML: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+pub enum Weights {
+    Gguf {
+        content: Content,
+        file: File,
+        path: PathBuf,
+    },
+    Safetensors {
+        tensors: MmapedSafetensors,
+        path: PathBuf,
+    },
+}
+
+impl Weights {
+    pub fn open_gguf(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|_| EngineError::MissingFile(path.to_path_buf()))?;
+        let corrupt = |m: String| EngineError::CorruptFile {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let content = Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
+        // Catch truncation now rather than on the first read of the last tensor.
+        let file_len = file.metadata()?.len();
+        for (name, info) in &content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            let bytes = (elems / block) * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > file_len {
+                return Err(corrupt(format!(
+                    "tensor `{name}` ends at byte {end} but the file has {file_len} bytes"
+                )));
+            }
+        }
+        Ok(Weights::Gguf {
+            content,
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn open_safetensors(paths: &[PathBuf]) -> Result<Self> {
+        for p in paths {
+            if !p.is_file() {
+                return Err(EngineError::MissingFile(p.clone()));
+            }
+        }
+        // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
+        // being modified while the model is loaded.
+        let tensors = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| EngineError::CorruptFile {
+            path: paths.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        Ok(Weights::Safetensors {
+            tensors,
+            path: paths.first().cloned().unwrap_or_default(),
+        })
+    }
+
+    pub fn gguf_content(&self) -> Option<&Content> {
+        match self {
+            Weights::Gguf { content, .. } => Some(content),
+            Weights::Safetensors { .. } => None,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Weights::Gguf { path, .. } | Weights::Safetensors { path, .. } => path,
+        }
+    }
+
+    pub fn contains(&self, gguf_name: &str) -> bool {
+        match self {
+            Weights::Gguf { content, .. } => content.tensor_infos.contains_key(gguf_name),
+            Weights::Safetensors { tensors, .. } => {
+                hf_name(gguf_name).is_some_and(|n| tensors.get(&n).is_ok())
+            }
+        }
+    }
+
+    fn qtensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        let Weights::Gguf { content, file, path } = self else {
+            return Err(EngineError::InvalidConfig("not a GGUF model".into()));
+        };
+        let info = content.tensor_infos.get(name).ok_or_else(|| {
+            EngineError::InvalidConfig(format!("tensor `{name}` missing from {}", path.display()))
+        })?;
+        if !SUPPORTED_GGML.contains(&info.ggml_dtype) {
+            return Err(EngineError::UnsupportedTensorType {
+                name: name.into(),
+                dtype: format!("{:?}", info.ggml_dtype),
+            });
+        }
+        content
+            .tensor(file, name, device)
+            .map_err(|e| EngineError::CorruptFile {
+                path: path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })
+    }
+
+    /// A dense tensor in `dtype` (dequantized if stored quantized).
+    pub fn dense(&mut self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = match self {
+            Weights::Gguf { .. } => self.qtensor(name, device)?.dequantize(device)?,
+            Weights::Safetensors { tensors, path } => {
+                let hf = hf_name(name)
+                    .ok_or_else(|| EngineError::InvalidConfig(format!("no mapping for `{name}`")))?;
+                tensors.load(&hf, device).map_err(|e| EngineError::CorruptFile {
+                    path: path.clone(),
+                    message: format!("tensor `{hf}`: {e}"),
+                })?
+            }
+        };
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// A linear layer in the requested format. Safetensors weights are always dense.
+    pub fn linear(&mut self, name: &str, format: WeightFormat, device: &Device) -> Result<Linear> {
+        let is_gguf = matches!(self, Weights::Gguf { .. });
+        match format {
+            WeightFormat::AsStored if is_gguf => {
+                let q = self.qtensor(name, device)?;
+                match q.dtype() {
+                    // Stored unquantized: QMatMul would dequantize these to f32 anyway.
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
+                    }
+                    GgmlDType::Q4_1 if device.is_cpu() => Ok(Linear::CpuQ4_1(Q41Matrix::from_qtensor(&q)?)),
+                    _ => Ok(Linear::Candle(QMatMul::from_arc(Arc::new(q))?)),
+                }
+            }
+            WeightFormat::Quantized(ty) => {
+                let w = self.dense(name, DType::F32, device)?;
+                let k = w.dims().last().copied().unwrap_or(0);
+                if !k.is_multiple_of(ty.block_size()) {
+                    return Err(EngineError::InvalidConfig(format!(
+                        "`{name}` has rows of {k}, not a multiple of {ty:?}'s block of {}",
+                        ty.block_size()
+                    )));
+                }
+                Ok(Linear::Candle(QMatMul::from_arc(Arc::new(QTensor::quantize(
+                    &w, ty,
+                )?))?))
+            }
+            other => {
+                let w = self.dense(name, other.compute_dtype(), device)?;
+                Ok(Linear::Candle(QMatMul::Tensor(w)))
+            }
+        }
+    }
+
+    pub fn check_shape(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
+        if t.dims() != expected {
+            return Err(EngineError::CorruptFile {
+                path: self.path().to_path_buf(),
+                message: format!("tensor `{name}` has shape {:?}, expected {expected:?}", t.dims()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Hugging Face (safetensors) name of a GGUF tensor name.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let hf_part = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf_part}"))
+}

@@ -1,0 +1,10 @@
+//! The command line's subcommands other than `serve`: [`generate`] (one prompt, no server),
+//! [`config`] (`wick config check|print`, and the configuration glue `serve` uses), [`bench`]
+//! (the load generator) and [`route_eval`] (scoring routes on a labelled set). The clients
+//! (`bench`, `route-eval`) speak HTTP only: they import nothing of the API they measure.
+
+pub mod bench;
+pub mod config;
+pub mod generate;
+pub mod model;
+pub mod route_eval;

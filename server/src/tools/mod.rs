@@ -1,0 +1,228 @@
+//! Tool calling for chat completions, between the request and the engine: which tool-call
+//! format the model writes, how the tools reach the prompt, the grammar that forces a call
+//! (`tool_choice: "required"` or named), and turning the output back into OpenAI's
+//! `tool_calls` (non-streamed here, streamed in `api/sse.rs` with the same parser).
+//!
+//! Beside it: [`parser`] (each format's parser, whole and streaming), [`grammar`] (the grammar a
+//! forced call is generated under) and [`json_schema`] (validating arguments against a tool's
+//! schema).
+//!
+//! A model whose chat template knows tools (Llama 3.1, Hermes/Qwen, Mistral: detected from the
+//! template) gets them through its template. One that does not (SmolLM2) gets
+//! [`generic_tool_prompt`] in its system message and answers in Hermes' `<tool_call>` markup;
+//! earlier calls and results in the conversation are written in the same markup.
+
+pub mod grammar;
+pub mod json_schema;
+pub mod parser;
+
+use serde_json::Value;
+use wick_engine::sample::constraint::ConstraintSpec;
+
+use crate::api::chat_template::{ChatMessage, ChatTemplate};
+use crate::api::errors::ApiError;
+use crate::api::openai::{ChatCompletionRequest, FunctionCallOut, ToolCallOut};
+use crate::tools::grammar::{forced_tools, tool_call_grammar};
+use crate::tools::parser::{generic_tool_prompt, parse, ToolCallFormat};
+
+/// Llama 3.1's built-in tools: a function tool with one of these names is passed to a template
+/// that reads `builtin_tools` as a built-in (`Environment: ipython`, `Tools: brave_search, ...`),
+/// and the model calls it as `<|python_tag|>brave_search.call(query="...")`.
+pub const LLAMA_BUILTIN_TOOLS: [&str; 3] = ["brave_search", "wolfram_alpha", "code_interpreter"];
+
+/// A request's tools, as the parsers need them.
+#[derive(Debug, Clone)]
+pub struct ToolSetup {
+    pub format: ToolCallFormat,
+    pub tools: Vec<Value>,
+    /// `parallel_tool_calls: false`: at most one call is returned.
+    pub single: bool,
+    /// The model's template does not know tools (the generic prompt is used).
+    pub generic: bool,
+}
+
+/// How the grammar of a prepared chat applies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolConstraint {
+    /// `tool_choice` forces a call: the whole output is the call.
+    Forced(ConstraintSpec),
+    /// `tool_choice: "auto"`: free text, but a call the model starts (its format's marker) is
+    /// finished under the grammar.
+    Triggered(ConstraintSpec),
+}
+
+/// What the chat handler needs: the rendered prompt, the tool setup (None: no tools in play)
+/// and the grammar for tool calls, if any.
+pub struct PreparedChat {
+    pub prompt: String,
+    pub tools: Option<ToolSetup>,
+    pub constraint: Option<ToolConstraint>,
+}
+
+/// The tool-call format for `template`: the configured parser (`tool_call_parser`) if the
+/// template renders tools, else the one detected from it. `None`: the template does not know
+/// tools, and the generic prompt with Hermes markup is used whatever is configured.
+pub fn template_format(
+    template: &ChatTemplate,
+    configured: Option<ToolCallFormat>,
+) -> Option<ToolCallFormat> {
+    let detected = ToolCallFormat::detect(template.source());
+    if detected.is_none() && !template.reads("tools") {
+        return None;
+    }
+    configured.or(detected).or(Some(ToolCallFormat::Hermes))
+}
+
+pub fn prepare(
+    template: &ChatTemplate,
+    configured: Option<ToolCallFormat>,
+    req: &ChatCompletionRequest,
+    mut messages: Vec<ChatMessage>,
+) -> Result<PreparedChat, ApiError> {
+    let render_error = |e: crate::api::chat_template::ChatTemplateError| ApiError::bad_request(e.to_string());
+    let tools = req.tools.as_deref().unwrap_or_default();
+    let none = req.tool_choice.as_ref().is_some_and(|c| c == "none");
+    if tools.is_empty() || none {
+        if req
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| c != "none" && c != "auto")
+        {
+            return Err(ApiError::invalid("tool_choice", "tool_choice needs tools"));
+        }
+        return Ok(PreparedChat {
+            prompt: template.render(&messages, true).map_err(render_error)?,
+            tools: None,
+            constraint: None,
+        });
+    }
+    for (i, tool) in tools.iter().enumerate() {
+        let kind_ok = tool.get("type").is_none_or(|t| t == "function");
+        let named = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .is_some_and(Value::is_string);
+        if !kind_ok || !named {
+            return Err(ApiError::invalid(
+                format!("tools.[{i}]"),
+                "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}",
+            ));
+        }
+    }
+    let known = template_format(template, configured);
+    let format = known.unwrap_or(ToolCallFormat::Hermes);
+    let single = req.parallel_tool_calls == Some(false);
+    let prompt = match known {
+        Some(_) => {
+            let (custom, builtin) = split_builtin(template, tools);
+            let custom = (!custom.is_empty()).then_some(custom.as_slice());
+            template.render_with_builtin_tools(&messages, true, custom, &builtin)
+        }
+        None => {
+            write_generic(&mut messages, tools);
+            template.render(&messages, true)
+        }
+    }
+    .map_err(render_error)?;
+    let forced =
+        forced_tools(tools, req.tool_choice.as_ref()).map_err(|m| ApiError::invalid("tool_choice", m))?;
+    let constraint = match forced {
+        Some(allowed) => {
+            let grammar =
+                tool_call_grammar(format, &allowed, !single).map_err(|m| ApiError::invalid("tools", m))?;
+            Some(ToolConstraint::Forced(ConstraintSpec::Lark(grammar)))
+        }
+        // `auto`: the same grammar over every tool, from the format's marker on.
+        None => {
+            let all: Vec<&Value> = tools.iter().collect();
+            let grammar =
+                tool_call_grammar(format, &all, !single).map_err(|m| ApiError::invalid("tools", m))?;
+            Some(ToolConstraint::Triggered(ConstraintSpec::Triggered {
+                triggers: format.triggers().iter().map(|t| t.to_string()).collect(),
+                grammar: Box::new(ConstraintSpec::Lark(grammar)),
+            }))
+        }
+    };
+    Ok(PreparedChat {
+        prompt,
+        tools: Some(ToolSetup {
+            format,
+            tools: tools.to_vec(),
+            single,
+            generic: known.is_none(),
+        }),
+        constraint,
+    })
+}
+
+/// The tools a template gets as `tools`, and the names it gets as `builtin_tools` (only for a
+/// template that reads `builtin_tools`, i.e. Llama 3.1's).
+fn split_builtin(template: &ChatTemplate, tools: &[Value]) -> (Vec<Value>, Vec<String>) {
+    if !template.reads("builtin_tools") {
+        return (tools.to_vec(), Vec::new());
+    }
+    let mut custom = Vec::new();
+    let mut builtin = Vec::new();
+    for tool in tools {
+        let name = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
+        match name.filter(|n| LLAMA_BUILTIN_TOOLS.contains(n)) {
+            Some(n) => builtin.push(n.to_string()),
+            None => custom.push(tool.clone()),
+        }
+    }
+    (custom, builtin)
+}
+
+/// The generic prompt in the system message, and earlier calls and results in the markup the
+/// prompt asks for (a template without tool support would drop them).
+fn write_generic(messages: &mut Vec<ChatMessage>, tools: &[Value]) {
+    let prompt = generic_tool_prompt(tools);
+    match messages.first_mut().filter(|m| m.role == "system") {
+        Some(system) => system.content = format!("{}\n\n{prompt}", system.content),
+        None => messages.insert(0, ChatMessage::new("system", prompt)),
+    }
+    for m in messages.iter_mut() {
+        if let Some(calls) = m.tool_calls.take() {
+            for call in calls {
+                let f = call.get("function").cloned().unwrap_or_default();
+                let markup = serde_json::json!({"name": f.get("name"), "arguments": f.get("arguments")});
+                if !m.content.is_empty() {
+                    m.content.push('\n');
+                }
+                m.content
+                    .push_str(&format!("<tool_call>\n{markup}\n</tool_call>"));
+            }
+        }
+        if m.role == "tool" {
+            m.content = format!("<tool_response>\n{}\n</tool_response>", m.content);
+        }
+    }
+}
+
+/// A finished choice's text as OpenAI's message: content and tool calls, and whether any call
+/// was made (then `finish_reason` is `tool_calls`).
+pub fn message(setup: &ToolSetup, text: &str) -> (Option<String>, Option<Vec<ToolCallOut>>) {
+    let mut parsed = parse(setup.format, text, Some(&setup.tools));
+    if setup.single {
+        parsed.tool_calls.truncate(1);
+    }
+    let calls: Vec<ToolCallOut> = parsed
+        .tool_calls
+        .into_iter()
+        .map(|c| ToolCallOut {
+            id: c.id,
+            kind: "function",
+            function: FunctionCallOut {
+                name: c.name,
+                arguments: c.arguments,
+            },
+        })
+        .collect();
+    (parsed.content, (!calls.is_empty()).then_some(calls))
+}
+
+#[cfg(test)]
+mod tests;
