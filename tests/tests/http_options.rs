@@ -1,4 +1,4 @@
-//! Operational switches of `wick serve`: CORS for browser clients and JSON logs.
+//! Operational switches of `wick serve`: CORS for browser clients, JSON logs, API keys.
 
 use wick_tests::{request_raw, Server};
 
@@ -42,5 +42,46 @@ fn cors_preflight_and_json_logs() {
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+}
+
+/// With an API key, `/v1/*` answers 401 before its route or method is known: an unknown path
+/// or a wrong method cannot be told from a real route without the key. The bearer scheme is
+/// matched in any case; probes stay open.
+#[test]
+fn api_keys_are_checked_before_routing() {
+    let server = Server::start(&["--api-key", "k1,k2"]);
+    let status = |method: &str, path: &str, auth: Option<&str>| {
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        let raw = request_raw(
+            server.port,
+            &format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"),
+        )
+        .expect("answered");
+        raw.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/no-such-route"),
+        ("GET", "/v1"),
+        ("DELETE", "/v1/models"),
+        ("GET", "/v1/chat/completions"),
+    ] {
+        assert_eq!(status(method, path, None), "401", "{method} {path} without a key");
+        assert_eq!(
+            status(method, path, Some("Bearer wrong")),
+            "401",
+            "{method} {path}"
+        );
+    }
+    // With a key the router decides: the route, a 404, a 405.
+    assert_eq!(status("GET", "/v1/models", Some("Bearer k1")), "200");
+    assert_eq!(status("GET", "/v1/models", Some("bearer k2")), "200");
+    assert_eq!(status("GET", "/v1/models", Some("BEARER k1")), "200");
+    assert_eq!(status("GET", "/v1/no-such-route", Some("Bearer k1")), "404");
+    assert_eq!(status("DELETE", "/v1/models", Some("Bearer k2")), "405");
+    assert_eq!(status("GET", "/v1/models", Some("Basic k1")), "401");
+    for probe in ["/health", "/ready", "/version", "/metrics"] {
+        assert_eq!(status("GET", probe, None), "200", "{probe}");
     }
 }

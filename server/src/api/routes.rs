@@ -27,11 +27,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(model_list::list_models))
-        .route("/v1/models/{id}", get(model_list::get_model))
-        .route_layer(middleware::from_fn_with_state(
-            state.api_keys.clone(),
-            auth::require_api_key,
-        ));
+        .route("/v1/models/{id}", get(model_list::get_model));
     let router = Router::new()
         .merge(api)
         .route("/health", get(health))
@@ -45,6 +41,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        // Around the routing, so that `/v1/*` is authenticated before its route or method is
+        // known (ops/auth.rs).
+        .layer(middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_api_key,
+        ))
         .layer(middleware::from_fn(request_id));
     let router = match cors(&state.cors_allow_origins) {
         Some(layer) => router.layer(layer),
