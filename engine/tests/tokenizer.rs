@@ -288,3 +288,36 @@ fn llama_bpe_takes_whole_words_from_the_vocabulary() {
     let gpt2 = Tokenizer::from_gguf(&tiny_gguf("gpt2", &tokens, &merges)).unwrap();
     assert_eq!(gpt2.encode("abc", false).unwrap(), vec![3, 2]);
 }
+
+/// `min_tokens` never exceeds the real count (it refuses prompts that cannot fit a context
+/// without encoding them, so it must be a lower bound), on every golden text and on texts made
+/// of the longest tokens there are: runs of spaces, digits, special-token markup, multi-byte
+/// characters.
+#[test]
+fn min_tokens_is_a_lower_bound() {
+    let tok = tokenizer();
+    let longest: String = (0..200).map(|_| " ").collect();
+    let mut texts: Vec<String> = cases().into_iter().map(|c| c.text).collect();
+    texts.extend([
+        longest.repeat(20),
+        "<|im_start|>user\nhi<|im_end|>".repeat(50),
+        "1234567890".repeat(100),
+        "éàü 漢字 🙂 ".repeat(100),
+        "\n\n\n\t\t  ".repeat(300),
+        String::new(),
+    ]);
+    for text in &texts {
+        let real = tok.encode(text, false).expect("encodes").len();
+        let bound = tok.min_tokens(text).expect("bound");
+        assert!(bound <= real, "{bound} > {real} for {text:?}");
+    }
+    // And it is not vacuous. SmolLM2's longest entry spells 162 bytes, English prose takes ~4.5
+    // bytes a token: the bound is 1/36 of the count (555 of 20001 here), so text over ~160x the
+    // context in bytes is refused unread.
+    let prose = "The quick brown fox jumps over the lazy dog. ".repeat(2000);
+    let (bound, real) = (
+        tok.min_tokens(&prose).unwrap(),
+        tok.encode(&prose, false).unwrap().len(),
+    );
+    assert!(bound * 40 >= real, "bound {bound} for {real} tokens");
+}

@@ -206,7 +206,15 @@ class Errors(unittest.TestCase):
         self.check(openai.BadRequestError, "temperature", lambda: chat(extra_body={"temperature": "hot"}))
         self.check(openai.NotFoundError, "model", lambda: chat(model="gpt-4"), code="model_not_found")
         self.check(openai.BadRequestError, "messages", lambda: chat(max_tokens=10**7), code="context_length_exceeded")
-        self.check(openai.BadRequestError, "messages.[0].role", lambda: chat(messages=[{"role": "wizard", "content": "x"}]))
+        self.check(openai.BadRequestError, "messages[0].role", lambda: chat(messages=[{"role": "wizard", "content": "x"}]))
+        # serde's own paths and wick's checks spell an index the same way.
+        self.check(openai.BadRequestError, "messages[0].content",
+                   lambda: chat(messages=[{"role": "user", "content": [{"type": "text"}]}]))
+        self.check(openai.BadRequestError, "prompt",
+                   lambda: client.completions.create(model=MODEL, prompt="a", max_tokens=10**7),
+                   code="context_length_exceeded")
+        for bias in (100.5, -101, 1e9):
+            self.check(openai.BadRequestError, "logit_bias", lambda: chat(logit_bias={"0": bias}))
         self.check(openai.BadRequestError, "suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b"))
         self.check(openai.BadRequestError, "best_of", lambda: client.completions.create(model=MODEL, prompt="a", best_of=3))
         self.check(openai.BadRequestError, "functions",
@@ -233,6 +241,10 @@ class BadInputs(unittest.TestCase):
                                                       "logit_bias": {"abc": 1}}).encode(), 400, "logit_bias"),
         ("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": [[10**9]]}).encode(), 400, "prompt"),
         ("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": []}).encode(), 400, "prompt"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": None}]}).encode(),
+         400, "messages[0].content"),
+        ("POST", "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "system"}]}).encode(),
+         400, "messages[0].content"),
         ("DELETE", "/v1/models", None, 405, None),
         ("GET", "/v1/nothing-here", None, 404, None),
     ]
@@ -245,6 +257,35 @@ class BadInputs(unittest.TestCase):
                 self.assertEqual(set(err["error"]), {"message", "type", "param", "code"}, err)
                 if param:
                     self.assertEqual(err["error"]["param"], param, err)
+
+    def test_any_content_type_with_a_json_body(self):
+        # Deliberate (docs/server.md): the body is JSON whatever the Content-Type says, so
+        # `curl -d` (form-encoded) and clients that send none work; a body that is not JSON is a 400.
+        body = json.dumps({"model": MODEL, "prompt": "a", "max_tokens": 1}).encode()
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+            with self.subTest(content_type=content_type):
+                got, out, _ = raw("POST", "/v1/completions", body, {"Content-Type": content_type})
+                self.assertEqual(got, 200, out)
+                self.assertEqual(out["object"], "text_completion")
+        got, err, _ = raw("POST", "/v1/completions", b"model=x&prompt=a", {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(got, 400, err)
+
+    def test_a_prompt_surely_over_the_context_is_refused_unread(self):
+        # 5 MB of text cannot fit the context whatever it encodes to: refused from its length
+        # (the message says "at least"), before seconds of tokenizing; chat and completions each
+        # name their own field.
+        text = "word " * 1_000_000
+        for path, body, param in (
+            ("/v1/completions", {"model": MODEL, "prompt": text}, "prompt"),
+            ("/v1/completions", {"model": MODEL, "prompt": ["short", text]}, "prompt"),
+            ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": text}]}, "messages"),
+        ):
+            with self.subTest(path=path, param=param):
+                got, err, _ = raw("POST", path, json.dumps(body).encode())
+                self.assertEqual(got, 400, err)
+                self.assertEqual(err["error"]["param"], param, err)
+                self.assertEqual(err["error"]["code"], "context_length_exceeded", err)
+                self.assertIn("at least", err["error"]["message"], err)
 
     def test_too_large_body_is_413(self):
         got, err, _ = raw("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": "a" * (9 << 20)}).encode())

@@ -129,7 +129,7 @@ class StructuredOutputs(unittest.TestCase):
         history[1] = {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]}
         with self.assertRaises(openai.BadRequestError) as ctx:
             client.chat.completions.create(model=MODEL, messages=history, max_tokens=3)
-        self.assertEqual(ctx.exception.body.get("param"), "messages.[1].tool_calls")
+        self.assertEqual(ctx.exception.body.get("param"), "messages[1].tool_calls")
 
 
 if __name__ == "__main__":

@@ -180,11 +180,20 @@ class ToolCalling(unittest.TestCase):
 
     def test_bad_tool_requests_are_400s(self):
         cases = [
-            (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice"),
-            (dict(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools.[0]"),
-            (dict(tools=None, tool_choice="required"), "tool_choice"),
+            (dict(tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice", None),
+            (dict(tools=[{"type": "function", "function": {"description": "no name"}}]), "tools[0]", None),
+            (dict(tools=None, tool_choice="required"), "tool_choice", None),
+            # A parameters schema that is no JSON Schema is refused naming the tool, in every
+            # tool_choice mode (it used to run unconstrained under auto).
+            (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]),
+             "tools[0].function.parameters", "`f`"),
+            (dict(tools=TOOLS + [{"type": "function", "function": {"name": "g", "parameters": {
+                "type": "object", "properties": {"a": {"type": "string", "pattern": "(unclosed"}}}}}],
+                  tool_choice="required"), "tools[2].function.parameters", "`g`"),
+            (dict(tools=[{"type": "function", "function": {"name": "h", "parameters": "a string"}}], tool_choice="auto"),
+             "tools[0].function.parameters", "`h`"),
         ]
-        for kw, param in cases:
+        for kw, param, names in cases:
             with self.assertRaises(openai.BadRequestError) as ctx:
                 args = dict(model=MODEL, messages=ASK, max_tokens=5, tools=TOOLS)
                 args.update(kw)
@@ -192,6 +201,8 @@ class ToolCalling(unittest.TestCase):
                     del args["tools"]
                 client.chat.completions.create(**args)
             self.assertEqual(ctx.exception.body.get("param"), param, kw)
+            if names:
+                self.assertIn(names, ctx.exception.body["message"], kw)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ pub const GREEDY_TEMPERATURE_EPS: f32 = 1e-5;
 /// OpenAI's cap on `top_logprobs`.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
-/// OpenAI clamps `logit_bias` values to this range.
+/// `logit_bias` values must lie in `-LIMIT..=LIMIT` (OpenAI's range; a request outside it is a
+/// 400). The sampler clamps to it too, for callers that skip [`SamplingParams::validate`].
 pub const LOGIT_BIAS_LIMIT: f32 = 100.0;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,10 +179,13 @@ impl SamplingParams {
                     format!("logit_bias: token id {id} is out of vocabulary (size {vocab_size})"),
                 ));
             }
-            if bias.is_nan() {
+            if !(-LOGIT_BIAS_LIMIT..=LOGIT_BIAS_LIMIT).contains(&bias) {
                 return Err(invalid(
                     "logit_bias",
-                    format!("logit_bias for token {id} is not a number"),
+                    format!(
+                        "logit_bias for token {id} must be between -{LOGIT_BIAS_LIMIT} and \
+                         {LOGIT_BIAS_LIMIT}, got {bias}"
+                    ),
                 ));
             }
         }
@@ -303,7 +307,22 @@ mod tests {
             (
                 with(|p| p.logit_bias = [(3, f32::NAN)].into()),
                 "logit_bias",
-                "not a number",
+                "between -100 and 100, got NaN",
+            ),
+            (
+                with(|p| p.logit_bias = [(3, 100.5)].into()),
+                "logit_bias",
+                "between -100 and 100, got 100.5",
+            ),
+            (
+                with(|p| p.logit_bias = [(3, -101.0)].into()),
+                "logit_bias",
+                "between -100 and 100, got -101",
+            ),
+            (
+                with(|p| p.logit_bias = [(0, f32::NEG_INFINITY)].into()),
+                "logit_bias",
+                "between -100 and 100, got -inf",
             ),
             (
                 with(|p| (p.logprobs, p.top_logprobs) = (true, 21)),
@@ -355,8 +374,8 @@ mod tests {
             with(|p| (p.temperature, p.top_p) = (0.0, 1.0)),
             with(|p| (p.temperature, p.top_p, p.min_p) = (2.0, 1e-6, 1.0)),
             with(|p| (p.presence_penalty, p.frequency_penalty) = (-2.0, 2.0)),
-            // Out-of-range biases are clamped, as OpenAI does, not refused.
-            with(|p| p.logit_bias = [(9, 500.0), (0, f32::NEG_INFINITY)].into()),
+            // The ends of OpenAI's range (beyond it: refused, above).
+            with(|p| p.logit_bias = [(9, 100.0), (0, -100.0)].into()),
             with(|p| (p.logprobs, p.top_logprobs) = (true, 20)),
             with(|p| (p.max_tokens, p.min_tokens) = (Some(4), 4)),
             with(|p| p.top_k = 1_000_000),

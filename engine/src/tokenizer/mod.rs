@@ -45,6 +45,16 @@ const QWEN2_END_TOKENS: &[&str] = &["<|im_end|>", "<|endoftext|>"];
 const TOKEN_TYPE_CONTROL: u64 = 3;
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
+fn longest_token(inner: &tokenizers::Tokenizer) -> usize {
+    inner
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
 }
@@ -58,6 +68,10 @@ pub struct Tokenizer {
     /// Every id that ends generation (`eos_token_id` may be a list, e.g. Llama 3's `<|eot_id|>`).
     pub eos_token_ids: Vec<u32>,
     pub chat_template: Option<String>,
+    /// The most UTF-8 bytes a vocabulary entry (added tokens included) spells: no token stands
+    /// for more bytes of normalized text than this (byte-level and byte-fallback entries spell
+    /// more bytes than they stand for), which bounds a text's token count from below.
+    max_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -98,6 +112,23 @@ impl Tokenizer {
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// The fewest tokens `text` can encode to, found without encoding it: its normalized length
+    /// over the longest token. Cheap (the normalizer is linear, most models here have none), so a
+    /// prompt that cannot fit a context is refused before minutes of BPE. A lower bound for
+    /// tokenizers that keep every byte of the text, as all Llama-family ones do; one whose
+    /// pre-tokenizer drops whitespace (BERT's) could encode to fewer.
+    pub fn min_tokens(&self, text: &str) -> Result<usize> {
+        let bytes = match self.inner.get_normalizer() {
+            Some(n) => {
+                let mut normalized = tokenizers::NormalizedString::from(text);
+                tokenizers::Normalizer::normalize(n, &mut normalized).map_err(tok_err)?;
+                normalized.get().len()
+            }
+            None => text.len(),
+        };
+        Ok(bytes / self.max_token_bytes)
     }
 
     /// Loads `tokenizer.json`, with special tokens and chat template from `tokenizer_config.json`
@@ -150,6 +181,7 @@ impl Tokenizer {
         }
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
         Ok(Self {
+            max_token_bytes: longest_token(&inner),
             inner,
             prepend_bos: false,
             bos_token_id,
@@ -282,6 +314,7 @@ impl Tokenizer {
             }
         }
         Ok(Self {
+            max_token_bytes: longest_token(&inner),
             inner,
             prepend_bos: md
                 .bool_opt("tokenizer.ggml.add_bos_token")

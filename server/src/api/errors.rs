@@ -96,10 +96,18 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
+        Self::from_engine(e, "messages")
+    }
+}
+
+impl ApiError {
+    /// An engine error as the API answers it; a prompt too long for the context is blamed on
+    /// `prompt_param` (`messages` for chat, `prompt` for completions).
+    pub fn from_engine(e: EngineError, prompt_param: &str) -> Self {
         match e {
             EngineError::InvalidRequest { param, message } => ApiError::invalid(param, message),
             e @ EngineError::ContextLengthExceeded { .. } => {
-                ApiError::invalid("messages", e.to_string()).with_code("context_length_exceeded")
+                ApiError::invalid(prompt_param, e.to_string()).with_code("context_length_exceeded")
             }
             e @ EngineError::Overloaded { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -31,19 +31,25 @@ pub enum Merged {
     Done(Usage),
 }
 
-/// Submits every prompt (all or nothing: a refused prompt cancels those already submitted).
+/// Submits every prompt (all or nothing: a refused prompt cancels those already submitted). A
+/// prompt too long for the context is blamed on `prompt_param`.
 pub fn submit_all(
     engine: &Arc<Engine>,
     prompts: Vec<Vec<u32>>,
     params: &SamplingParams,
     compiled: Option<&Constraint>,
     timer: RequestTimer,
+    prompt_param: &str,
 ) -> Result<MergedEvents, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in prompts {
         let mut request = GenerateRequest::new(prompt, params.clone());
         request.compiled_constraint = compiled.cloned();
-        streams.push(engine.submit(request)?);
+        streams.push(
+            engine
+                .submit(request)
+                .map_err(|e| ApiError::from_engine(e, prompt_param))?,
+        );
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let remaining = streams.len();

@@ -16,8 +16,8 @@ use crate::api::local_model::LocalModels;
 use crate::api::openai::*;
 use crate::api::sse::{self, StreamKind};
 use crate::api::validation::{
-    chat_logprobs, chat_messages, check_functions, completion_prompts, parse_json, sampling_params,
-    MAX_COMPLETION_LOGPROBS,
+    chat_logprobs, chat_messages, check_fits_context, check_functions, completion_prompts, parse_json,
+    sampling_params, MAX_COMPLETION_LOGPROBS,
 };
 use crate::ops::metrics::RequestTimer;
 use crate::tools::{self, ToolConstraint};
@@ -67,6 +67,13 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
     let prepared = tools::prepare(template, model.tool_format, &req, messages)?;
     // The template writes BOS itself where the model wants one.
+    let max_model_len = model.engine.limits().max_model_len;
+    check_fits_context(
+        model.engine.tokenizer(),
+        &prepared.prompt,
+        max_model_len,
+        "messages",
+    )?;
     let prompt = model.engine.tokenizer().encode(&prepared.prompt, false)?;
     let mut params = sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
     chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
@@ -104,7 +111,14 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
     }
     let n = params.n;
     let timer = RequestTimer::new(model.metrics.clone());
-    let events = infer::submit_all(&model.engine, vec![prompt], &params, compiled.as_ref(), timer)?;
+    let events = infer::submit_all(
+        &model.engine,
+        vec![prompt],
+        &params,
+        compiled.as_ref(),
+        timer,
+        "messages",
+    )?;
     let id = random_id("chatcmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -177,7 +191,11 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
         ));
     }
     let tokenizer = model.engine.tokenizer().clone();
-    let prompts = completion_prompts(&req.prompt, |s| Ok(tokenizer.encode(s, true)?))?;
+    let max_model_len = model.engine.limits().max_model_len;
+    let prompts = completion_prompts(&req.prompt, |s| {
+        check_fits_context(&tokenizer, s, max_model_len, "prompt")?;
+        Ok(tokenizer.encode(s, true)?)
+    })?;
     // OpenAI's completions default to 16 tokens.
     let mut params = sampling_params(&sampling, Some(sampling.max_tokens.unwrap_or(16)))?;
     if let Some(k) = req.logprobs {
@@ -213,7 +231,7 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
         Vec::new()
     };
     let timer = RequestTimer::new(model.metrics.clone());
-    let events = infer::submit_all(&model.engine, prompts, &params, None, timer)?;
+    let events = infer::submit_all(&model.engine, prompts, &params, None, timer, "prompt")?;
     let id = random_id("cmpl");
     if sampling.stream.unwrap_or(false) {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);

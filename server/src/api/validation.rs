@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 use wick_engine::sample::constraint::ConstraintSpec;
 use wick_engine::sample::params::{SamplingParams, MAX_TOP_LOGPROBS};
+use wick_engine::tokenizer::Tokenizer;
 
 use crate::api::chat_template::ChatMessage;
 use crate::api::errors::ApiError;
@@ -115,13 +116,13 @@ fn content_text(content: &Option<MessageContent>, index: usize) -> Result<String
                     ("text", Some(t)) => text.push_str(t),
                     ("text", None) => {
                         return Err(ApiError::invalid(
-                            format!("messages.[{index}].content"),
+                            format!("messages[{index}].content"),
                             "a text content part needs a `text` field",
                         ))
                     }
                     (other, _) => {
                         return Err(ApiError::invalid(
-                            format!("messages.[{index}].content"),
+                            format!("messages[{index}].content"),
                             format!("content parts of type `{other}` are not supported by this model"),
                         ))
                     }
@@ -147,13 +148,21 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
                 r @ ("system" | "user" | "assistant" | "tool") => r,
                 other => {
                     return Err(ApiError::invalid(
-                        format!("messages.[{i}].role"),
+                        format!("messages[{i}].role"),
                         format!(
                             "unknown role `{other}` (expected system, developer, user, assistant or tool)"
                         ),
                     ))
                 }
             };
+            // OpenAI's rule: only an assistant message (which may consist of tool calls alone)
+            // may leave `content` out or null; any other role's missing text is a client bug.
+            if m.content.is_none() && role != "assistant" {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!("a {} message needs `content` (a string or content parts)", m.role),
+                ));
+            }
             Ok(ChatMessage {
                 role: role.to_string(),
                 content: content_text(&m.content, i)?,
@@ -173,7 +182,7 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
 /// `arguments` (a JSON string in OpenAI's API) is parsed into an object, as vLLM does; a string
 /// that is not JSON is passed through as it is.
 fn template_tool_calls(calls: &serde_json::Value, index: usize) -> Result<Vec<serde_json::Value>, ApiError> {
-    let param = format!("messages.[{index}].tool_calls");
+    let param = format!("messages[{index}].tool_calls");
     let calls = calls
         .as_array()
         .ok_or_else(|| ApiError::invalid(&param, "tool_calls must be an array"))?;
@@ -211,6 +220,30 @@ pub fn completion_prompts(
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
     Ok(prompts)
+}
+
+/// Refuses a prompt text that cannot fit the model's context whatever its exact token count,
+/// before it is encoded (a body of megabytes would otherwise cost seconds of BPE only to be
+/// refused by the engine): `context_length_exceeded`, naming `param`.
+pub fn check_fits_context(
+    tokenizer: &Tokenizer,
+    text: &str,
+    max_model_len: usize,
+    param: &str,
+) -> Result<(), ApiError> {
+    let at_least = tokenizer.min_tokens(text)?;
+    if at_least < max_model_len {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        param,
+        format!(
+            "the prompt ({} bytes) is at least {at_least} tokens, more than this model's context of \
+             {max_model_len} tokens",
+            text.len()
+        ),
+    )
+    .with_code("context_length_exceeded"))
 }
 
 /// `response_format` as the engine's constraint (compiled, and checked, when submitted).

@@ -23,6 +23,7 @@ use crate::api::chat_template::{ChatMessage, ChatTemplate};
 use crate::api::errors::ApiError;
 use crate::api::openai::{ChatCompletionRequest, FunctionCallOut, ToolCallOut};
 use crate::tools::grammar::{forced_tools, tool_call_grammar};
+use crate::tools::json_schema::Schema;
 use crate::tools::parser::{generic_tool_prompt, parse, ToolCallFormat};
 
 /// Llama 3.1's built-in tools: a function tool with one of these names is passed to a template
@@ -73,6 +74,25 @@ pub fn template_format(
     configured.or(detected).or(Some(ToolCallFormat::Hermes))
 }
 
+/// A tool's `parameters`, when given, must be a JSON Schema object that compiles: a schema that
+/// does not would otherwise leave the call unconstrained and unchecked without a word.
+fn check_parameters(index: usize, function: &Value) -> Result<(), ApiError> {
+    let Some(parameters) = function.get("parameters") else {
+        return Ok(());
+    };
+    let name = function["name"].as_str().unwrap_or_default();
+    let param = format!("tools[{index}].function.parameters");
+    if !parameters.is_object() {
+        return Err(ApiError::invalid(
+            param,
+            format!("the parameters of tool `{name}` must be a JSON Schema object"),
+        ));
+    }
+    Schema::compile(parameters)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(param, format!("the parameters of tool `{name}`: {e}")))
+}
+
 pub fn prepare(
     template: &ChatTemplate,
     configured: Option<ToolCallFormat>,
@@ -104,10 +124,11 @@ pub fn prepare(
             .is_some_and(Value::is_string);
         if !kind_ok || !named {
             return Err(ApiError::invalid(
-                format!("tools.[{i}]"),
+                format!("tools[{i}]"),
                 "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}",
             ));
         }
+        check_parameters(i, &tool["function"])?;
     }
     let known = template_format(template, configured);
     let format = known.unwrap_or(ToolCallFormat::Hermes);
