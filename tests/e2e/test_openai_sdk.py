@@ -9,7 +9,9 @@ Run by tests/tests/openai_python.rs, which starts the real binary on the default
 """
 import json
 import os
+import socket
 import time
+import urllib.parse
 import unittest
 import urllib.error
 import urllib.request
@@ -305,6 +307,26 @@ class AuthAndMetrics(unittest.TestCase):
         with self.assertRaises(openai.AuthenticationError) as ctx:
             bad.models.list()
         self.assertEqual(ctx.exception.body.get("code"), "invalid_api_key")
+
+    def test_a_non_streamed_request_whose_client_left_is_cancelled(self):
+        # A long prompt, not streamed: the client closes its socket while the prompt is still
+        # being computed. The request must leave the engine then (blocks freed, nothing
+        # generated), not run its prefill and all of max_tokens for nobody.
+        before = wait_until_idle()
+        prompt = "The history of the city is long and full of events. " * 250
+        body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 200, "ignore_eos": True}).encode()
+        url = urllib.parse.urlparse(BASE)
+        s = socket.create_connection((url.hostname, url.port))
+        s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        deadline = time.time() + 30
+        while metric(metrics(), "vllm:num_requests_running") < 1:
+            self.assertLess(time.time(), deadline, "the request never ran")
+            time.sleep(0.05)
+        s.close()
+        after = wait_until_idle(timeout=10)
+        generated = metric(after, "vllm:generation_tokens_total") - metric(before, "vllm:generation_tokens_total")
+        self.assertLess(generated, 200, "the request ran to max_tokens after its client left")
 
     def test_disconnect_frees_blocks_and_metrics_count(self):
         chat(max_tokens=2, extra_body={"ignore_eos": True})  # One request that finishes by length.
