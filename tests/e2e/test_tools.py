@@ -137,7 +137,10 @@ class ToolCalling(unittest.TestCase):
             responses = list(pool.map(lambda kw: call(temperature=0.8, **kw), jobs))
         for kw, r in zip(jobs, responses):
             message = r.choices[0].message
-            self.assertEqual(r.choices[0].finish_reason, "tool_calls", message)
+            # `length` when max_tokens cut a further (parallel) call: the complete ones stand.
+            self.assertIn(r.choices[0].finish_reason, ("tool_calls", "length"), message)
+            if r.choices[0].finish_reason == "length":
+                self.assertEqual(r.usage.completion_tokens, 300, message)
             self.assertTrue(valid_calls(message), message)
             if kw["tool_choice"] is named:
                 self.assertEqual({c.function.name for c in message.tool_calls}, {"book_hotel"})
@@ -159,6 +162,57 @@ class ToolCalling(unittest.TestCase):
                 self.assertEqual(choice.finish_reason, "tool_calls")
                 self.assertTrue(valid_calls(choice.message), choice.message)
         self.assertGreaterEqual(made, 3, "the model started too few calls for the test to mean anything")
+
+    def test_forced_calls_end_cleanly_and_streams_agree(self):
+        """A named choice is exactly one call and then the end; a call cut by max_tokens is
+        finish_reason `length` with nothing leaked as content; streamed == non-streamed."""
+        named = {"type": "function", "function": {"name": "get_weather"}}
+
+        def streamed(**kw):
+            content, finish, calls = "", None, {}
+            for chunk in call(stream=True, **kw):
+                for c in chunk.choices:
+                    finish = c.finish_reason or finish
+                    content += c.delta.content or ""
+                    for d in c.delta.tool_calls or []:
+                        name, args = calls.get(d.index, ("", ""))
+                        calls[d.index] = (name + (d.function.name or ""), args + (d.function.arguments or ""))
+            return finish, content or None, [calls[i] for i in sorted(calls)]
+
+        seen = {}
+        for choice in (named, "required", "auto"):
+            for max_tokens in (12, 64, 100):
+                kw = dict(tool_choice=choice, max_tokens=max_tokens, temperature=0)
+                r = call(**kw).choices[0]
+                whole = (r.finish_reason, r.message.content,
+                         [(c.function.name, c.function.arguments) for c in r.message.tool_calls or []])
+                label = f"{'named' if choice is named else choice} max_tokens={max_tokens}"
+                self.assertEqual(streamed(**kw), whole, label)
+                seen[label] = whole
+                finish, content, calls = whole
+                if choice == "auto":
+                    self.assertNotIn("<tool_call>", content or "", label)
+                    continue
+                self.assertIsNone(content, f"{label}: forced output leaked as content")
+                if choice is named:
+                    self.assertLessEqual(len(calls), 1, label)
+                    self.assertTrue(all(name == "get_weather" for name, _ in calls), label)
+                if finish == "tool_calls":
+                    self.assertTrue(calls, label)
+                else:
+                    self.assertEqual(finish, "length", label)
+        # What the default model does here (temperature 0), so the cases above mean something:
+        # 12 tokens cut the first call; a named call is complete in 64 and ends there, so more
+        # room changes nothing (it used to go on with a second call).
+        self.assertEqual(seen["named max_tokens=12"], ("length", None, []))
+        self.assertEqual(seen["required max_tokens=12"], ("length", None, []))
+        self.assertEqual(seen["named max_tokens=64"][0], "tool_calls")
+        self.assertEqual(len(seen["named max_tokens=64"][2]), 1)
+        self.assertEqual(seen["named max_tokens=100"], seen["named max_tokens=64"])
+        # `required` may call again (parallel calls): a complete call and a second one cut by
+        # max_tokens is `length`, the complete call kept and the cut one dropped.
+        self.assertEqual(seen["required max_tokens=100"][0], "length")
+        self.assertEqual(len(seen["required max_tokens=100"][2]), 1)
 
     def test_parallel_tool_calls_false_gives_at_most_one_call(self):
         for seed in range(3):

@@ -147,11 +147,7 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
                 logprobs: params
                     .logprobs
                     .then(|| sse::chat_logprobs(tokenizer, &c.tokens, &c.logprobs)),
-                finish_reason: if tool_calls.is_some() {
-                    Some("tool_calls")
-                } else {
-                    c.finish.map(|f| f.as_str())
-                },
+                finish_reason: c.finish.map(|f| tools::finish_reason(tool_calls.is_some(), f)),
                 message: ChatMessageOut {
                     role: "assistant",
                     content,

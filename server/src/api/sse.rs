@@ -21,7 +21,7 @@ use crate::api::local_model::LocalModel;
 use crate::api::openai::*;
 use crate::api::openai::{fingerprint, unix_now};
 use crate::tools::parser::{StreamDelta, StreamingToolParser};
-use crate::tools::ToolSetup;
+use crate::tools::{self, ToolSetup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -217,13 +217,15 @@ impl StreamState {
     }
 
     /// Chunks for a choice's parsed deltas: content as content, calls as OpenAI's tool-call
-    /// deltas (`id` and `type` on a call's first); calls past the first are dropped when
-    /// `parallel_tool_calls` is false.
+    /// deltas (`id` and `type` on a call's first); calls past the first are dropped when only one
+    /// is wanted, and content when a call is forced.
     fn push_tool_deltas(&mut self, index: usize, deltas: Vec<StreamDelta>) {
         let single = self.tools.as_ref().is_some_and(|t| t.single);
+        // A forced call's unparsed text is a call cut short: never content.
+        let forced = self.tools.as_ref().is_some_and(|t| t.forced);
         for delta in deltas {
             match delta {
-                StreamDelta::Content(text) if !text.is_empty() => {
+                StreamDelta::Content(text) if !text.is_empty() && !forced => {
                     let logprobs = self.take_held_logprobs(index);
                     let event = self.chat_chunk(
                         vec![ChatChunkChoice {
@@ -328,10 +330,11 @@ impl StreamState {
                     let event = self.delta(index, text, None, None);
                     self.pending.push_back(event);
                 }
-                let reason = if self.made_call.get(index).copied().unwrap_or(false) {
-                    "tool_calls"
-                } else {
-                    reason.as_str()
+                let reason = match &self.tools {
+                    Some(_) => {
+                        tools::finish_reason(self.made_call.get(index).copied().unwrap_or(false), reason)
+                    }
+                    None => reason.as_str(),
                 };
                 let mut event = self.delta(index, String::new(), None, Some(reason));
                 if let Some(logprobs) = self.take_held_logprobs(index) {

@@ -18,6 +18,7 @@ pub mod parser;
 
 use serde_json::Value;
 use wick_engine::sample::constraint::ConstraintSpec;
+use wick_engine::sample::stop::FinishReason;
 
 use crate::api::chat_template::{ChatMessage, ChatTemplate};
 use crate::api::errors::ApiError;
@@ -36,8 +37,12 @@ pub const LLAMA_BUILTIN_TOOLS: [&str; 3] = ["brave_search", "wolfram_alpha", "co
 pub struct ToolSetup {
     pub format: ToolCallFormat,
     pub tools: Vec<Value>,
-    /// `parallel_tool_calls: false`: at most one call is returned.
+    /// At most one call is returned: `parallel_tool_calls: false`, or a named `tool_choice`
+    /// (which means exactly one call of that function; the grammar then allows no second).
     pub single: bool,
+    /// `tool_choice` forces a call (`required` or named): the grammar allows nothing but calls,
+    /// so any text the parser leaves is a call cut short by `max_tokens`, never content.
+    pub forced: bool,
     /// The model's template does not know tools (the generic prompt is used).
     pub generic: bool,
 }
@@ -132,7 +137,8 @@ pub fn prepare(
     }
     let known = template_format(template, configured);
     let format = known.unwrap_or(ToolCallFormat::Hermes);
-    let single = req.parallel_tool_calls == Some(false);
+    let named = req.tool_choice.as_ref().is_some_and(Value::is_object);
+    let single = req.parallel_tool_calls == Some(false) || named;
     let prompt = match known {
         Some(_) => {
             let (custom, builtin) = split_builtin(template, tools);
@@ -170,6 +176,7 @@ pub fn prepare(
             format,
             tools: tools.to_vec(),
             single,
+            forced: matches!(constraint, Some(ToolConstraint::Forced(_))),
             generic: known.is_none(),
         }),
         constraint,
@@ -230,6 +237,9 @@ pub fn message(setup: &ToolSetup, text: &str) -> (Option<String>, Option<Vec<Too
     if setup.single {
         parsed.tool_calls.truncate(1);
     }
+    if setup.forced {
+        parsed.content = None;
+    }
     let calls: Vec<ToolCallOut> = parsed
         .tool_calls
         .into_iter()
@@ -243,6 +253,16 @@ pub fn message(setup: &ToolSetup, text: &str) -> (Option<String>, Option<Vec<Too
         })
         .collect();
     (parsed.content, (!calls.is_empty()).then_some(calls))
+}
+
+/// A chat choice's `finish_reason` with tools: `length` when `max_tokens` cut the output (even
+/// after complete calls: something was cut), else `tool_calls` when a call was made.
+pub fn finish_reason(made_call: bool, engine: FinishReason) -> &'static str {
+    match engine {
+        FinishReason::Length => "length",
+        _ if made_call => "tool_calls",
+        other => other.as_str(),
+    }
 }
 
 #[cfg(test)]
