@@ -24,6 +24,8 @@ pub struct Overrides {
     /// `--cors-allow-origins`: comma-separated.
     pub cors_allow_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<usize>,
+    pub max_tools: Option<usize>,
+    pub max_schema_bytes: Option<usize>,
     pub drain_delay_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
     pub device: Option<String>,
@@ -115,6 +117,8 @@ impl Overrides {
             api_keys: parsed("api_key").map(|v| comma_list(&v).into_iter().map(Secret::new).collect()),
             cors_allow_origins: parsed("cors_allow_origins").map(|v| comma_list(&v)),
             max_body_bytes: num("max_body_bytes", parsed("max_body_bytes"), &mut problems),
+            max_tools: num("max_tools", parsed("max_tools"), &mut problems),
+            max_schema_bytes: num("max_schema_bytes", parsed("max_schema_bytes"), &mut problems),
             drain_delay_secs: num("drain_delay_secs", parsed("drain_delay_secs"), &mut problems),
             drain_grace_secs: num("drain_grace_secs", parsed("drain_grace_secs"), &mut problems),
             device: parsed("device"),
@@ -161,6 +165,12 @@ impl Overrides {
             "server.cors_allow_origins"
         );
         put!(max_body_bytes, cfg.server.max_body_bytes, "server.max_body_bytes");
+        put!(max_tools, cfg.server.max_tools, "server.max_tools");
+        put!(
+            max_schema_bytes,
+            cfg.server.max_schema_bytes,
+            "server.max_schema_bytes"
+        );
         put!(
             drain_delay_secs,
             cfg.server.drain_delay_secs,

@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// A chat request with more tools gets 400 (`tools`): each tool is rendered into the
+    /// prompt and compiled into the call grammar, so their number bounds a request's work.
+    pub max_tools: usize,
+    /// A JSON Schema (a tool's `parameters`, a `response_format` schema) larger than this many
+    /// bytes, as JSON, gets 400: a schema is compiled into a grammar per request.
+    pub max_schema_bytes: usize,
     /// On SIGTERM: keep the listener open (answering 503) this long so load balancers notice.
     pub drain_delay_secs: u64,
     /// Then wait this long at most for in-flight requests.
@@ -53,6 +59,8 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             cors_allow_origins: Vec::new(),
             max_body_bytes: 8 << 20,
+            max_tools: 128,
+            max_schema_bytes: 64 << 10,
             drain_delay_secs: 5,
             drain_grace_secs: 60,
         }

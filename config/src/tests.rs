@@ -271,6 +271,30 @@ fn a_bad_value_from_env_or_a_flag_names_the_variable_or_flag() {
 }
 
 #[test]
+fn request_limits_default_layer_and_must_be_positive() {
+    let cfg = load_text("", &[], &Overrides::default()).unwrap();
+    assert_eq!((cfg.server.max_tools, cfg.server.max_schema_bytes), (128, 65536));
+    let cli = Overrides {
+        max_schema_bytes: Some(1000),
+        ..Overrides::default()
+    };
+    let src = "[server]\nmax_tools = 10\nmax_schema_bytes = 500\n";
+    let cfg = load_text(src, &[("WICK_MAX_TOOLS", "20")], &cli).unwrap();
+    assert_eq!((cfg.server.max_tools, cfg.server.max_schema_bytes), (20, 1000));
+    let err = load_text("", &[("WICK_MAX_TOOLS", "0")], &Overrides::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment variable WICK_MAX_TOOLS: server.max_tools: must be greater than 0"
+    );
+    let err = load_text("[server]\nmax_schema_bytes = 0\n", &[], &Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("server.max_schema_bytes: must be greater than 0"),
+        "{err}"
+    );
+}
+
+#[test]
 fn secrets_are_masked_in_print_and_debug() {
     let src = "[server]\napi_keys = [\"sk-from-file\"]\n";
     let cfg = load_text(src, &[], &Overrides::default()).unwrap();

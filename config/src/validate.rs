@@ -27,6 +27,12 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
     if s.max_body_bytes == 0 {
         bad("server.max_body_bytes", "must be greater than 0".into());
     }
+    if s.max_tools == 0 {
+        bad("server.max_tools", "must be greater than 0".into());
+    }
+    if s.max_schema_bytes == 0 {
+        bad("server.max_schema_bytes", "must be greater than 0".into());
+    }
     for (i, key) in s.api_keys.iter().enumerate() {
         if key.expose().trim().is_empty() {
             bad(&format!("server.api_keys[{i}]"), "must not be empty".into());

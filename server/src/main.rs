@@ -17,7 +17,7 @@ use wick_server::cli::model::{chat_template, load_options, resolve_model};
 use wick_server::ops::auth::ApiKeys;
 use wick_server::ops::drain;
 use wick_server::router::RouterState;
-use wick_server::tools;
+use wick_server::tools::{self, RequestLimits};
 
 #[derive(Parser)]
 #[command(name = "wick", version, about = "An OpenAI-compatible LLM serving daemon")]
@@ -131,6 +131,10 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
             .collect(),
     );
     state.max_body_bytes = server_cfg.max_body_bytes;
+    state.models.limits = RequestLimits {
+        max_tools: server_cfg.max_tools,
+        max_schema_bytes: server_cfg.max_schema_bytes,
+    };
     state.cors_allow_origins = server_cfg.cors_allow_origins.clone();
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -1,6 +1,8 @@
-//! Operational switches of `wick serve`: CORS for browser clients, JSON logs, API keys.
+//! Operational switches of `wick serve`: CORS for browser clients, JSON logs, API keys, request
+//! limits.
 
-use wick_tests::{request_raw, Server};
+use serde_json::{json, Value};
+use wick_tests::{post_json, request_raw, Server};
 
 #[test]
 fn cors_preflight_and_json_logs() {
@@ -84,4 +86,60 @@ fn api_keys_are_checked_before_routing() {
     for probe in ["/health", "/ready", "/version", "/metrics"] {
         assert_eq!(status("GET", probe, None), "200", "{probe}");
     }
+}
+
+/// `--max-tools` and `--max-schema-bytes` bound what one request may ask to be rendered and
+/// compiled: over them is a 400 naming the field, at or under them the request is served.
+#[test]
+fn request_limits_refuse_too_many_tools_and_too_large_schemas() {
+    let server = Server::start(&["--max-tools", "3", "--max-schema-bytes", "300"]);
+    let model = "SmolLM2-135M-Instruct.Q4_1";
+    let tool = |name: &str, parameters: Value| json!({"type": "function", "function": {"name": name, "parameters": parameters}});
+    let small = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    let large =
+        json!({"type": "object", "properties": {"a": {"type": "string", "description": "x".repeat(400)}}});
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        for (k, v) in extra.as_object().expect("an object") {
+            body[k] = v.clone();
+        }
+        post_json(server.port, "/v1/chat/completions", &body)
+    };
+    let refused = |reply: wick_tests::Reply, param: &str, says: &str| {
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], param, "{}", reply.body);
+        assert!(
+            error["message"].as_str().unwrap_or("").contains(says),
+            "{}",
+            reply.body
+        );
+    };
+    let three: Vec<Value> = (0..3).map(|i| tool(&format!("t{i}"), small.clone())).collect();
+    let four: Vec<Value> = (0..4).map(|i| tool(&format!("t{i}"), small.clone())).collect();
+    assert_eq!(chat(json!({"tools": three})).status, 200);
+    refused(chat(json!({"tools": four})), "tools", "server.max_tools");
+    refused(
+        chat(json!({"tools": [tool("t0", small.clone()), tool("big", large.clone())]})),
+        "tools[1].function.parameters",
+        "server.max_schema_bytes",
+    );
+    let format = |schema: Value| json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}});
+    assert_eq!(chat(format(small.clone())).status, 200);
+    refused(
+        chat(format(large.clone())),
+        "response_format.json_schema.schema",
+        "server.max_schema_bytes",
+    );
+    let completion = post_json(
+        server.port,
+        "/v1/completions",
+        &json!({"model": model, "prompt": "a", "max_tokens": 2, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": large}}}),
+    );
+    refused(
+        completion,
+        "response_format.json_schema.schema",
+        "server.max_schema_bytes",
+    );
 }

@@ -11,6 +11,7 @@ use crate::api::chat_template::ChatTemplate;
 use crate::api::errors::ApiError;
 use crate::ops::metrics::ModelMetrics;
 use crate::tools::parser::ToolCallFormat;
+use crate::tools::RequestLimits;
 
 pub struct LocalModel {
     /// The name clients use in `model`.
@@ -22,23 +23,27 @@ pub struct LocalModel {
     pub metrics: Arc<ModelMetrics>,
 }
 
-/// Every local model of the process, `server.model` first; requests find theirs by name.
+/// Every local model of the process, `server.model` first; requests find theirs by name. With
+/// the bounds every request to them is held to.
 #[derive(Default)]
-pub struct LocalModels(Vec<Arc<LocalModel>>);
+pub struct LocalModels {
+    models: Vec<Arc<LocalModel>>,
+    pub limits: RequestLimits,
+}
 
 impl LocalModels {
     /// Adds a model; fails when one of that name is already served.
     pub fn push(&mut self, model: LocalModel) -> Result<(), String> {
-        if self.0.iter().any(|m| m.id == model.id) {
+        if self.models.iter().any(|m| m.id == model.id) {
             return Err(format!("two local models are both served as `{}`", model.id));
         }
-        self.0.push(Arc::new(model));
+        self.models.push(Arc::new(model));
         Ok(())
     }
 
     /// The model clients call `name` (OpenAI's 404 `model_not_found` otherwise).
     pub fn get(&self, name: &str) -> Result<Arc<LocalModel>, ApiError> {
-        self.0
+        self.models
             .iter()
             .find(|m| m.id == name)
             .cloned()
@@ -46,12 +51,12 @@ impl LocalModels {
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, Arc<LocalModel>> {
-        self.0.iter()
+        self.models.iter()
     }
 
     /// The first model (`server.model`, what `/ready` names), if any.
     pub fn first(&self) -> Option<&Arc<LocalModel>> {
-        self.0.first()
+        self.models.first()
     }
 }
 
@@ -60,6 +65,6 @@ impl<'a> IntoIterator for &'a LocalModels {
     type IntoIter = std::slice::Iter<'a, Arc<LocalModel>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.models.iter()
     }
 }

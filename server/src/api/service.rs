@@ -65,7 +65,7 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         .template
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
-    let prepared = tools::prepare(template, model.tool_format, &req, messages)?;
+    let prepared = tools::prepare(template, model.tool_format, &req, messages, &models.limits)?;
     // The template writes BOS itself where the model wants one.
     let max_model_len = model.engine.limits().max_model_len;
     check_fits_context(
@@ -75,7 +75,8 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         "messages",
     )?;
     let prompt = model.engine.tokenizer().encode(&prepared.prompt, false)?;
-    let mut params = sampling_params(&sampling, req.max_completion_tokens.or(sampling.max_tokens))?;
+    let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
+    let mut params = sampling_params(&sampling, max_tokens, models.limits.max_schema_bytes)?;
     chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
     let mut compiled = None;
     match prepared.constraint {
@@ -193,7 +194,8 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
         Ok(tokenizer.encode(s, true)?)
     })?;
     // OpenAI's completions default to 16 tokens.
-    let mut params = sampling_params(&sampling, Some(sampling.max_tokens.unwrap_or(16)))?;
+    let max_tokens = Some(sampling.max_tokens.unwrap_or(16));
+    let mut params = sampling_params(&sampling, max_tokens, models.limits.max_schema_bytes)?;
     if let Some(k) = req.logprobs {
         if k > MAX_COMPLETION_LOGPROBS {
             return Err(ApiError::invalid(

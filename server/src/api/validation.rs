@@ -11,6 +11,7 @@ use wick_engine::tokenizer::Tokenizer;
 use crate::api::chat_template::ChatMessage;
 use crate::api::errors::ApiError;
 use crate::api::openai::{ChatMessageIn, MessageContent, PromptInput, ResponseFormat, SamplingFields};
+use crate::tools::check_schema_size;
 
 /// The largest `n` accepted (each choice is a sequence in the batch).
 pub const MAX_N: u32 = 128;
@@ -20,7 +21,13 @@ pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
 /// Maps the shared sampling fields. `max_tokens` comes from the caller (chat prefers
 /// `max_completion_tokens`; completions default to 16 like OpenAI's).
-pub fn sampling_params(f: &SamplingFields, max_tokens: Option<u32>) -> Result<SamplingParams, ApiError> {
+/// The request's sampling fields as the engine's parameters; a `response_format` schema may be
+/// `max_schema_bytes` long at most.
+pub fn sampling_params(
+    f: &SamplingFields,
+    max_tokens: Option<u32>,
+    max_schema_bytes: usize,
+) -> Result<SamplingParams, ApiError> {
     let n = f.n.unwrap_or(1);
     if n == 0 || n > MAX_N {
         return Err(ApiError::invalid(
@@ -68,7 +75,7 @@ pub fn sampling_params(f: &SamplingFields, max_tokens: Option<u32>) -> Result<Sa
         logprobs: false,
         top_logprobs: 0,
         prompt_logprobs: None,
-        constraint: constraint(f.response_format.as_ref())?,
+        constraint: constraint(f.response_format.as_ref(), max_schema_bytes)?,
         max_tokens: max_tokens.map(|m| m as usize),
         min_tokens: f.min_tokens.unwrap_or(0) as usize,
         stop,
@@ -247,12 +254,17 @@ pub fn check_fits_context(
 }
 
 /// `response_format` as the engine's constraint (compiled, and checked, when submitted).
-fn constraint(format: Option<&ResponseFormat>) -> Result<Option<ConstraintSpec>, ApiError> {
+fn constraint(
+    format: Option<&ResponseFormat>,
+    max_schema_bytes: usize,
+) -> Result<Option<ConstraintSpec>, ApiError> {
     Ok(match format {
         None | Some(ResponseFormat::Text) => None,
         Some(ResponseFormat::JsonObject) => Some(ConstraintSpec::JsonObject),
         Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
             Some(schema) if schema.is_object() || schema.is_boolean() => {
+                let param = "response_format.json_schema.schema".to_string();
+                check_schema_size(schema, max_schema_bytes, param)?;
                 Some(ConstraintSpec::JsonSchema(schema.clone()))
             }
             Some(_) => {

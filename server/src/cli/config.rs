@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// Request bodies above this many bytes get 413. [default: 8388608]
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
+    /// Chat requests with more tools get 400. [default: 128]
+    #[arg(long)]
+    pub max_tools: Option<usize>,
+    /// JSON Schemas (tool parameters, response_format) larger than this many bytes get 400.
+    /// [default: 65536]
+    #[arg(long)]
+    pub max_schema_bytes: Option<usize>,
     /// Allow browsers from these origins (comma-separated, or `*`) to call the API (CORS).
     #[arg(long)]
     pub cors_allow_origins: Option<String>,
@@ -93,6 +100,8 @@ impl ServeArgs {
             api_keys: list(&self.api_key).map(|keys| keys.into_iter().map(Secret::new).collect()),
             cors_allow_origins: list(&self.cors_allow_origins),
             max_body_bytes: self.max_body_bytes,
+            max_tools: self.max_tools,
+            max_schema_bytes: self.max_schema_bytes,
             drain_delay_secs: self.drain_delay_secs,
             drain_grace_secs: self.drain_grace_secs,
             device: self.device.clone(),

@@ -47,6 +47,35 @@ pub struct ToolSetup {
     pub generic: bool,
 }
 
+/// Bounds on what one request may ask to be rendered and compiled (`server.max_tools`,
+/// `server.max_schema_bytes`): work that grows with them cannot otherwise be bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_tools: usize,
+    pub max_schema_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_tools: 128,
+            max_schema_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A JSON Schema larger than `max_bytes` (as JSON) is a 400 naming `param`.
+pub fn check_schema_size(schema: &Value, max_bytes: usize, param: String) -> Result<(), ApiError> {
+    let bytes = serde_json::to_string(schema).map_or(usize::MAX, |s| s.len());
+    if bytes <= max_bytes {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        param,
+        format!("the schema is {bytes} bytes, more than this server's limit of {max_bytes} (server.max_schema_bytes)"),
+    ))
+}
+
 /// How the grammar of a prepared chat applies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolConstraint {
@@ -81,7 +110,7 @@ pub fn template_format(
 
 /// A tool's `parameters`, when given, must be a JSON Schema object that compiles: a schema that
 /// does not would otherwise leave the call unconstrained and unchecked without a word.
-fn check_parameters(index: usize, function: &Value) -> Result<(), ApiError> {
+fn check_parameters(index: usize, function: &Value, max_schema_bytes: usize) -> Result<(), ApiError> {
     let Some(parameters) = function.get("parameters") else {
         return Ok(());
     };
@@ -93,6 +122,7 @@ fn check_parameters(index: usize, function: &Value) -> Result<(), ApiError> {
             format!("the parameters of tool `{name}` must be a JSON Schema object"),
         ));
     }
+    check_schema_size(parameters, max_schema_bytes, param.clone())?;
     Schema::compile(parameters)
         .map(|_| ())
         .map_err(|e| ApiError::invalid(param, format!("the parameters of tool `{name}`: {e}")))
@@ -103,9 +133,20 @@ pub fn prepare(
     configured: Option<ToolCallFormat>,
     req: &ChatCompletionRequest,
     mut messages: Vec<ChatMessage>,
+    limits: &RequestLimits,
 ) -> Result<PreparedChat, ApiError> {
     let render_error = |e: crate::api::chat_template::ChatTemplateError| ApiError::bad_request(e.to_string());
     let tools = req.tools.as_deref().unwrap_or_default();
+    if tools.len() > limits.max_tools {
+        return Err(ApiError::invalid(
+            "tools",
+            format!(
+                "{} tools, more than this server's limit of {} (server.max_tools)",
+                tools.len(),
+                limits.max_tools
+            ),
+        ));
+    }
     let none = req.tool_choice.as_ref().is_some_and(|c| c == "none");
     if tools.is_empty() || none {
         if req
@@ -133,7 +174,7 @@ pub fn prepare(
                 "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}",
             ));
         }
-        check_parameters(i, &tool["function"])?;
+        check_parameters(i, &tool["function"], limits.max_schema_bytes)?;
     }
     let known = template_format(template, configured);
     let format = known.unwrap_or(ToolCallFormat::Hermes);

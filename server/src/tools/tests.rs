@@ -34,7 +34,7 @@ fn request(body: Value) -> (ChatCompletionRequest, Vec<ChatMessage>) {
 
 fn prepare_body(template: &ChatTemplate, configured: Option<ToolCallFormat>, body: Value) -> PreparedChat {
     let (req, messages) = request(body);
-    prepare(template, configured, &req, messages).expect("prepares")
+    prepare(template, configured, &req, messages, &RequestLimits::default()).expect("prepares")
 }
 
 #[test]
@@ -231,7 +231,9 @@ fn llama31_multi_step_calls_replay_in_order() {
         {"id": "b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]);
     let (req, messages) = request(json!({"model": "m", "tools": tools, "messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": two}]}));
-    let err = prepare(&llama31(), None, &req, messages).err().expect("refused");
+    let err = prepare(&llama31(), None, &req, messages, &RequestLimits::default())
+        .err()
+        .expect("refused");
     assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
     assert!(err.body.error.message.contains("single tool-calls"), "{err:?}");
 }
