@@ -66,7 +66,6 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
     let prepared = tools::prepare(template, model.tool_format, &req, messages, &models.limits)?;
-    // The template writes BOS itself where the model wants one.
     let max_model_len = model.engine.limits().max_model_len;
     check_fits_context(
         model.engine.tokenizer(),
@@ -74,6 +73,7 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         max_model_len,
         "messages",
     )?;
+    // The template writes BOS itself where the model wants one.
     let prompt = model.engine.tokenizer().encode(&prepared.prompt, false)?;
     let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
     let mut params = sampling_params(&sampling, max_tokens, models.limits.max_schema_bytes)?;

@@ -56,10 +56,12 @@ pub struct RequestLimits {
 }
 
 impl Default for RequestLimits {
+    /// The configuration's defaults.
     fn default() -> Self {
+        let server = wick_config::ServerConfig::default();
         Self {
-            max_tools: 128,
-            max_schema_bytes: 64 << 10,
+            max_tools: server.max_tools,
+            max_schema_bytes: server.max_schema_bytes,
         }
     }
 }
@@ -111,7 +113,8 @@ pub fn template_format(
 /// A tool's `parameters`, when given, must be a JSON Schema object that compiles: a schema that
 /// does not would otherwise leave the call unconstrained and unchecked without a word.
 fn check_parameters(index: usize, function: &Value, max_schema_bytes: usize) -> Result<(), ApiError> {
-    let Some(parameters) = function.get("parameters") else {
+    // Left out or null: any arguments object, as the grammar takes it.
+    let Some(parameters) = function.get("parameters").filter(|p| !p.is_null()) else {
         return Ok(());
     };
     let name = function["name"].as_str().unwrap_or_default();
