@@ -64,19 +64,20 @@ fn dequantized_f32_matches_reference_exactly() {
     eprintln!("Qwen2 f32: worst top-5 logprob difference {worst:.2e}");
 }
 
-/// Weights as stored (Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 matrices): candle quantizes the
-/// activations to 8 bits per matmul (Q8_0 / Q8_K, as llama.cpp does), so logprobs move the way
-/// they do for the default model's Q4_1 (golden.rs, where llama.cpp's own quantized path was
-/// measured at 0.31 nats from its reference). Tokens must agree while the reference's margin is
-/// at least 0.5 nats; top-5 logprobs within the default model's bound of 0.35 nats. Measured: 32
-/// of the 48 steps compared, worst by rank [0.036, 0.134, 0.192, 0.172, 0.286]; the chosen
-/// tokens stay within 0.04. (llama.cpp's own deviation on this model was not measured: no
-/// llama.cpp here; tests/reference/llama_cpp_deviation.py would do it.)
+/// Weights as stored (Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 matrices): the activations are
+/// quantized to 8 bits per matmul (Q8_0 / Q8_K, as llama.cpp does), so logprobs move the way
+/// they do for the default model's Q4_1. Tokens must agree while the reference's margin is at
+/// least 0.5 nats; top-5 logprobs within 0.45 nats. llama.cpp's own Q4_K_M path on the same GGUF,
+/// prompts and steps (tests/reference/llama_cpp_deviation.py with golden_qwen2.json, llama.cpp
+/// as vendored by llama-cpp-python 0.3.36) is off by up to 0.436 (worst by rank [0.022, 0.132,
+/// 0.436, 0.171, 0.324] over 32 steps), so 0.45 is what this quantization allows. wick
+/// measured [0.039, 0.209, 0.150, 0.179, 0.375] with its Q8_0 kernel (0.286 before it, with
+/// candle's: the worst ranks are tokens below -10 nats, where 8-bit rounding moves most).
 #[test]
 fn quantized_matches_reference_until_a_close_call() {
     let cases = golden_cases();
     let ours = run_all(LoadOptions::default(), &cases);
-    let (compared, worst) = golden::check_until_close_call(&cases, &ours, 0.5, 0.35);
+    let (compared, worst) = golden::check_until_close_call(&cases, &ours, 0.5, 0.45);
     eprintln!("Qwen2 Q4_K_M: {compared} steps compared, worst logprob difference by rank {worst:.3?}");
     assert!(compared >= 20, "too few comparable steps ({compared})");
 }

@@ -7,7 +7,7 @@ the Rust test measures -- tokens until the reference's top-1/top-2 margin drops 
 and the worst |logprob difference| of the reference's top-5 tokens, by rank.
 
     llama-server -m SmolLM2-135M-Instruct.Q4_1.gguf -c 4096 -np 1 -t 2 --port 8081 &
-    python3 tests/reference/llama_cpp_deviation.py http://127.0.0.1:8081
+    python3 tests/reference/llama_cpp_deviation.py http://127.0.0.1:8081 [golden_qwen2.json]
 
 Standard library only. Not part of the test suite (llama.cpp is a peer, not a dependency).
 """
@@ -29,7 +29,8 @@ def complete(url, prompt_ids, n):
 
 def main():
     url = sys.argv[1].rstrip("/") if len(sys.argv) > 1 else "http://127.0.0.1:8081"
-    golden = json.loads((pathlib.Path(__file__).parent / "golden.json").read_text())
+    name = sys.argv[2] if len(sys.argv) > 2 else "golden.json"
+    golden = json.loads((pathlib.Path(__file__).parent / name).read_text())
     worst = [0.0] * 5
     compared = 0
     for case in golden["cases"]:

@@ -18,6 +18,7 @@ use crate::engine::{
     Command, EngineEvent, EngineStats, GenerateRequest, PromptTokenLogprob, Shared, TokenEvent, Usage,
 };
 use crate::error::Result;
+use crate::kernels::cpu::pool::compute_pool;
 use crate::kv::block_manager::BlockManager;
 use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
 use crate::sample::constraint::Constraint;
@@ -104,7 +105,8 @@ impl EngineLoop {
             if self.scheduler.is_idle() {
                 continue;
             }
-            match self.step() {
+            // The whole step (forward and sampling) in the compute pool: see kernels::cpu::pool.
+            match compute_pool().install(|| self.step()) {
                 Ok(true) => {}
                 Ok(false) => {
                     // Nothing could be scheduled (should not happen: one sequence always fits

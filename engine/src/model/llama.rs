@@ -8,22 +8,80 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
+use crate::kernels::cpu::acts::QuantizedActs;
+use crate::kernels::cpu::matmul::quantize_input;
 use crate::model::attention::AttentionBackend;
 use crate::model::config::{rope_inv_freq, LlamaConfig};
-use crate::model::weights::{Linear, WeightFormat, Weights};
+use crate::model::weights::{CpuMatrix, Linear, WeightFormat, Weights};
 
 struct Block {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    inputs: Inputs,
     /// Biases of q, k and v ([`qkv_bias`](crate::model::config::Architecture::qkv_bias)).
     qkv_bias: Option<[Tensor; 3]>,
     o: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
     down: Linear,
+}
+
+/// The projections that read a normalized layer input: q/k/v and gate/up.
+enum Inputs {
+    /// One matmul each (candle's formats, other devices).
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        gate: Linear,
+        up: Linear,
+    },
+    /// The CPU kernels: each input quantized once; q/k/v one matrix whose output is cut in
+    /// three, gate/up one interleaved matrix with `silu(gate) * up` in its epilogue.
+    Fused { qkv: CpuMatrix, gate_up: CpuMatrix },
+}
+
+impl Inputs {
+    fn new(q: Linear, k: Linear, v: Linear, gate: Linear, up: Linear) -> Self {
+        let fused = match (q.as_cpu(), k.as_cpu(), v.as_cpu(), gate.as_cpu(), up.as_cpu()) {
+            (Some(q), Some(k), Some(v), Some(g), Some(u)) => {
+                CpuMatrix::concat(&[q, k, v]).zip(CpuMatrix::interleave(g, u))
+            }
+            _ => None,
+        };
+        match fused {
+            Some((qkv, gate_up)) => Inputs::Fused { qkv, gate_up },
+            None => Inputs::Separate { q, k, v, gate, up },
+        }
+    }
+}
+
+/// `m` rows as an `(m, cols)` CPU tensor (no copy).
+fn rows_tensor(data: Vec<f32>, cols: usize, device: &Device) -> Result<Tensor> {
+    let m = data.len() / cols.max(1);
+    Ok(Tensor::from_vec(data, (m, cols), device)?)
+}
+
+/// A contiguous f32 CPU tensor's values.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(d)), Some((a, b))) => f(&d[a..b]),
+        _ => Err(crate::error::EngineError::InvalidBatch(
+            "fused CPU layer needs contiguous f32 CPU tensors".into(),
+        )),
+    }
+}
+
+/// `x + a W^T`: in the matmul's epilogue on the CPU kernels, two candle ops elsewhere.
+fn add_projection(x: &Tensor, w: &Linear, a: &Tensor) -> Result<Tensor> {
+    match w.as_cpu() {
+        Some(m) => {
+            let acts: QuantizedActs = quantize_input(a)?;
+            let out = with_values(x, |x| m.matmul_add(&acts, x))?;
+            rows_tensor(out, m.n(), x.device())
+        }
+        None => Ok((x + w.forward(a)?)?),
+    }
 }
 
 pub struct LlamaModel {
@@ -73,16 +131,19 @@ impl LlamaModel {
             } else {
                 None
             };
+            let inputs = Inputs::new(
+                weights.linear(&n("attn_q"), format, device)?,
+                weights.linear(&n("attn_k"), format, device)?,
+                weights.linear(&n("attn_v"), format, device)?,
+                weights.linear(&n("ffn_gate"), format, device)?,
+                weights.linear(&n("ffn_up"), format, device)?,
+            );
             blocks.push(Block {
                 attn_norm: vec_w(weights, &n("attn_norm"))?,
-                q: weights.linear(&n("attn_q"), format, device)?,
-                k: weights.linear(&n("attn_k"), format, device)?,
-                v: weights.linear(&n("attn_v"), format, device)?,
+                inputs,
                 qkv_bias,
                 o: weights.linear(&n("attn_output"), format, device)?,
                 ffn_norm: vec_w(weights, &n("ffn_norm"))?,
-                gate: weights.linear(&n("ffn_gate"), format, device)?,
-                up: weights.linear(&n("ffn_up"), format, device)?,
                 down: weights.linear(&n("ffn_down"), format, device)?,
             });
         }
@@ -173,7 +234,18 @@ impl LlamaModel {
         let mut x = self.embed.index_select(tokens, 0)?;
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let (mut q, mut k, mut v) = (b.q.forward(&h)?, b.k.forward(&h)?, b.v.forward(&h)?);
+            let (mut q, mut k, mut v) = match &b.inputs {
+                Inputs::Fused { qkv, .. } => {
+                    let acts = quantize_input(&h)?;
+                    let kv_dim = kv_heads * hd;
+                    let mut parts = qkv
+                        .matmul_split(&acts, &[heads * hd, kv_dim, kv_dim])?
+                        .into_iter();
+                    let mut next = |cols| rows_tensor(parts.next().unwrap_or_default(), cols, &self.device);
+                    (next(heads * hd)?, next(kv_dim)?, next(kv_dim)?)
+                }
+                Inputs::Separate { q, k, v, .. } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+            };
             if let Some([bq, bk, bv]) = &b.qkv_bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -185,10 +257,18 @@ impl LlamaModel {
             let q = self.rope(&q, &cos, &sin)?;
             let k = self.rope(&k, &cos, &sin)?;
             let a = attn.attend(layer, &q, &k, &v)?;
-            x = (x + b.o.forward(&a)?)?;
+            x = add_projection(&x, &b.o, &a)?;
             let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gated = (candle_nn::ops::silu(&b.gate.forward(&h)?)? * b.up.forward(&h)?)?;
-            x = (x + b.down.forward(&gated)?)?;
+            let gated = match &b.inputs {
+                Inputs::Fused { gate_up, .. } => {
+                    let out = gate_up.matmul_silu_mul(&quantize_input(&h)?)?;
+                    rows_tensor(out, gate_up.n() / 2, &self.device)?
+                }
+                Inputs::Separate { gate, up, .. } => {
+                    (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?
+                }
+            };
+            x = add_projection(&x, &b.down, &gated)?;
         }
         let x = match logit_rows {
             Some(rows) => x.index_select(rows, 0)?,

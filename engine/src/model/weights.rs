@@ -11,21 +11,99 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::kernels::cpu::q4_1_matmul::Q41Matrix;
+use crate::kernels::cpu::acts::QuantizedActs;
+use crate::kernels::cpu::q4_1::Q41Matrix;
+use crate::kernels::cpu::q8_0::Q80Matrix;
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
 pub enum Linear {
     /// candle's quantized or dense matmul.
     Candle(QMatMul),
-    /// Q4_1 on the CPU: our AVX2 kernel (bit-identical to candle's, faster).
-    CpuQ4_1(Q41Matrix),
+    /// A format with a kernel of ours on the CPU (faster than candle's; see `kernels::cpu`).
+    Cpu(CpuMatrix),
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
-            Linear::CpuQ4_1(m) => m.forward(x),
+            Linear::Cpu(m) => m.forward(x),
+        }
+    }
+
+    pub fn as_cpu(&self) -> Option<&CpuMatrix> {
+        match self {
+            Linear::Cpu(m) => Some(m),
+            Linear::Candle(_) => None,
+        }
+    }
+}
+
+/// A matrix in one of the formats the CPU kernels take; all of them read the same quantized
+/// activations, so one quantization of a layer input serves every matrix that reads it.
+pub enum CpuMatrix {
+    Q4_1(Q41Matrix),
+    Q8_0(Q80Matrix),
+}
+
+macro_rules! each_format {
+    ($m:expr, $x:ident => $e:expr) => {
+        match $m {
+            CpuMatrix::Q4_1($x) => $e,
+            CpuMatrix::Q8_0($x) => $e,
+        }
+    };
+}
+
+impl CpuMatrix {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        each_format!(self, m => m.forward(x))
+    }
+
+    pub fn n(&self) -> usize {
+        each_format!(self, m => m.n())
+    }
+
+    pub fn matmul_split(&self, acts: &QuantizedActs, widths: &[usize]) -> Result<Vec<Vec<f32>>> {
+        each_format!(self, m => m.matmul_split(acts, widths))
+    }
+
+    pub fn matmul_add(&self, acts: &QuantizedActs, residual: &[f32]) -> Result<Vec<f32>> {
+        each_format!(self, m => m.matmul_add(acts, residual))
+    }
+
+    pub fn matmul_silu_mul(&self, acts: &QuantizedActs) -> Result<Vec<f32>> {
+        each_format!(self, m => m.matmul_silu_mul(acts))
+    }
+
+    /// q, k and v as one matrix, when all three are in one format (else None).
+    pub fn concat(parts: &[&CpuMatrix]) -> Option<CpuMatrix> {
+        if let Some(ms) = parts
+            .iter()
+            .map(|p| match p {
+                CpuMatrix::Q4_1(m) => Some(m),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+        {
+            return Q41Matrix::concat(&ms).map(CpuMatrix::Q4_1);
+        }
+        let ms = parts
+            .iter()
+            .map(|p| match p {
+                CpuMatrix::Q8_0(m) => Some(m),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Q80Matrix::concat(&ms).map(CpuMatrix::Q8_0)
+    }
+
+    /// Gate and up interleaved for the fused `silu(gate) * up`, when in one format.
+    pub fn interleave(gate: &CpuMatrix, up: &CpuMatrix) -> Option<CpuMatrix> {
+        match (gate, up) {
+            (CpuMatrix::Q4_1(g), CpuMatrix::Q4_1(u)) => Q41Matrix::interleave(g, u).map(CpuMatrix::Q4_1),
+            (CpuMatrix::Q8_0(g), CpuMatrix::Q8_0(u)) => Q80Matrix::interleave(g, u).map(CpuMatrix::Q8_0),
+            _ => None,
         }
     }
 }
@@ -213,8 +291,7 @@ impl Weights {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
                     }
-                    GgmlDType::Q4_1 if device.is_cpu() => Ok(Linear::CpuQ4_1(Q41Matrix::from_qtensor(&q)?)),
-                    _ => Ok(Linear::Candle(QMatMul::from_arc(Arc::new(q))?)),
+                    _ => Self::quantized_linear(q, device),
                 }
             }
             WeightFormat::Quantized(ty) => {
@@ -226,15 +303,27 @@ impl Weights {
                         ty.block_size()
                     )));
                 }
-                Ok(Linear::Candle(QMatMul::from_arc(Arc::new(QTensor::quantize(
-                    &w, ty,
-                )?))?))
+                Self::quantized_linear(QTensor::quantize(&w, ty)?, device)
             }
             other => {
                 let w = self.dense(name, other.compute_dtype(), device)?;
                 Ok(Linear::Candle(QMatMul::Tensor(w)))
             }
         }
+    }
+
+    /// Our CPU kernel where there is one for the format and the shape (rows a multiple of 64),
+    /// candle's quantized matmul otherwise.
+    fn quantized_linear(q: QTensor, device: &Device) -> Result<Linear> {
+        let fits = q.shape().dims().last().is_some_and(|k| k.is_multiple_of(64));
+        if device.is_cpu() && fits {
+            match q.dtype() {
+                GgmlDType::Q4_1 => return Ok(Linear::Cpu(CpuMatrix::Q4_1(Q41Matrix::from_qtensor(&q)?))),
+                GgmlDType::Q8_0 => return Ok(Linear::Cpu(CpuMatrix::Q8_0(Q80Matrix::from_qtensor(&q)?))),
+                _ => {}
+            }
+        }
+        Ok(Linear::Candle(QMatMul::from_arc(Arc::new(q))?))
     }
 
     pub fn check_shape(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod attention;
 use candle_core::Tensor;
 
 use crate::error::{EngineError, Result};
+use crate::kernels::cpu::pool::compute_pool;
 use crate::kv::cache::{BlockTable, KvShape, PagedKvCache};
 use crate::model::config::LlamaConfig;
 use crate::model::llama::LlamaModel;
@@ -130,7 +131,8 @@ impl ModelRunner {
             cache: &self.cache,
             meta: &meta,
         };
-        self.model
-            .forward(&tokens, &positions, (!all_rows).then_some(&rows), &mut attn)
+        // In the compute pool (a no-op when the engine loop already runs the step there).
+        let model = &self.model;
+        compute_pool().install(|| model.forward(&tokens, &positions, (!all_rows).then_some(&rows), &mut attn))
     }
 }

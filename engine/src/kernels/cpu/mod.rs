@@ -1,5 +1,10 @@
-//! CPU kernels: [`q4_1_matmul`] (Q4_1 weights times f32 activations, SIMD, batch-independent
-//! results) and [`attention`] (paged attention over the f32 KV pool).
+//! CPU kernels: quantized matmuls ([`matmul`], with the weight formats [`q4_1`] and [`q8_0`] and
+//! the shared 8-bit activations of [`acts`]; SIMD, batch-independent results, fused epilogues)
+//! and [`attention`] (paged attention over the f32 KV pool); [`pool`], the thread pool they run in.
 
+pub mod acts;
 pub mod attention;
-pub mod q4_1_matmul;
+pub mod matmul;
+pub mod pool;
+pub mod q4_1;
+pub mod q8_0;

@@ -1,202 +1,61 @@
-//! Q4_1 matrix x f32 activations on the CPU, with AVX2.
+//! Q4_1 weights on the CPU, with AVX2.
 //!
 //! candle 0.11 has no SIMD kernel for Q4_1 (its `vec_dot_unopt` took 86% of decode time) and
 //! multiplies row by row. This kernel computes exactly what candle's does, bit for bit: the
-//! activations are quantized to Q8_1 the same way, each 32-value block's integer dot product is
-//! exact (SIMD only speeds it up), and the float accumulation over blocks uses candle's
-//! expression, `sum += sumi * d_w * d_a + m_w * s_a`, in candle's order. What changes is speed:
-//! outputs are computed four at a time (four weight rows against one activation row when
-//! decoding, one weight row against four activation rows otherwise), with the integer dots in
-//! AVX2 `maddubs` and the float step done for the four lanes at once. Weights are stored in
-//! groups of four rows, interleaved block by block, and activations likewise, so the four scales
-//! of a step are one load.
+//! activations are quantized to Q8_1 the same way ([`super::acts`]), each 32-value block's
+//! integer dot product is exact (SIMD only speeds it up), and the float accumulation over blocks
+//! uses candle's expression, `sum += sumi * d_w * d_a + m_w * s_a`, in candle's order. What
+//! changes is speed: outputs are computed four at a time (four weight rows against one
+//! activation row when decoding, four against four otherwise; see [`super::matmul`]), with the
+//! integer dots in AVX2 `maddubs` and the float step done for the four lanes at once.
 //!
 //! Every output element is computed by the same operations (the same IEEE operations in the same
 //! order, whichever lane it is in) whatever the number of rows, so a row's result does not depend
-//! on the batch (see `cpu_attention` for why that matters).
+//! on the batch.
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::quantized::GgmlDType;
 use half::f16;
-use rayon::prelude::*;
 
-use crate::error::{EngineError, Result};
+use super::acts::ActGroup;
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+use super::acts::QK;
+use super::matmul::{GroupMatrix, WeightGroup};
 
-const QK: usize = 32;
-/// From this many activation rows on, outputs are grouped by rows rather than by columns.
-const ROW_TILE: usize = 4;
-
-/// Block `b` of four consecutive weight rows.
+/// Block `b` of four consecutive Q4_1 weight rows.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(16))]
-struct WeightGroup {
+pub struct Q41Group {
     d: [f32; 4],
     m: [f32; 4],
     qs: [[u8; 16]; 4],
 }
 
-/// Block `b` of four consecutive activation rows (Q8_1: scale and scaled sum).
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct ActGroup {
-    d: [f32; 4],
-    s: [f32; 4],
-    qs: [[i8; QK]; 4],
-}
+pub type Q41Matrix = GroupMatrix<Q41Group>;
 
-impl Default for ActGroup {
-    fn default() -> Self {
-        Self {
-            d: [0.0; 4],
-            s: [0.0; 4],
-            qs: [[0; QK]; 4],
-        }
-    }
-}
+impl WeightGroup for Q41Group {
+    const DTYPE: GgmlDType = GgmlDType::Q4_1;
+    const BLOCK_BYTES: usize = 20;
 
-pub struct Q41Matrix {
-    /// `ceil(n / 4)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
-    /// group are zeros (computed and dropped).
-    groups: Vec<WeightGroup>,
-    n: usize,
-    k: usize,
-}
-
-impl Q41Matrix {
-    /// From a Q4_1 tensor of shape `(n, k)`.
-    pub fn from_qtensor(q: &QTensor) -> Result<Self> {
-        if q.dtype() != GgmlDType::Q4_1 {
-            return Err(EngineError::InvalidConfig(format!(
-                "expected Q4_1, got {:?}",
-                q.dtype()
-            )));
-        }
-        let (n, k) = q.shape().dims2()?;
-        if !k.is_multiple_of(2 * QK) {
-            return Err(EngineError::InvalidConfig(format!(
-                "Q4_1 rows of {k} are not a multiple of 64"
-            )));
-        }
-        let data = q.data()?;
-        let kb = k / QK;
-        if data.len() != n * kb * 20 {
-            return Err(EngineError::InvalidConfig(
-                "Q4_1 tensor has the wrong byte length".into(),
-            ));
-        }
-        let mut groups = vec![WeightGroup::default(); n.div_ceil(4) * kb];
-        for (i, b) in data.chunks_exact(20).enumerate() {
-            let (row, block) = (i / kb, i % kb);
-            let g = &mut groups[(row / 4) * kb + block];
-            let lane = row % 4;
-            g.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            g.m[lane] = f16::from_le_bytes([b[2], b[3]]).to_f32();
-            g.qs[lane].copy_from_slice(&b[4..20]);
-        }
-        Ok(Self { groups, n, k })
+    fn set_lane(&mut self, lane: usize, b: &[u8]) {
+        self.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        self.m[lane] = f16::from_le_bytes([b[2], b[3]]).to_f32();
+        self.qs[lane].copy_from_slice(&b[4..20]);
     }
 
-    /// `x`: `(m, k)` f32 (any leading dims, contiguous). Returns `(..., n)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out_dims = x.dims().to_vec();
-        let k = out_dims.pop().unwrap_or(0);
-        if k != self.k {
-            return Err(EngineError::InvalidBatch(format!(
-                "Q4_1 matmul: input has {k} columns, weight {}",
-                self.k
-            )));
-        }
-        out_dims.push(self.n);
-        let x = x.contiguous()?;
-        let m = x.elem_count() / k.max(1);
-        if m == 0 {
-            // A batch that samples nothing (all prefill chunks): no rows to multiply.
-            return Ok(Tensor::zeros(out_dims, candle_core::DType::F32, x.device())?);
-        }
-        let acts = {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-                return Err(EngineError::InvalidBatch(
-                    "Q4_1 matmul needs f32 CPU input".into(),
-                ));
-            };
-            let start = layout.start_offset();
-            quantize_rows(&data[start..start + m * k], m, k)
-        };
-        let kb = k / QK;
-        let n = self.n;
-        let n_groups = n.div_ceil(4);
-        // Column-major result, four columns (one weight group) per chunk of 4m; transposed below.
-        let mut out_t = vec![0f32; n_groups * 4 * m];
-        let groups_per_task = (n_groups / (4 * rayon::current_num_threads().max(1))).clamp(2, 64);
-        out_t
-            .par_chunks_mut(groups_per_task * 4 * m)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (j, out) in chunk.chunks_mut(4 * m).enumerate() {
-                    let g = task * groups_per_task + j;
-                    let w = &self.groups[g * kb..(g + 1) * kb];
-                    if m < ROW_TILE {
-                        // Few rows (decode): four weight rows share each activation block.
-                        for r in 0..m {
-                            let a = &acts[(r / 4) * kb..(r / 4 + 1) * kb];
-                            let sums = dot_4_weights(w, a, r % 4);
-                            for (lane, v) in sums.into_iter().enumerate() {
-                                out[lane * m + r] = v;
-                            }
-                        }
-                    } else {
-                        // Many rows: four weight rows against four activation rows (16 outputs
-                        // per pass). The last group of rows may be partial; its padding lanes are
-                        // dropped.
-                        for rg in 0..m.div_ceil(4) {
-                            let a = &acts[rg * kb..(rg + 1) * kb];
-                            let sums = dot_16(w, a);
-                            let rows = (m - rg * 4).min(4);
-                            for (lane, s) in sums.iter().enumerate() {
-                                out[lane * m + rg * 4..lane * m + rg * 4 + rows].copy_from_slice(&s[..rows]);
-                            }
-                        }
-                    }
-                }
-            });
-        let mut out = vec![0f32; m * n];
-        for (c, col) in out_t.chunks(m).take(n).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * n + c] = v;
-            }
-        }
-        Ok(Tensor::from_vec(out, out_dims, x.device())?)
+    #[inline]
+    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
+        dot_4_weights(w, a, lane)
     }
-}
 
-/// Q8_1 quantization of each row, exactly as candle's `BlockQ8_1::from_float` (f16 scale and
-/// sum, rounding half away from zero), into groups of four rows (missing rows are zeros).
-fn quantize_rows(x: &[f32], m: usize, k: usize) -> Vec<ActGroup> {
-    let kb = k / QK;
-    let mut out = vec![ActGroup::default(); m.div_ceil(4) * kb];
-    for (i, block) in x.chunks_exact(QK).enumerate() {
-        let (row, b) = (i / kb, i % kb);
-        let g = &mut out[(row / 4) * kb + b];
-        let lane = row % 4;
-        let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let dh = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in g.qs[lane].iter_mut().zip(block) {
-            *q = f32::round(v * id) as i8;
-            sum += *q as i32;
-        }
-        g.d[lane] = dh.to_f32();
-        g.s[lane] = (f16::from_f32(sum as f32) * dh).to_f32();
+    #[inline]
+    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
+        dot_16(w, a)
     }
-    out
 }
 
 /// Four outputs: the four weight rows of `w` against lane `lane` of the activation groups.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
+fn dot_4_weights(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 is enabled at compile time (cfg above); every load reads a field of exactly
     // the loaded size (unaligned loads).
@@ -227,7 +86,7 @@ fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
 /// four activation rows of `a`. Each weight block is unpacked once and each activation block
 /// loaded once for all sixteen.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot_16(w: &[WeightGroup], a: &[ActGroup]) -> [[f32; 4]; 4] {
+fn dot_16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
     use std::arch::x86_64::*;
     // SAFETY: as in `dot_4_weights`.
     unsafe {
@@ -310,7 +169,7 @@ unsafe fn int_dot_4(
 
 /// Portable fallbacks (no AVX2): the same arithmetic, one lane at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
+fn dot_4_weights(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
     let mut sums = [0f32; 4];
     for (wg, ag) in w.iter().zip(a) {
         for i in 0..4 {
@@ -322,7 +181,7 @@ fn dot_4_weights(w: &[WeightGroup], a: &[ActGroup], lane: usize) -> [f32; 4] {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_16(w: &[WeightGroup], a: &[ActGroup]) -> [[f32; 4]; 4] {
+fn dot_16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
     let mut sums = [[0f32; 4]; 4];
     for (wg, ag) in w.iter().zip(a) {
         for (i, row) in sums.iter_mut().enumerate() {
@@ -345,8 +204,8 @@ fn int_dot(w: &[u8; 16], a: &[i8; QK]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QMatMul;
-    use candle_core::{Device, Module};
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
 
     fn random(shape: (usize, usize), seed: u64) -> Tensor {
         // A deterministic spread of values with some outliers, like real activations.

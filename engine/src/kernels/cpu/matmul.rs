@@ -1,0 +1,417 @@
+//! Quantized weights times quantized activations on the CPU, for every weight format with a
+//! kernel here ([`Q4_1`](super::q4_1), [`Q8_0`](super::q8_0)), with fused epilogues.
+//!
+//! Weights are stored in groups of four rows, interleaved block by block ([`WeightGroup`]); a
+//! task computes whole groups of output columns for every activation row, so each weight block is
+//! read once per step. Every output element is computed by the same operations in the same order
+//! whatever the number of rows, so a row's result does not depend on the batch around it
+//! (batched == alone; see `attention` for why that matters).
+//!
+//! The epilogues write row-major outputs in place: split into several outputs (fused q/k/v),
+//! added to a residual (attention output and down projections), or `silu(gate) * up` from
+//! interleaved gate and up rows. Each is the same IEEE operations as the candle ops it replaces,
+//! so fusing changes no bit of the result.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use rayon::prelude::*;
+
+use super::acts::{ActGroup, QuantizedActs, QK};
+use crate::error::{EngineError, Result};
+
+/// One 32-value block of four consecutive weight rows, in a kernel's own layout.
+pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
+    const DTYPE: GgmlDType;
+    /// Bytes of one GGML block of this type.
+    const BLOCK_BYTES: usize;
+    /// Sets lane `lane` (row `4g + lane`) from a GGML block.
+    fn set_lane(&mut self, lane: usize, block: &[u8]);
+    /// The four weight rows of `w` against lane `lane` of the activation groups `a`.
+    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4];
+    /// Sixteen outputs, `[weight lane][activation lane]`.
+    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4];
+}
+
+/// From this many activation rows on, outputs are grouped by rows rather than by columns.
+const ROW_TILE: usize = 4;
+
+pub struct GroupMatrix<W> {
+    /// `ceil(n / 4)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
+    /// group are zeros (computed and dropped).
+    groups: Vec<W>,
+    n: usize,
+    k: usize,
+}
+
+impl<W: WeightGroup> GroupMatrix<W> {
+    /// From a GGML tensor of shape `(n, k)` in `W`'s type.
+    pub fn from_qtensor(q: &QTensor) -> Result<Self> {
+        if q.dtype() != W::DTYPE {
+            return Err(EngineError::InvalidConfig(format!(
+                "expected {:?}, got {:?}",
+                W::DTYPE,
+                q.dtype()
+            )));
+        }
+        let (n, k) = q.shape().dims2()?;
+        if !k.is_multiple_of(2 * QK) {
+            return Err(EngineError::InvalidConfig(format!(
+                "{:?} rows of {k} are not a multiple of 64",
+                W::DTYPE
+            )));
+        }
+        let data = q.data()?;
+        let kb = k / QK;
+        if data.len() != n * kb * W::BLOCK_BYTES {
+            return Err(EngineError::InvalidConfig(format!(
+                "{:?} tensor has the wrong byte length",
+                W::DTYPE
+            )));
+        }
+        let mut groups = vec![W::default(); n.div_ceil(4) * kb];
+        for (i, b) in data.chunks_exact(W::BLOCK_BYTES).enumerate() {
+            let (row, block) = (i / kb, i % kb);
+            groups[(row / 4) * kb + block].set_lane(row % 4, b);
+        }
+        Ok(Self { groups, n, k })
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The rows of `parts` one after the other (q, k and v as one matrix). Every part but the
+    /// last must have a multiple of 4 rows, so that no group straddles two parts.
+    pub fn concat(parts: &[&Self]) -> Option<Self> {
+        let k = parts.first()?.k;
+        let mut groups = Vec::new();
+        let mut n = 0;
+        for (i, p) in parts.iter().enumerate() {
+            if p.k != k || (i + 1 < parts.len() && !p.n.is_multiple_of(4)) {
+                return None;
+            }
+            groups.extend_from_slice(&p.groups);
+            n += p.n;
+        }
+        Some(Self { groups, n, k })
+    }
+
+    /// Groups of `a` and `b` alternating (gate and up), for [`matmul_silu_mul`]. Both must have
+    /// the same shape and a multiple of 4 rows.
+    pub fn interleave(a: &Self, b: &Self) -> Option<Self> {
+        if a.n != b.n || a.k != b.k || !a.n.is_multiple_of(4) {
+            return None;
+        }
+        let kb = a.k / QK;
+        let mut groups = Vec::with_capacity(a.groups.len() * 2);
+        for (ga, gb) in a.groups.chunks(kb).zip(b.groups.chunks(kb)) {
+            groups.extend_from_slice(ga);
+            groups.extend_from_slice(gb);
+        }
+        Some(Self {
+            groups,
+            n: a.n * 2,
+            k: a.k,
+        })
+    }
+
+    /// Output columns `4g .. 4g + 4` for every activation row, column-major into `out` (`4 m`).
+    fn group_columns(&self, acts: &QuantizedActs, g: usize, out: &mut [f32]) {
+        let kb = self.k / QK;
+        let m = acts.m;
+        let w = &self.groups[g * kb..(g + 1) * kb];
+        if m < ROW_TILE {
+            // Few rows (decode): four weight rows share each activation block.
+            for r in 0..m {
+                let sums = W::dot_4_weights(w, acts.row_group(r / 4), r % 4);
+                for (lane, v) in sums.into_iter().enumerate() {
+                    out[lane * m + r] = v;
+                }
+            }
+        } else {
+            // Many rows: four weight rows against four activation rows (16 outputs per pass).
+            // The last group of rows may be partial; its padding lanes are dropped.
+            for rg in 0..m.div_ceil(4) {
+                let sums = W::dot_16(w, acts.row_group(rg));
+                let rows = (m - rg * 4).min(4);
+                for (lane, s) in sums.iter().enumerate() {
+                    out[lane * m + rg * 4..lane * m + rg * 4 + rows].copy_from_slice(&s[..rows]);
+                }
+            }
+        }
+    }
+
+    /// Runs every unit of `unit_groups` consecutive groups in parallel; `emit(unit, columns)`
+    /// gets the unit's `4 * unit_groups` output columns, column-major (`columns[c * m + r]`).
+    fn for_each_unit(&self, acts: &QuantizedActs, unit_groups: usize, emit: impl Fn(usize, &[f32]) + Sync) {
+        let m = acts.m;
+        let n_units = self.n.div_ceil(4).div_ceil(unit_groups);
+        let per_task = (n_units / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
+        (0..n_units).into_par_iter().with_min_len(per_task).for_each_init(
+            || vec![0f32; unit_groups * 4 * m],
+            |buf, u| {
+                for j in 0..unit_groups {
+                    let g = u * unit_groups + j;
+                    if g * 4 < self.n.next_multiple_of(4) {
+                        self.group_columns(acts, g, &mut buf[j * 4 * m..(j + 1) * 4 * m]);
+                    }
+                }
+                emit(u, buf);
+            },
+        );
+    }
+
+    fn check(&self, acts: &QuantizedActs) -> Result<()> {
+        if acts.k != self.k {
+            return Err(EngineError::InvalidBatch(format!(
+                "{:?} matmul: input has {} columns, weight {}",
+                W::DTYPE,
+                acts.k,
+                self.k
+            )));
+        }
+        Ok(())
+    }
+
+    /// `acts W^T`, row-major `(m, n)`.
+    pub fn matmul(&self, acts: &QuantizedActs) -> Result<Vec<f32>> {
+        Ok(self.matmul_split(acts, &[self.n])?.swap_remove(0))
+    }
+
+    /// `acts W^T` cut by columns into outputs of `widths` columns each (row-major `(m, width)`),
+    /// for a matrix made by [`concat`](Self::concat). Every width but the last is a multiple of 4.
+    pub fn matmul_split(&self, acts: &QuantizedActs, widths: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.check(acts)?;
+        if widths.iter().sum::<usize>() != self.n
+            || widths[..widths.len().saturating_sub(1)]
+                .iter()
+                .any(|w| !w.is_multiple_of(4))
+        {
+            return Err(EngineError::InvalidBatch(format!(
+                "cannot split {} columns as {widths:?}",
+                self.n
+            )));
+        }
+        let m = acts.m;
+        let mut outs: Vec<Vec<f32>> = widths.iter().map(|&w| vec![0f32; m * w]).collect();
+        // The first group of each output.
+        let starts: Vec<usize> = widths
+            .iter()
+            .scan(0, |acc, &w| {
+                let s = *acc;
+                *acc += w / 4;
+                Some(s)
+            })
+            .collect();
+        let sinks: Vec<Sink> = outs.iter_mut().map(|o| Sink::new(o)).collect();
+        self.for_each_unit(acts, 1, |g, cols| {
+            let part = starts.iter().rposition(|&s| s <= g).unwrap_or(0);
+            let width = widths[part];
+            let c0 = (g - starts[part]) * 4;
+            for lane in 0..4.min(width.saturating_sub(c0)) {
+                for r in 0..m {
+                    // SAFETY: group g alone writes columns c0..c0+4 of this output.
+                    unsafe { sinks[part].write(r * width + c0 + lane, cols[lane * m + r]) };
+                }
+            }
+        });
+        Ok(outs)
+    }
+
+    /// `residual + acts W^T`, row-major `(m, n)`: the residual connection in the epilogue, the
+    /// same f32 addition as `x + y`.
+    pub fn matmul_add(&self, acts: &QuantizedActs, residual: &[f32]) -> Result<Vec<f32>> {
+        self.check(acts)?;
+        let (m, n) = (acts.m, self.n);
+        if residual.len() != m * n {
+            return Err(EngineError::InvalidBatch("residual has the wrong size".into()));
+        }
+        let mut out = vec![0f32; m * n];
+        let sink = Sink::new(&mut out);
+        self.for_each_unit(acts, 1, |g, cols| {
+            for lane in 0..4.min(n - g * 4) {
+                let c = g * 4 + lane;
+                for r in 0..m {
+                    // SAFETY: group g alone writes columns 4g..4g+4.
+                    unsafe { sink.write(r * n + c, residual[r * n + c] + cols[lane * m + r]) };
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    /// `silu(gate) * up` for a matrix made by [`interleave`](Self::interleave)`(gate, up)`:
+    /// row-major `(m, n / 2)`. `silu(g) = g / (1 + exp(-g))`, candle's expression.
+    pub fn matmul_silu_mul(&self, acts: &QuantizedActs) -> Result<Vec<f32>> {
+        self.check(acts)?;
+        let (m, half) = (acts.m, self.n / 2);
+        let mut out = vec![0f32; m * half];
+        let sink = Sink::new(&mut out);
+        self.for_each_unit(acts, 2, |u, cols| {
+            let (gate, up) = cols.split_at(4 * m);
+            for lane in 0..4 {
+                let c = u * 4 + lane;
+                for r in 0..m {
+                    let g = gate[lane * m + r];
+                    let silu = g / (1.0 + (-g).exp());
+                    // SAFETY: unit u alone writes columns 4u..4u+4.
+                    unsafe { sink.write(r * half + c, silu * up[lane * m + r]) };
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// A row-major output that parallel tasks fill, each its own columns.
+struct Sink {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint elements (each a distinct group of columns), and the buffer
+// outlives the parallel loop that writes it.
+unsafe impl Send for Sink {}
+unsafe impl Sync for Sink {}
+
+impl Sink {
+    fn new(out: &mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other task may write element `i` concurrently.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, v: f32) {
+        debug_assert!(i < self.len);
+        *self.ptr.add(i) = v;
+    }
+}
+
+/// Quantizes a `(..., k)` f32 CPU tensor's rows ([`QuantizedActs`]).
+pub fn quantize_input(x: &candle_core::Tensor) -> Result<QuantizedActs> {
+    use candle_core::{CpuStorage, Storage};
+    let k = x.dims().last().copied().unwrap_or(0);
+    if !k.is_multiple_of(QK) {
+        return Err(EngineError::InvalidBatch(format!(
+            "quantized matmul: rows of {k} are not a multiple of {QK}"
+        )));
+    }
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k.max(1);
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Err(EngineError::InvalidBatch(
+            "quantized matmul needs f32 CPU input".into(),
+        ));
+    };
+    let start = layout.start_offset();
+    Ok(QuantizedActs::quantize(&data[start..start + m * k], m, k))
+}
+
+impl<W: WeightGroup> GroupMatrix<W> {
+    /// `x W^T` for `x`: `(..., k)` f32 on the CPU. Returns `(..., n)`.
+    pub fn forward(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let mut dims = x.dims().to_vec();
+        let k = dims.pop().unwrap_or(0);
+        if k != self.k {
+            return Err(EngineError::InvalidBatch(format!(
+                "{:?} matmul: input has {k} columns, weight {}",
+                W::DTYPE,
+                self.k
+            )));
+        }
+        dims.push(self.n);
+        let acts = quantize_input(x)?;
+        Ok(candle_core::Tensor::from_vec(
+            self.matmul(&acts)?,
+            dims,
+            x.device(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::q4_1::Q41Group;
+    use crate::kernels::cpu::q8_0::Q80Group;
+    use candle_core::{Device, Tensor};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
+            .collect()
+    }
+
+    fn quantized<W: WeightGroup>(n: usize, k: usize, seed: u64) -> GroupMatrix<W> {
+        let t = Tensor::from_vec(random(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        GroupMatrix::from_qtensor(&QTensor::quantize(&t, W::DTYPE).unwrap()).unwrap()
+    }
+
+    /// The fused epilogues give exactly what the separate matmuls and candle's ops give.
+    fn fused_equals_separate<W: WeightGroup>() {
+        let k = 128;
+        let (q, kk, v) = (
+            quantized::<W>(16, k, 1),
+            quantized::<W>(8, k, 2),
+            quantized::<W>(8, k, 3),
+        );
+        let (gate, up) = (quantized::<W>(12, k, 4), quantized::<W>(12, k, 5));
+        let qkv = GroupMatrix::concat(&[&q, &kk, &v]).unwrap();
+        let gate_up = GroupMatrix::interleave(&gate, &up).unwrap();
+        for m in [1, 2, 5, 8] {
+            let acts = QuantizedActs::quantize(&random(m * k, 9 + m as u64), m, k);
+            let parts = qkv.matmul_split(&acts, &[16, 8, 8]).unwrap();
+            assert_eq!(parts[0], q.matmul(&acts).unwrap());
+            assert_eq!(parts[1], kk.matmul(&acts).unwrap());
+            assert_eq!(parts[2], v.matmul(&acts).unwrap());
+
+            let residual = random(m * 16, 11);
+            let added = q.matmul_add(&acts, &residual).unwrap();
+            let x = Tensor::from_vec(residual.clone(), (m, 16), &Device::Cpu).unwrap();
+            let y = Tensor::from_vec(q.matmul(&acts).unwrap(), (m, 16), &Device::Cpu).unwrap();
+            assert_eq!(
+                added,
+                (x + y).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+
+            let fused = gate_up.matmul_silu_mul(&acts).unwrap();
+            let g = Tensor::from_vec(gate.matmul(&acts).unwrap(), (m, 12), &Device::Cpu).unwrap();
+            let u = Tensor::from_vec(up.matmul(&acts).unwrap(), (m, 12), &Device::Cpu).unwrap();
+            let want = (candle_nn::ops::silu(&g).unwrap() * u).unwrap();
+            assert_eq!(
+                fused,
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "m = {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_epilogues_equal_separate_ops_q4_1() {
+        fused_equals_separate::<Q41Group>();
+    }
+
+    #[test]
+    fn fused_epilogues_equal_separate_ops_q8_0() {
+        fused_equals_separate::<Q80Group>();
+    }
+
+    #[test]
+    fn bad_splits_and_widths_are_errors() {
+        let m = quantized::<Q41Group>(8, 64, 1);
+        let acts = QuantizedActs::quantize(&random(64, 2), 1, 64);
+        assert!(m.matmul_split(&acts, &[3, 5]).is_err());
+        assert!(m.matmul_split(&acts, &[8, 4]).is_err());
+        let wrong = QuantizedActs::quantize(&random(128, 2), 1, 128);
+        assert!(m.matmul(&wrong).is_err());
+        assert!(m.matmul_add(&acts, &[0.0; 3]).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Q8_0 weights on the CPU, with AVX2: the output head of the default model (49152 x 576, where
+//! candle's repacked x86 kernel does not apply because 576 is not a multiple of 256, so it ran
+//! row by row) and models stored or re-quantized in Q8_0.
+//!
+//! Activations are the shared 8-bit blocks of [`super::acts`] (`d` and `q`, as candle's Q8_0
+//! activation block). Each block's integer dot is exact; the float step is
+//! `sum += (sumi * d_w) * d_a`, the same operations for every output whatever the batch.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+use super::acts::{ActGroup, QK};
+use super::matmul::{GroupMatrix, WeightGroup};
+
+/// Block `b` of four consecutive Q8_0 weight rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct Q80Group {
+    d: [f32; 4],
+    qs: [[i8; QK]; 4],
+}
+
+impl Default for Q80Group {
+    fn default() -> Self {
+        Self {
+            d: [0.0; 4],
+            qs: [[0; QK]; 4],
+        }
+    }
+}
+
+pub type Q80Matrix = GroupMatrix<Q80Group>;
+
+impl WeightGroup for Q80Group {
+    const DTYPE: GgmlDType = GgmlDType::Q8_0;
+    const BLOCK_BYTES: usize = 34;
+
+    fn set_lane(&mut self, lane: usize, b: &[u8]) {
+        self.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        for (q, &v) in self.qs[lane].iter_mut().zip(&b[2..34]) {
+            *q = v as i8;
+        }
+    }
+
+    #[inline]
+    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
+        let mut sums = [0f32; 4];
+        for (wg, ag) in w.iter().zip(a) {
+            let sumi = int_dot_4([&wg.qs[0], &wg.qs[1], &wg.qs[2], &wg.qs[3]], [&ag.qs[lane]; 4]);
+            for i in 0..4 {
+                sums[i] += (sumi[i] as f32 * wg.d[i]) * ag.d[lane];
+            }
+        }
+        sums
+    }
+
+    #[inline]
+    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
+        let mut sums = [[0f32; 4]; 4];
+        for (wg, ag) in w.iter().zip(a) {
+            for (i, row) in sums.iter_mut().enumerate() {
+                let sumi = int_dot_4([&wg.qs[i]; 4], [&ag.qs[0], &ag.qs[1], &ag.qs[2], &ag.qs[3]]);
+                for j in 0..4 {
+                    row[j] += (sumi[j] as f32 * wg.d[i]) * ag.d[j];
+                }
+            }
+        }
+        sums
+    }
+}
+
+/// Four exact i8 x i8 block dots.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn int_dot_4(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is enabled at compile time (cfg above); each load reads exactly 32 bytes of a
+    // 32-byte array (unaligned loads).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        // maddubs takes an unsigned left operand: |w| times a with w's sign (exact: |w| <= 128,
+        // |a| <= 127, so a pair sums to at most 32512, no i16 saturation).
+        let product = |w: &[i8; QK], a: &[i8; QK]| {
+            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
+            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+            _mm256_madd_epi16(p, ones)
+        };
+        let p = [
+            product(w[0], a[0]),
+            product(w[1], a[1]),
+            product(w[2], a[2]),
+            product(w[3], a[3]),
+        ];
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        let mut out = [0i32; 4];
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
+        out
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+fn int_dot_4(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
+    std::array::from_fn(|i| w[i].iter().zip(a[i]).map(|(&x, &y)| x as i32 * y as i32).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::cpu::acts::QuantizedActs;
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    fn random(shape: (usize, usize), seed: u64) -> Vec<f32> {
+        (0..shape.0 * shape.1)
+            .map(|i| {
+                let x = ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5;
+                if i % 97 == 0 {
+                    x * 40.0
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+
+    /// Exact against a plain f64 evaluation of the same quantized operands (integer block dots,
+    /// then scales), within f32 accumulation error; close to candle's Q8_0 matmul; and a row's
+    /// result is the same alone or in any batch.
+    #[test]
+    fn matches_the_quantized_operands_and_is_independent_of_row_count() {
+        let (n, k) = (70, 576);
+        let wt = Tensor::from_vec(random((n, k), 1), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+        let ours = Q80Matrix::from_qtensor(&q).unwrap();
+        let raw = q.data().unwrap().to_vec();
+        let theirs = QMatMul::from_qtensor(q).unwrap();
+        for m in [1, 3, 4, 9] {
+            let x = random((m, k), m as u64 + 7);
+            let acts = QuantizedActs::quantize(&x, m, k);
+            let out = ours.matmul(&acts).unwrap();
+            let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+            let candle = theirs
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for r in 0..m {
+                for c in 0..n {
+                    let mut want = 0f64;
+                    for b in 0..k / QK {
+                        let blk = &raw[(c * (k / QK) + b) * 34..][..34];
+                        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+                        let ag = &acts.row_group(r / 4)[b];
+                        let sumi: i32 = (0..QK)
+                            .map(|j| blk[2 + j] as i8 as i32 * ag.qs[r % 4][j] as i32)
+                            .sum();
+                        want += sumi as f64 * dw * ag.d[r % 4] as f64;
+                    }
+                    let got = out[r * n + c] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "m {m} row {r} col {c}: {got} vs {want}"
+                    );
+                    let cd = candle[r * n + c] as f64;
+                    assert!(
+                        (got - cd).abs() <= 1e-4 * (1.0 + cd.abs()),
+                        "vs candle: {got} vs {cd}"
+                    );
+                }
+                let alone = ours
+                    .matmul(&QuantizedActs::quantize(&x[r * k..(r + 1) * k], 1, k))
+                    .unwrap();
+                assert_eq!(alone, out[r * n..(r + 1) * n], "row {r} of {m}");
+            }
+        }
+    }
+}
