@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::q4_1::Q41Matrix;
-use crate::kernels::cpu::q8_0::Q80Matrix;
+use crate::kernels::cpu::q8_0::{Q50Matrix, Q80Matrix};
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
 pub enum Linear {
@@ -44,6 +44,7 @@ impl Linear {
 pub enum CpuMatrix {
     Q4_1(Q41Matrix),
     Q8_0(Q80Matrix),
+    Q5_0(Q50Matrix),
 }
 
 macro_rules! each_format {
@@ -51,6 +52,7 @@ macro_rules! each_format {
         match $m {
             CpuMatrix::Q4_1($x) => $e,
             CpuMatrix::Q8_0($x) => $e,
+            CpuMatrix::Q5_0($x) => $e,
         }
     };
 }
@@ -76,26 +78,30 @@ impl CpuMatrix {
         each_format!(self, m => m.matmul_silu_mul(acts))
     }
 
-    /// q, k and v as one matrix, when all three are in one format (else None).
+    /// This matrix as Q8_0 groups, when its format has that layout (Q8_0, and Q5_0 exactly).
+    fn to_q8_0(&self) -> Option<Q80Matrix> {
+        match self {
+            CpuMatrix::Q8_0(m) => Some(m.convert()),
+            CpuMatrix::Q5_0(m) => Some(m.convert()),
+            CpuMatrix::Q4_1(_) => None,
+        }
+    }
+
+    /// q, k and v as one matrix, when all three share a layout (else None). Q5_0 and Q8_0 mix
+    /// (Qwen2's Q4_K_M has Q5_0 q/k and a Q8_0 v in half its layers) as Q8_0 groups.
     pub fn concat(parts: &[&CpuMatrix]) -> Option<CpuMatrix> {
-        if let Some(ms) = parts
+        let q4: Option<Vec<&Q41Matrix>> = parts
             .iter()
             .map(|p| match p {
                 CpuMatrix::Q4_1(m) => Some(m),
                 _ => None,
             })
-            .collect::<Option<Vec<_>>>()
-        {
+            .collect();
+        if let Some(ms) = q4 {
             return Q41Matrix::concat(&ms).map(CpuMatrix::Q4_1);
         }
-        let ms = parts
-            .iter()
-            .map(|p| match p {
-                CpuMatrix::Q8_0(m) => Some(m),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Q80Matrix::concat(&ms).map(CpuMatrix::Q8_0)
+        let q8: Vec<Q80Matrix> = parts.iter().map(|p| p.to_q8_0()).collect::<Option<_>>()?;
+        Q80Matrix::concat(&q8.iter().collect::<Vec<_>>()).map(CpuMatrix::Q8_0)
     }
 
     /// Gate and up interleaved for the fused `silu(gate) * up`, when in one format.
@@ -103,7 +109,8 @@ impl CpuMatrix {
         match (gate, up) {
             (CpuMatrix::Q4_1(g), CpuMatrix::Q4_1(u)) => Q41Matrix::interleave(g, u).map(CpuMatrix::Q4_1),
             (CpuMatrix::Q8_0(g), CpuMatrix::Q8_0(u)) => Q80Matrix::interleave(g, u).map(CpuMatrix::Q8_0),
-            _ => None,
+            (CpuMatrix::Q5_0(g), CpuMatrix::Q5_0(u)) => Q50Matrix::interleave(g, u).map(CpuMatrix::Q5_0),
+            (g, u) => Q80Matrix::interleave(&g.to_q8_0()?, &u.to_q8_0()?).map(CpuMatrix::Q8_0),
         }
     }
 }
@@ -320,6 +327,7 @@ impl Weights {
             match q.dtype() {
                 GgmlDType::Q4_1 => return Ok(Linear::Cpu(CpuMatrix::Q4_1(Q41Matrix::from_qtensor(&q)?))),
                 GgmlDType::Q8_0 => return Ok(Linear::Cpu(CpuMatrix::Q8_0(Q80Matrix::from_qtensor(&q)?))),
+                GgmlDType::Q5_0 => return Ok(Linear::Cpu(CpuMatrix::Q5_0(Q50Matrix::from_qtensor(&q)?))),
                 _ => {}
             }
         }

@@ -83,6 +83,15 @@ impl<W: WeightGroup> GroupMatrix<W> {
         self.k
     }
 
+    /// The same matrix in another group type of the same layout (Q5_0 held as Q8_0).
+    pub fn convert<V: WeightGroup + From<W>>(&self) -> GroupMatrix<V> {
+        GroupMatrix {
+            groups: self.groups.iter().map(|&g| V::from(g)).collect(),
+            n: self.n,
+            k: self.k,
+        }
+    }
+
     /// The rows of `parts` one after the other (q, k and v as one matrix). Every part but the
     /// last must have a multiple of 4 rows, so that no group straddles two parts.
     pub fn concat(parts: &[&Self]) -> Option<Self> {
