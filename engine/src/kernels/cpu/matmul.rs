@@ -79,6 +79,12 @@ impl<W: WeightGroup> GroupMatrix<W> {
         self.n
     }
 
+    /// The blocks of weight group `g` (rows `4g .. 4g + 4`).
+    pub fn groups_of(&self, g: usize) -> &[W] {
+        let kb = self.k / QK;
+        &self.groups[g * kb..(g + 1) * kb]
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }

@@ -8,3 +8,4 @@ pub mod matmul;
 pub mod pool;
 pub mod q4_1;
 pub mod q8_0;
+pub mod simd;

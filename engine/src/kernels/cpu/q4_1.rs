@@ -53,64 +53,106 @@ impl WeightGroup for Q41Group {
     }
 }
 
-/// Four outputs: the four weight rows of `w` against lane `lane` of the activation groups.
+/// The AVX2 bodies, generated once per integer-dot implementation: `maddubs` + `madd` (AVX2)
+/// or `vpdpbusd` (AVX-512 VNNI), which give the same exact i32 block sums.
+macro_rules! q4_1_dots {
+    ($dot4:ident, $dot16:ident, $int_dot:ident, $(#[$attr:meta])*) => {
+        /// Four outputs: the four weight rows of `w` against lane `lane` of the activation
+        /// groups.
+        ///
+        /// # Safety
+        /// The CPU must have the features the function is compiled for.
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        $(#[$attr])*
+        unsafe fn $dot4(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
+            use std::arch::x86_64::*;
+            // Every load reads a field of exactly the loaded size (unaligned loads).
+            let mut sums = _mm_setzero_ps();
+            for (wg, ag) in w.iter().zip(a) {
+                let av = _mm256_loadu_si256(ag.qs[lane].as_ptr() as *const __m256i);
+                let wv = [
+                    unpack(&wg.qs[0]),
+                    unpack(&wg.qs[1]),
+                    unpack(&wg.qs[2]),
+                    unpack(&wg.qs[3]),
+                ];
+                let sumi = $int_dot(wv, [av; 4]);
+                let wd = _mm_loadu_ps(wg.d.as_ptr());
+                let wm = _mm_loadu_ps(wg.m.as_ptr());
+                let ad = _mm_set1_ps(ag.d[lane]);
+                let as_ = _mm_set1_ps(ag.s[lane]);
+                sums = step(sums, sumi, wd, ad, wm, as_);
+            }
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), sums);
+            out
+        }
+
+        /// Sixteen outputs, `[weight lane][activation lane]`: the four weight rows of `w`
+        /// against the four activation rows of `a`. Each weight block is unpacked once and each
+        /// activation block loaded once for all sixteen.
+        ///
+        /// # Safety
+        /// As for the four-output variant.
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        $(#[$attr])*
+        unsafe fn $dot16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
+            use std::arch::x86_64::*;
+            let mut sums = [_mm_setzero_ps(); 4];
+            for (wg, ag) in w.iter().zip(a) {
+                let av = [
+                    _mm256_loadu_si256(ag.qs[0].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(ag.qs[1].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(ag.qs[2].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(ag.qs[3].as_ptr() as *const __m256i),
+                ];
+                let ad = _mm_loadu_ps(ag.d.as_ptr());
+                let as_ = _mm_loadu_ps(ag.s.as_ptr());
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    let wv = unpack(&wg.qs[i]);
+                    let sumi = $int_dot([wv; 4], av);
+                    *sum = step(*sum, sumi, _mm_set1_ps(wg.d[i]), ad, _mm_set1_ps(wg.m[i]), as_);
+                }
+            }
+            let mut out = [[0f32; 4]; 4];
+            for (o, s) in out.iter_mut().zip(sums) {
+                _mm_storeu_ps(o.as_mut_ptr(), s);
+            }
+            out
+        }
+    };
+}
+
+q4_1_dots!(dot_4_weights_avx2, dot_16_avx2, int_dot_4,);
+q4_1_dots!(
+    dot_4_weights_vnni,
+    dot_16_vnni,
+    int_dot_4_vnni,
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+);
+
+/// Four outputs: VNNI where the CPU has it (see [`super::simd`]), AVX2 otherwise.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 fn dot_4_weights(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 is enabled at compile time (cfg above); every load reads a field of exactly
-    // the loaded size (unaligned loads).
+    // SAFETY: AVX2 is compiled in (cfg above); the VNNI variant runs only where the CPU has it.
     unsafe {
-        let mut sums = _mm_setzero_ps();
-        for (wg, ag) in w.iter().zip(a) {
-            let av = _mm256_loadu_si256(ag.qs[lane].as_ptr() as *const __m256i);
-            let wv = [
-                unpack(&wg.qs[0]),
-                unpack(&wg.qs[1]),
-                unpack(&wg.qs[2]),
-                unpack(&wg.qs[3]),
-            ];
-            let sumi = int_dot_4(wv, [av; 4]);
-            let wd = _mm_loadu_ps(wg.d.as_ptr());
-            let wm = _mm_loadu_ps(wg.m.as_ptr());
-            let ad = _mm_set1_ps(ag.d[lane]);
-            let as_ = _mm_set1_ps(ag.s[lane]);
-            sums = step(sums, sumi, wd, ad, wm, as_);
+        if super::simd::vnni() {
+            dot_4_weights_vnni(w, a, lane)
+        } else {
+            dot_4_weights_avx2(w, a, lane)
         }
-        let mut out = [0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), sums);
-        out
     }
 }
 
-/// Sixteen outputs, `[weight lane][activation lane]`: the four weight rows of `w` against the
-/// four activation rows of `a`. Each weight block is unpacked once and each activation block
-/// loaded once for all sixteen.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 fn dot_16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
-    use std::arch::x86_64::*;
     // SAFETY: as in `dot_4_weights`.
     unsafe {
-        let mut sums = [_mm_setzero_ps(); 4];
-        for (wg, ag) in w.iter().zip(a) {
-            let av = [
-                _mm256_loadu_si256(ag.qs[0].as_ptr() as *const __m256i),
-                _mm256_loadu_si256(ag.qs[1].as_ptr() as *const __m256i),
-                _mm256_loadu_si256(ag.qs[2].as_ptr() as *const __m256i),
-                _mm256_loadu_si256(ag.qs[3].as_ptr() as *const __m256i),
-            ];
-            let ad = _mm_loadu_ps(ag.d.as_ptr());
-            let as_ = _mm_loadu_ps(ag.s.as_ptr());
-            for (i, sum) in sums.iter_mut().enumerate() {
-                let wv = unpack(&wg.qs[i]);
-                let sumi = int_dot_4([wv; 4], av);
-                *sum = step(*sum, sumi, _mm_set1_ps(wg.d[i]), ad, _mm_set1_ps(wg.m[i]), as_);
-            }
+        if super::simd::vnni() {
+            dot_16_vnni(w, a)
+        } else {
+            dot_16_avx2(w, a)
         }
-        let mut out = [[0f32; 4]; 4];
-        for (o, s) in out.iter_mut().zip(sums) {
-            _mm_storeu_ps(o.as_mut_ptr(), s);
-        }
-        out
     }
 }
 
@@ -163,6 +205,27 @@ unsafe fn int_dot_4(
     ];
     // Two horizontal-add rounds leave each product's low-half sum in the low 128 bits and its
     // high-half sum in the high 128 bits, in order 0..4.
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+}
+
+/// [`int_dot_4`] with AVX-512 VNNI: `vpdpbusd` sums the u8 x i8 products of each 4-byte lane
+/// straight into i32 (exact, like maddubs + madd here, which cannot saturate).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn int_dot_4_vnni(
+    w: [std::arch::x86_64::__m256i; 4],
+    a: [std::arch::x86_64::__m256i; 4],
+) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_si256();
+    let p = [
+        _mm256_dpbusd_epi32(z, w[0], a[0]),
+        _mm256_dpbusd_epi32(z, w[1], a[1]),
+        _mm256_dpbusd_epi32(z, w[2], a[2]),
+        _mm256_dpbusd_epi32(z, w[3], a[3]),
+    ];
     let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
 }
@@ -238,6 +301,33 @@ mod tests {
             for r in 0..m {
                 let alone = flat(ours.forward(&x.narrow(0, r, 1).unwrap()).unwrap());
                 assert_eq!(alone, a[r * n..(r + 1) * n], "row {r} of {m}");
+            }
+        }
+    }
+
+    /// The VNNI and AVX2 paths give the same bits (where this CPU has VNNI).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    fn vnni_and_avx2_paths_agree() {
+        use crate::kernels::cpu::acts::QuantizedActs;
+        if !crate::kernels::cpu::simd::vnni() {
+            eprintln!("no AVX-512 VNNI here (or WICK_CPU_KERNELS=avx2): nothing to compare");
+            return;
+        }
+        let (n, k) = (8, 576);
+        let w = Q41Matrix::from_qtensor(&QTensor::quantize(&random((n, k), 1), GgmlDType::Q4_1).unwrap())
+            .unwrap();
+        let x = random((4, k), 2).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let acts = QuantizedActs::quantize(&x, 4, k);
+        let (groups, a) = (w.groups_of(0), acts.row_group(0));
+        // SAFETY: VNNI checked above; AVX2 compiled in.
+        unsafe {
+            assert_eq!(dot_16_avx2(groups, a), dot_16_vnni(groups, a));
+            for lane in 0..4 {
+                assert_eq!(
+                    dot_4_weights_avx2(groups, a, lane),
+                    dot_4_weights_vnni(groups, a, lane)
+                );
             }
         }
     }

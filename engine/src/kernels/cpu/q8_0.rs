@@ -93,28 +93,90 @@ impl WeightGroup for Q80Group {
 
     #[inline]
     fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
-        let mut sums = [0f32; 4];
-        for (wg, ag) in w.iter().zip(a) {
-            let sumi = int_dot_4([&wg.qs[0], &wg.qs[1], &wg.qs[2], &wg.qs[3]], [&ag.qs[lane]; 4]);
-            for i in 0..4 {
-                sums[i] += (sumi[i] as f32 * wg.d[i]) * ag.d[lane];
-            }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        if super::simd::vnni() {
+            // SAFETY: the CPU has the features (checked at run time).
+            return unsafe { dot_4_weights_vnni(w, a, lane) };
         }
-        sums
+        dot_4_weights_portable(w, a, lane)
     }
 
     #[inline]
     fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
-        let mut sums = [[0f32; 4]; 4];
-        for (wg, ag) in w.iter().zip(a) {
-            for (i, row) in sums.iter_mut().enumerate() {
-                let sumi = int_dot_4([&wg.qs[i]; 4], [&ag.qs[0], &ag.qs[1], &ag.qs[2], &ag.qs[3]]);
-                for j in 0..4 {
-                    row[j] += (sumi[j] as f32 * wg.d[i]) * ag.d[j];
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        if super::simd::vnni() {
+            // SAFETY: as above.
+            return unsafe { dot_16_vnni(w, a) };
+        }
+        dot_16_portable(w, a)
+    }
+}
+
+/// The float bodies, generated once per integer dot (AVX2 or VNNI: the same exact sums).
+macro_rules! q8_0_dots {
+    ($dot4:ident, $dot16:ident, $int_dot:ident, $(#[$attr:meta])*) => {
+        $(#[$attr])*
+        fn $dot4(w: &[Q80Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
+            let mut sums = [0f32; 4];
+            for (wg, ag) in w.iter().zip(a) {
+                let sumi = $int_dot([&wg.qs[0], &wg.qs[1], &wg.qs[2], &wg.qs[3]], [&ag.qs[lane]; 4]);
+                for i in 0..4 {
+                    sums[i] += (sumi[i] as f32 * wg.d[i]) * ag.d[lane];
                 }
             }
+            sums
         }
-        sums
+
+        $(#[$attr])*
+        fn $dot16(w: &[Q80Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
+            let mut sums = [[0f32; 4]; 4];
+            for (wg, ag) in w.iter().zip(a) {
+                for (i, row) in sums.iter_mut().enumerate() {
+                    let sumi = $int_dot([&wg.qs[i]; 4], [&ag.qs[0], &ag.qs[1], &ag.qs[2], &ag.qs[3]]);
+                    for j in 0..4 {
+                        row[j] += (sumi[j] as f32 * wg.d[i]) * ag.d[j];
+                    }
+                }
+            }
+            sums
+        }
+    };
+}
+
+q8_0_dots!(dot_4_weights_portable, dot_16_portable, int_dot_4,);
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+q8_0_dots!(
+    dot_4_weights_vnni,
+    dot_16_vnni,
+    int_dot_4_vnni,
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+);
+
+/// [`int_dot_4`] with AVX-512 VNNI (`vpdpbusd`, |w| against a with w's sign, exact).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn int_dot_4_vnni(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: each load reads exactly 32 bytes of a 32-byte array (unaligned loads).
+    unsafe {
+        let z = _mm256_setzero_si256();
+        let product = |w: &[i8; QK], a: &[i8; QK]| {
+            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
+            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+            _mm256_dpbusd_epi32(z, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv))
+        };
+        let p = [
+            product(w[0], a[0]),
+            product(w[1], a[1]),
+            product(w[2], a[2]),
+            product(w[3], a[3]),
+        ];
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        let mut out = [0i32; 4];
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
+        out
     }
 }
 
@@ -206,6 +268,31 @@ mod tests {
                 assert!(
                     (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "row {r} col {c}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The VNNI and AVX2 paths give the same bits (where this CPU has VNNI).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    fn vnni_and_avx2_paths_agree() {
+        if !crate::kernels::cpu::simd::vnni() {
+            eprintln!("no AVX-512 VNNI here (or WICK_CPU_KERNELS=avx2): nothing to compare");
+            return;
+        }
+        let (n, k) = (8, 576);
+        let wt = Tensor::from_vec(random((n, k), 1), (n, k), &Device::Cpu).unwrap();
+        let w = Q80Matrix::from_qtensor(&QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap()).unwrap();
+        let acts = QuantizedActs::quantize(&random((4, k), 2), 4, k);
+        let (groups, a) = (w.groups_of(0), acts.row_group(0));
+        // SAFETY: VNNI checked above.
+        unsafe {
+            assert_eq!(dot_16_portable(groups, a), dot_16_vnni(groups, a));
+            for lane in 0..4 {
+                assert_eq!(
+                    dot_4_weights_portable(groups, a, lane),
+                    dot_4_weights_vnni(groups, a, lane)
                 );
             }
         }

@@ -1,0 +1,41 @@
+//! Which SIMD path the CPU kernels take, chosen once at run time.
+//!
+//! The binary is built for x86-64-v3 (AVX2 + FMA), which every machine here has. AVX-512 VNNI
+//! (`vpdpbusd`: u8 x i8 products summed into i32 in one instruction) is used where the CPU
+//! reports it; it gives the same exact integer sums as the AVX2 path, so results do not depend on
+//! the path. AMX is never used (some of these machines advertise it and fault when it runs).
+//! `WICK_CPU_KERNELS=avx2` forces the AVX2 path (tests run both).
+
+use std::sync::OnceLock;
+
+static VNNI: OnceLock<bool> = OnceLock::new();
+
+/// True when the AVX-512 VNNI kernels run.
+pub fn vnni() -> bool {
+    *VNNI.get_or_init(|| {
+        let forced_avx2 = std::env::var("WICK_CPU_KERNELS").is_ok_and(|v| v == "avx2");
+        !forced_avx2 && detected()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> bool {
+    false
+}
+
+/// What the kernels run on, for logs and benchmarks.
+pub fn describe() -> &'static str {
+    if vnni() {
+        "avx512-vnni"
+    } else {
+        "avx2"
+    }
+}
