@@ -1,9 +1,9 @@
 //! Quantized weights times quantized activations on the CPU, for every weight format with a
 //! kernel here ([`Q4_1`](super::q4_1), [`Q8_0`](super::q8_0)), with fused epilogues.
 //!
-//! Weights are stored in groups of four rows, interleaved block by block ([`WeightGroup`]); a
-//! task computes whole groups of output columns for every activation row, so each weight block is
-//! read once per step. Every output element is computed by the same operations in the same order
+//! Weights are stored in groups of [`WeightGroup::ROWS`] rows, interleaved block by block; a task
+//! computes whole groups of output columns for every activation row, so each weight block is read
+//! once per step. Every output element is computed by the same operations in the same order
 //! whatever the number of rows, so a row's result does not depend on the batch around it
 //! (batched == alone; see `attention` for why that matters).
 //!
@@ -15,27 +15,25 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use rayon::prelude::*;
 
-use super::acts::{ActGroup, QuantizedActs, QK};
+use super::acts::{QuantizedActs, QK};
 use crate::error::{EngineError, Result};
 
-/// One 32-value block of four consecutive weight rows, in a kernel's own layout.
+/// One 32-value block of `ROWS` consecutive weight rows, in a kernel's own layout.
 pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
     const DTYPE: GgmlDType;
     /// Bytes of one GGML block of this type.
     const BLOCK_BYTES: usize;
-    /// Sets lane `lane` (row `4g + lane`) from a GGML block.
+    /// Weight rows per group (output columns a group computes).
+    const ROWS: usize;
+    /// Sets lane `lane` (row `ROWS g + lane`) from a GGML block.
     fn set_lane(&mut self, lane: usize, block: &[u8]);
-    /// The four weight rows of `w` against lane `lane` of the activation groups `a`.
-    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4];
-    /// Sixteen outputs, `[weight lane][activation lane]`.
-    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4];
+    /// The group's `ROWS` weight rows (`w`: its blocks) against every activation row:
+    /// `out[lane * m + r]`, `out` of `ROWS * m`.
+    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]);
 }
 
-/// From this many activation rows on, outputs are grouped by rows rather than by columns.
-const ROW_TILE: usize = 4;
-
 pub struct GroupMatrix<W> {
-    /// `ceil(n / 4)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
+    /// `ceil(n / ROWS)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
     /// group are zeros (computed and dropped).
     groups: Vec<W>,
     n: usize,
@@ -67,10 +65,10 @@ impl<W: WeightGroup> GroupMatrix<W> {
                 W::DTYPE
             )));
         }
-        let mut groups = vec![W::default(); n.div_ceil(4) * kb];
+        let mut groups = vec![W::default(); n.div_ceil(W::ROWS) * kb];
         for (i, b) in data.chunks_exact(W::BLOCK_BYTES).enumerate() {
             let (row, block) = (i / kb, i % kb);
-            groups[(row / 4) * kb + block].set_lane(row % 4, b);
+            groups[(row / W::ROWS) * kb + block].set_lane(row % W::ROWS, b);
         }
         Ok(Self { groups, n, k })
     }
@@ -79,7 +77,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
         self.n
     }
 
-    /// The blocks of weight group `g` (rows `4g .. 4g + 4`).
+    /// The blocks of weight group `g`.
     pub fn groups_of(&self, g: usize) -> &[W] {
         let kb = self.k / QK;
         &self.groups[g * kb..(g + 1) * kb]
@@ -99,13 +97,13 @@ impl<W: WeightGroup> GroupMatrix<W> {
     }
 
     /// The rows of `parts` one after the other (q, k and v as one matrix). Every part but the
-    /// last must have a multiple of 4 rows, so that no group straddles two parts.
+    /// last must have a multiple of `ROWS` rows, so that no group straddles two parts.
     pub fn concat(parts: &[&Self]) -> Option<Self> {
         let k = parts.first()?.k;
         let mut groups = Vec::new();
         let mut n = 0;
         for (i, p) in parts.iter().enumerate() {
-            if p.k != k || (i + 1 < parts.len() && !p.n.is_multiple_of(4)) {
+            if p.k != k || (i + 1 < parts.len() && !p.n.is_multiple_of(W::ROWS)) {
                 return None;
             }
             groups.extend_from_slice(&p.groups);
@@ -115,9 +113,9 @@ impl<W: WeightGroup> GroupMatrix<W> {
     }
 
     /// Groups of `a` and `b` alternating (gate and up), for [`matmul_silu_mul`]. Both must have
-    /// the same shape and a multiple of 4 rows.
+    /// the same shape and a multiple of `ROWS` rows.
     pub fn interleave(a: &Self, b: &Self) -> Option<Self> {
-        if a.n != b.n || a.k != b.k || !a.n.is_multiple_of(4) {
+        if a.n != b.n || a.k != b.k || !a.n.is_multiple_of(W::ROWS) {
             return None;
         }
         let kb = a.k / QK;
@@ -133,45 +131,21 @@ impl<W: WeightGroup> GroupMatrix<W> {
         })
     }
 
-    /// Output columns `4g .. 4g + 4` for every activation row, column-major into `out` (`4 m`).
-    fn group_columns(&self, acts: &QuantizedActs, g: usize, out: &mut [f32]) {
-        let kb = self.k / QK;
-        let m = acts.m;
-        let w = &self.groups[g * kb..(g + 1) * kb];
-        if m < ROW_TILE {
-            // Few rows (decode): four weight rows share each activation block.
-            for r in 0..m {
-                let sums = W::dot_4_weights(w, acts.row_group(r / 4), r % 4);
-                for (lane, v) in sums.into_iter().enumerate() {
-                    out[lane * m + r] = v;
-                }
-            }
-        } else {
-            // Many rows: four weight rows against four activation rows (16 outputs per pass).
-            // The last group of rows may be partial; its padding lanes are dropped.
-            for rg in 0..m.div_ceil(4) {
-                let sums = W::dot_16(w, acts.row_group(rg));
-                let rows = (m - rg * 4).min(4);
-                for (lane, s) in sums.iter().enumerate() {
-                    out[lane * m + rg * 4..lane * m + rg * 4 + rows].copy_from_slice(&s[..rows]);
-                }
-            }
-        }
-    }
-
     /// Runs every unit of `unit_groups` consecutive groups in parallel; `emit(unit, columns)`
-    /// gets the unit's `4 * unit_groups` output columns, column-major (`columns[c * m + r]`).
+    /// gets the unit's `ROWS * unit_groups` output columns, column-major (`columns[c * m + r]`).
     fn for_each_unit(&self, acts: &QuantizedActs, unit_groups: usize, emit: impl Fn(usize, &[f32]) + Sync) {
         let m = acts.m;
-        let n_units = self.n.div_ceil(4).div_ceil(unit_groups);
+        let n_units = self.n.div_ceil(W::ROWS).div_ceil(unit_groups);
         let per_task = (n_units / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
         (0..n_units).into_par_iter().with_min_len(per_task).for_each_init(
-            || vec![0f32; unit_groups * 4 * m],
+            || vec![0f32; unit_groups * W::ROWS * m],
             |buf, u| {
                 for j in 0..unit_groups {
                     let g = u * unit_groups + j;
-                    if g * 4 < self.n.next_multiple_of(4) {
-                        self.group_columns(acts, g, &mut buf[j * 4 * m..(j + 1) * 4 * m]);
+                    if g * W::ROWS < self.n {
+                        let kb = self.k / QK;
+                        let out = &mut buf[j * W::ROWS * m..(j + 1) * W::ROWS * m];
+                        W::dot(&self.groups[g * kb..(g + 1) * kb], acts, out);
                     }
                 }
                 emit(u, buf);
@@ -197,13 +171,14 @@ impl<W: WeightGroup> GroupMatrix<W> {
     }
 
     /// `acts W^T` cut by columns into outputs of `widths` columns each (row-major `(m, width)`),
-    /// for a matrix made by [`concat`](Self::concat). Every width but the last is a multiple of 4.
+    /// for a matrix made by [`concat`](Self::concat). Every width but the last is a multiple of
+    /// `ROWS`.
     pub fn matmul_split(&self, acts: &QuantizedActs, widths: &[usize]) -> Result<Vec<Vec<f32>>> {
         self.check(acts)?;
         if widths.iter().sum::<usize>() != self.n
             || widths[..widths.len().saturating_sub(1)]
                 .iter()
-                .any(|w| !w.is_multiple_of(4))
+                .any(|w| !w.is_multiple_of(W::ROWS))
         {
             return Err(EngineError::InvalidBatch(format!(
                 "cannot split {} columns as {widths:?}",
@@ -217,7 +192,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
             .iter()
             .scan(0, |acc, &w| {
                 let s = *acc;
-                *acc += w / 4;
+                *acc += w / W::ROWS;
                 Some(s)
             })
             .collect();
@@ -225,10 +200,10 @@ impl<W: WeightGroup> GroupMatrix<W> {
         self.for_each_unit(acts, 1, |g, cols| {
             let part = starts.iter().rposition(|&s| s <= g).unwrap_or(0);
             let width = widths[part];
-            let c0 = (g - starts[part]) * 4;
-            for lane in 0..4.min(width.saturating_sub(c0)) {
+            let c0 = (g - starts[part]) * W::ROWS;
+            for lane in 0..W::ROWS.min(width.saturating_sub(c0)) {
                 for r in 0..m {
-                    // SAFETY: group g alone writes columns c0..c0+4 of this output.
+                    // SAFETY: group g alone writes columns c0..c0+ROWS of this output.
                     unsafe { sinks[part].write(r * width + c0 + lane, cols[lane * m + r]) };
                 }
             }
@@ -247,10 +222,10 @@ impl<W: WeightGroup> GroupMatrix<W> {
         let mut out = vec![0f32; m * n];
         let sink = Sink::new(&mut out);
         self.for_each_unit(acts, 1, |g, cols| {
-            for lane in 0..4.min(n - g * 4) {
-                let c = g * 4 + lane;
+            for lane in 0..W::ROWS.min(n - g * W::ROWS) {
+                let c = g * W::ROWS + lane;
                 for r in 0..m {
-                    // SAFETY: group g alone writes columns 4g..4g+4.
+                    // SAFETY: group g alone writes its ROWS columns.
                     unsafe { sink.write(r * n + c, residual[r * n + c] + cols[lane * m + r]) };
                 }
             }
@@ -266,13 +241,13 @@ impl<W: WeightGroup> GroupMatrix<W> {
         let mut out = vec![0f32; m * half];
         let sink = Sink::new(&mut out);
         self.for_each_unit(acts, 2, |u, cols| {
-            let (gate, up) = cols.split_at(4 * m);
-            for lane in 0..4 {
-                let c = u * 4 + lane;
+            let (gate, up) = cols.split_at(W::ROWS * m);
+            for lane in 0..W::ROWS {
+                let c = u * W::ROWS + lane;
                 for r in 0..m {
                     let g = gate[lane * m + r];
                     let silu = g / (1.0 + (-g).exp());
-                    // SAFETY: unit u alone writes columns 4u..4u+4.
+                    // SAFETY: unit u alone writes its ROWS columns.
                     unsafe { sink.write(r * half + c, silu * up[lane * m + r]) };
                 }
             }
@@ -378,7 +353,7 @@ mod tests {
             quantized::<W>(8, k, 2),
             quantized::<W>(8, k, 3),
         );
-        let (gate, up) = (quantized::<W>(12, k, 4), quantized::<W>(12, k, 5));
+        let (gate, up) = (quantized::<W>(24, k, 4), quantized::<W>(24, k, 5));
         let qkv = GroupMatrix::concat(&[&q, &kk, &v]).unwrap();
         let gate_up = GroupMatrix::interleave(&gate, &up).unwrap();
         for m in [1, 2, 5, 8] {
@@ -398,8 +373,8 @@ mod tests {
             );
 
             let fused = gate_up.matmul_silu_mul(&acts).unwrap();
-            let g = Tensor::from_vec(gate.matmul(&acts).unwrap(), (m, 12), &Device::Cpu).unwrap();
-            let u = Tensor::from_vec(up.matmul(&acts).unwrap(), (m, 12), &Device::Cpu).unwrap();
+            let g = Tensor::from_vec(gate.matmul(&acts).unwrap(), (m, 24), &Device::Cpu).unwrap();
+            let u = Tensor::from_vec(up.matmul(&acts).unwrap(), (m, 24), &Device::Cpu).unwrap();
             let want = (candle_nn::ops::silu(&g).unwrap() * u).unwrap();
             assert_eq!(
                 fused,
@@ -424,7 +399,7 @@ mod tests {
         let m = quantized::<Q41Group>(8, 64, 1);
         let acts = QuantizedActs::quantize(&random(64, 2), 1, 64);
         assert!(m.matmul_split(&acts, &[3, 5]).is_err());
-        assert!(m.matmul_split(&acts, &[8, 4]).is_err());
+        assert!(m.matmul_split(&acts, &[4, 4]).is_err());
         let wrong = QuantizedActs::quantize(&random(128, 2), 1, 128);
         assert!(m.matmul(&wrong).is_err());
         assert!(m.matmul_add(&acts, &[0.0; 3]).is_err());

@@ -1,33 +1,36 @@
-//! Q4_1 weights on the CPU, with AVX2.
+//! Q4_1 weights on the CPU: AVX2, and AVX-512 VNNI where the CPU has it.
 //!
 //! candle 0.11 has no SIMD kernel for Q4_1 (its `vec_dot_unopt` took 86% of decode time) and
 //! multiplies row by row. This kernel computes exactly what candle's does, bit for bit: the
 //! activations are quantized to Q8_1 the same way ([`super::acts`]), each 32-value block's
 //! integer dot product is exact (SIMD only speeds it up), and the float accumulation over blocks
-//! uses candle's expression, `sum += sumi * d_w * d_a + m_w * s_a`, in candle's order. What
-//! changes is speed: outputs are computed four at a time (four weight rows against one
-//! activation row when decoding, four against four otherwise; see [`super::matmul`]), with the
-//! integer dots in AVX2 `maddubs` and the float step done for the four lanes at once.
+//! uses candle's expression, `sum += sumi * d_w * d_a + m_w * s_a`, in candle's order.
 //!
-//! Every output element is computed by the same operations (the same IEEE operations in the same
-//! order, whichever lane it is in) whatever the number of rows, so a row's result does not depend
-//! on the batch.
+//! What changes is speed. A group holds eight weight rows, and each 32-byte vector of a block
+//! holds 4 bytes of every row (`qs[c][4r + t]`: row r's values `4c + t` in the low nibbles and
+//! `16 + 4c + t` in the high ones, which is GGML's own byte order). Broadcasting 4 activation bytes
+//! against it, one `vpdpbusd` (or `maddubs` on AVX2) adds to all eight rows' block sums at once,
+//! lane by lane, so no horizontal reduction is needed and the float step runs for eight outputs
+//! in one vector. Each lane is one output computed by the same operations whatever the batch,
+//! so a row's result does not depend on the rows around it.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::acts::ActGroup;
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-use super::acts::QK;
+use super::acts::QuantizedActs;
 use super::matmul::{GroupMatrix, WeightGroup};
 
-/// Block `b` of four consecutive Q4_1 weight rows.
+/// Rows per group.
+const ROWS: usize = 8;
+
+/// Block `b` of eight consecutive Q4_1 weight rows.
 #[derive(Clone, Copy, Default)]
-#[repr(C, align(16))]
+#[repr(C, align(32))]
 pub struct Q41Group {
-    d: [f32; 4],
-    m: [f32; 4],
-    qs: [[u8; 16]; 4],
+    d: [f32; ROWS],
+    m: [f32; ROWS],
+    /// `qs[c][4 r + t]`: GGML byte `4c + t` of row r (values `4c + t` and `16 + 4c + t`).
+    qs: [[u8; 32]; 4],
 }
 
 pub type Q41Matrix = GroupMatrix<Q41Group>;
@@ -35,233 +38,144 @@ pub type Q41Matrix = GroupMatrix<Q41Group>;
 impl WeightGroup for Q41Group {
     const DTYPE: GgmlDType = GgmlDType::Q4_1;
     const BLOCK_BYTES: usize = 20;
+    const ROWS: usize = ROWS;
 
     fn set_lane(&mut self, lane: usize, b: &[u8]) {
         self.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
         self.m[lane] = f16::from_le_bytes([b[2], b[3]]).to_f32();
-        self.qs[lane].copy_from_slice(&b[4..20]);
+        for c in 0..4 {
+            self.qs[c][4 * lane..4 * lane + 4].copy_from_slice(&b[4 + 4 * c..8 + 4 * c]);
+        }
     }
 
-    #[inline]
-    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
-        dot_4_weights(w, a, lane)
-    }
-
-    #[inline]
-    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
-        dot_16(w, a)
+    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
+            unsafe {
+                if super::simd::vnni() {
+                    dot_vnni(w, acts, out)
+                } else {
+                    dot_avx2(w, acts, out)
+                }
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        dot_portable(w, acts, out)
     }
 }
 
-/// The AVX2 bodies, generated once per integer-dot implementation: `maddubs` + `madd` (AVX2)
-/// or `vpdpbusd` (AVX-512 VNNI), which give the same exact i32 block sums.
-macro_rules! q4_1_dots {
-    ($dot4:ident, $dot16:ident, $int_dot:ident, $(#[$attr:meta])*) => {
-        /// Four outputs: the four weight rows of `w` against lane `lane` of the activation
-        /// groups.
-        ///
+/// The SIMD body, once per integer-dot implementation (`vpdpbusd`, or `maddubs` + `madd`: the
+/// same exact i32 sums; values 0..15 times |a| <= 127 cannot saturate the i16 pairs, nor eight
+/// of them summed in i16).
+macro_rules! q4_1_dot {
+    ($name:ident, $vnni:expr, $(#[$attr:meta])*) => {
         /// # Safety
         /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         $(#[$attr])*
-        unsafe fn $dot4(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
+        unsafe fn $name(w: &[Q41Group], acts: &QuantizedActs, out: &mut [f32]) {
             use std::arch::x86_64::*;
-            // Every load reads a field of exactly the loaded size (unaligned loads).
-            let mut sums = _mm_setzero_ps();
-            for (wg, ag) in w.iter().zip(a) {
-                let av = _mm256_loadu_si256(ag.qs[lane].as_ptr() as *const __m256i);
-                let wv = [
-                    unpack(&wg.qs[0]),
-                    unpack(&wg.qs[1]),
-                    unpack(&wg.qs[2]),
-                    unpack(&wg.qs[3]),
-                ];
-                let sumi = $int_dot(wv, [av; 4]);
-                let wd = _mm_loadu_ps(wg.d.as_ptr());
-                let wm = _mm_loadu_ps(wg.m.as_ptr());
-                let ad = _mm_set1_ps(ag.d[lane]);
-                let as_ = _mm_set1_ps(ag.s[lane]);
-                sums = step(sums, sumi, wd, ad, wm, as_);
-            }
-            let mut out = [0f32; 4];
-            _mm_storeu_ps(out.as_mut_ptr(), sums);
-            out
-        }
-
-        /// Sixteen outputs, `[weight lane][activation lane]`: the four weight rows of `w`
-        /// against the four activation rows of `a`. Each weight block is unpacked once and each
-        /// activation block loaded once for all sixteen.
-        ///
-        /// # Safety
-        /// As for the four-output variant.
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        $(#[$attr])*
-        unsafe fn $dot16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
-            use std::arch::x86_64::*;
-            let mut sums = [_mm_setzero_ps(); 4];
-            for (wg, ag) in w.iter().zip(a) {
-                let av = [
-                    _mm256_loadu_si256(ag.qs[0].as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(ag.qs[1].as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(ag.qs[2].as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(ag.qs[3].as_ptr() as *const __m256i),
-                ];
-                let ad = _mm_loadu_ps(ag.d.as_ptr());
-                let as_ = _mm_loadu_ps(ag.s.as_ptr());
-                for (i, sum) in sums.iter_mut().enumerate() {
-                    let wv = unpack(&wg.qs[i]);
-                    let sumi = $int_dot([wv; 4], av);
-                    *sum = step(*sum, sumi, _mm_set1_ps(wg.d[i]), ad, _mm_set1_ps(wg.m[i]), as_);
+            let m = acts.m;
+            let mask = _mm256_set1_epi8(0x0F);
+            for rg in 0..m.div_ceil(4) {
+                let a = acts.row_group(rg);
+                let rows = (m - rg * 4).min(4);
+                let mut sums = [_mm256_setzero_ps(); 4];
+                for (wg, ag) in w.iter().zip(a) {
+                    let mut lo = [_mm256_setzero_si256(); 4];
+                    let mut hi = [_mm256_setzero_si256(); 4];
+                    for c in 0..4 {
+                        let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
+                        lo[c] = _mm256_and_si256(v, mask);
+                        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    }
+                    let wd = _mm256_load_ps(wg.d.as_ptr());
+                    let wm = _mm256_load_ps(wg.m.as_ptr());
+                    for (j, sum) in sums.iter_mut().enumerate().take(rows) {
+                        let q = ag.qs[j].as_ptr() as *const i32;
+                        let sumi = if $vnni {
+                            let mut s = _mm256_setzero_si256();
+                            for c in 0..4 {
+                                s = dpbusd(s, lo[c], _mm256_set1_epi32(q.add(c).read_unaligned()));
+                                s = dpbusd(s, hi[c], _mm256_set1_epi32(q.add(4 + c).read_unaligned()));
+                            }
+                            s
+                        } else {
+                            let mut s = _mm256_setzero_si256();
+                            for c in 0..4 {
+                                let al = _mm256_set1_epi32(q.add(c).read_unaligned());
+                                let ah = _mm256_set1_epi32(q.add(4 + c).read_unaligned());
+                                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[c], al));
+                                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[c], ah));
+                            }
+                            _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+                        };
+                        // candle's expression, operation for operation (no fused multiply-add).
+                        let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sumi), wd), _mm256_set1_ps(ag.d[j]));
+                        *sum = _mm256_add_ps(*sum, _mm256_add_ps(t, _mm256_mul_ps(wm, _mm256_set1_ps(ag.s[j]))));
+                    }
+                }
+                for (j, sum) in sums.iter().enumerate().take(rows) {
+                    let mut v = [0f32; ROWS];
+                    _mm256_storeu_ps(v.as_mut_ptr(), *sum);
+                    for (lane, x) in v.into_iter().enumerate() {
+                        out[lane * m + rg * 4 + j] = x;
+                    }
                 }
             }
-            let mut out = [[0f32; 4]; 4];
-            for (o, s) in out.iter_mut().zip(sums) {
-                _mm_storeu_ps(o.as_mut_ptr(), s);
-            }
-            out
         }
     };
 }
 
-q4_1_dots!(dot_4_weights_avx2, dot_16_avx2, int_dot_4,);
-q4_1_dots!(
-    dot_4_weights_vnni,
-    dot_16_vnni,
-    int_dot_4_vnni,
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-);
+q4_1_dot!(dot_avx2, false,);
+q4_1_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]);
 
-/// Four outputs: VNNI where the CPU has it (see [`super::simd`]), AVX2 otherwise.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot_4_weights(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
-    // SAFETY: AVX2 is compiled in (cfg above); the VNNI variant runs only where the CPU has it.
-    unsafe {
-        if super::simd::vnni() {
-            dot_4_weights_vnni(w, a, lane)
-        } else {
-            dot_4_weights_avx2(w, a, lane)
-        }
-    }
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot_16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
-    // SAFETY: as in `dot_4_weights`.
-    unsafe {
-        if super::simd::vnni() {
-            dot_16_vnni(w, a)
-        } else {
-            dot_16_avx2(w, a)
-        }
-    }
-}
-
-/// A weight block's 32 nibbles as 32 bytes: low nibbles first (values 0..16), then high.
+/// `vpdpbusd` where this is compiled with VNNI; never called on the AVX2 path (`$vnni` false).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-unsafe fn unpack(w: &[u8; 16]) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0x0F);
-    let packed = _mm_loadu_si128(w.as_ptr() as *const __m128i);
-    let lo = _mm_and_si128(packed, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    _mm256_set_m128i(hi, lo)
+unsafe fn dpbusd(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    dpbusd_vnni(acc, u, s)
 }
 
-/// `sums + ((sumi * wd) * ad + wm * as)` per lane: candle's expression, operation for operation
-/// (no fused multiply-add, which would round differently).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn step(
-    sums: std::arch::x86_64::__m128,
-    sumi: std::arch::x86_64::__m128i,
-    wd: std::arch::x86_64::__m128,
-    ad: std::arch::x86_64::__m128,
-    wm: std::arch::x86_64::__m128,
-    as_: std::arch::x86_64::__m128,
-) -> std::arch::x86_64::__m128 {
-    use std::arch::x86_64::*;
-    let t = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(sumi), wd), ad);
-    _mm_add_ps(sums, _mm_add_ps(t, _mm_mul_ps(wm, as_)))
-}
-
-/// Four exact integer block dots (unpacked weight bytes 0..16 against 32 signed activation
-/// bytes), as one vector of four i32.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn int_dot_4(
-    w: [std::arch::x86_64::__m256i; 4],
-    a: [std::arch::x86_64::__m256i; 4],
-) -> std::arch::x86_64::__m128i {
-    use std::arch::x86_64::*;
-    let ones = _mm256_set1_epi16(1);
-    // u8 x i8 -> pairwise i16 sums (at most 2 * 15 * 128: no saturation), then i32.
-    let products = |w: __m256i, a: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
-    let p = [
-        products(w[0], a[0]),
-        products(w[1], a[1]),
-        products(w[2], a[2]),
-        products(w[3], a[3]),
-    ];
-    // Two horizontal-add rounds leave each product's low-half sum in the low 128 bits and its
-    // high-half sum in the high 128 bits, in order 0..4.
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
-}
-
-/// [`int_dot_4`] with AVX-512 VNNI: `vpdpbusd` sums the u8 x i8 products of each 4-byte lane
-/// straight into i32 (exact, like maddubs + madd here, which cannot saturate).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn int_dot_4_vnni(
-    w: [std::arch::x86_64::__m256i; 4],
-    a: [std::arch::x86_64::__m256i; 4],
-) -> std::arch::x86_64::__m128i {
-    use std::arch::x86_64::*;
-    let z = _mm256_setzero_si256();
-    let p = [
-        _mm256_dpbusd_epi32(z, w[0], a[0]),
-        _mm256_dpbusd_epi32(z, w[1], a[1]),
-        _mm256_dpbusd_epi32(z, w[2], a[2]),
-        _mm256_dpbusd_epi32(z, w[3], a[3]),
-    ];
-    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+unsafe fn dpbusd_vnni(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
-/// Portable fallbacks (no AVX2): the same arithmetic, one lane at a time.
+/// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_4_weights(w: &[Q41Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
-    let mut sums = [0f32; 4];
-    for (wg, ag) in w.iter().zip(a) {
-        for i in 0..4 {
-            let sumi = int_dot(&wg.qs[i], &ag.qs[lane]) as f32;
-            sums[i] += sumi * wg.d[i] * ag.d[lane] + wg.m[i] * ag.s[lane];
-        }
-    }
-    sums
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_16(w: &[Q41Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
-    let mut sums = [[0f32; 4]; 4];
-    for (wg, ag) in w.iter().zip(a) {
-        for (i, row) in sums.iter_mut().enumerate() {
-            for (j, sum) in row.iter_mut().enumerate() {
-                let sumi = int_dot(&wg.qs[i], &ag.qs[j]) as f32;
-                *sum += sumi * wg.d[i] * ag.d[j] + wg.m[i] * ag.s[j];
+fn dot_portable(w: &[Q41Group], acts: &QuantizedActs, out: &mut [f32]) {
+    let m = acts.m;
+    for r in 0..m {
+        let a = acts.row_group(r / 4);
+        let j = r % 4;
+        for lane in 0..ROWS {
+            let mut sum = 0f32;
+            for (wg, ag) in w.iter().zip(a) {
+                let mut sumi = 0i32;
+                for c in 0..4 {
+                    for t in 0..4 {
+                        let byte = wg.qs[c][4 * lane + t];
+                        sumi += (byte & 0x0F) as i32 * ag.qs[j][4 * c + t] as i32;
+                        sumi += (byte >> 4) as i32 * ag.qs[j][16 + 4 * c + t] as i32;
+                    }
+                }
+                sum += sumi as f32 * wg.d[lane] * ag.d[j] + wg.m[lane] * ag.s[j];
             }
+            out[lane * m + r] = sum;
         }
     }
-    sums
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn int_dot(w: &[u8; 16], a: &[i8; QK]) -> i32 {
-    (0..16)
-        .map(|j| (w[j] & 0x0F) as i32 * a[j] as i32 + (w[j] >> 4) as i32 * a[j + 16] as i32)
-        .sum()
 }
 
 #[cfg(test)]
@@ -317,18 +231,16 @@ mod tests {
         let (n, k) = (8, 576);
         let w = Q41Matrix::from_qtensor(&QTensor::quantize(&random((n, k), 1), GgmlDType::Q4_1).unwrap())
             .unwrap();
-        let x = random((4, k), 2).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let acts = QuantizedActs::quantize(&x, 4, k);
-        let (groups, a) = (w.groups_of(0), acts.row_group(0));
-        // SAFETY: VNNI checked above; AVX2 compiled in.
-        unsafe {
-            assert_eq!(dot_16_avx2(groups, a), dot_16_vnni(groups, a));
-            for lane in 0..4 {
-                assert_eq!(
-                    dot_4_weights_avx2(groups, a, lane),
-                    dot_4_weights_vnni(groups, a, lane)
-                );
+        for m in [1, 3, 4, 9] {
+            let x = random((m, k), 2).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let acts = QuantizedActs::quantize(&x, m, k);
+            let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
+            // SAFETY: VNNI checked above; AVX2 compiled in.
+            unsafe {
+                dot_avx2(w.groups_of(0), &acts, &mut a);
+                dot_vnni(w.groups_of(0), &acts, &mut b);
             }
+            assert_eq!(a, b, "m = {m}");
         }
     }
 

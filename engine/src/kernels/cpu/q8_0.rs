@@ -1,35 +1,79 @@
-//! Q8_0 weights on the CPU, with AVX2: the output head of the default model (49152 x 576, where
-//! candle's repacked x86 kernel does not apply because 576 is not a multiple of 256, so it ran
-//! row by row) and models stored or re-quantized in Q8_0.
+//! Q8_0 weights on the CPU (AVX2, and AVX-512 VNNI where the CPU has it): the output head of the
+//! default model (49152 x 576, where candle's repacked x86 kernel does not apply because 576 is
+//! not a multiple of 256, so it ran row by row), models stored or re-quantized in Q8_0, and Q5_0
+//! (held as Q8_0, exactly).
 //!
 //! Activations are the shared 8-bit blocks of [`super::acts`] (`d` and `q`, as candle's Q8_0
-//! activation block). Each block's integer dot is exact; the float step is
-//! `sum += (sumi * d_w) * d_a`, the same operations for every output whatever the batch.
+//! activation block). The layout is Q4_1's ([`super::q4_1`]): eight rows per group, each
+//! 32-byte vector holding 4 bytes of every row (`qs[c][4r + t]` = row r's value `4c + t`), so
+//! one broadcast of 4 activation bytes feeds all eight rows' block sums lane by lane. The
+//! integer sums are exact (`|w|` against `a` with w's sign: at most 128 x 127 per product); the
+//! float step is `sum += (sumi * d_w) * d_a`, the same operations for every output whatever the
+//! batch.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::acts::{ActGroup, QK};
+use super::acts::{QuantizedActs, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 
-/// Block `b` of four consecutive Q8_0 weight rows.
+/// Rows per group.
+const ROWS: usize = 8;
+
+/// Block `b` of eight consecutive Q8_0 weight rows.
 #[derive(Clone, Copy)]
-#[repr(C, align(16))]
+#[repr(C, align(32))]
 pub struct Q80Group {
-    d: [f32; 4],
-    qs: [[i8; QK]; 4],
+    d: [f32; ROWS],
+    /// `qs[c][4 r + t]`: row r's value `4c + t`.
+    qs: [[i8; 32]; QK / 4],
 }
 
 impl Default for Q80Group {
     fn default() -> Self {
         Self {
-            d: [0.0; 4],
-            qs: [[0; QK]; 4],
+            d: [0.0; ROWS],
+            qs: [[0; 32]; QK / 4],
         }
     }
 }
 
+impl Q80Group {
+    fn set_value(&mut self, lane: usize, j: usize, v: i8) {
+        self.qs[j / 4][4 * lane + j % 4] = v;
+    }
+}
+
 pub type Q80Matrix = GroupMatrix<Q80Group>;
+
+impl WeightGroup for Q80Group {
+    const DTYPE: GgmlDType = GgmlDType::Q8_0;
+    const BLOCK_BYTES: usize = 34;
+    const ROWS: usize = ROWS;
+
+    fn set_lane(&mut self, lane: usize, b: &[u8]) {
+        self.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        for (j, &v) in b[2..34].iter().enumerate() {
+            self.set_value(lane, j, v as i8);
+        }
+    }
+
+    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
+            unsafe {
+                if super::simd::vnni() {
+                    dot_vnni(w, acts, out)
+                } else {
+                    dot_avx2(w, acts, out)
+                }
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        dot_portable(w, acts, out)
+    }
+}
 
 /// Q5_0 weights, held as Q8_0 groups: each 5-bit value `q - 16` (-16..15) is stored as an i8
 /// with the block's scale, which is exact (the same integer dot and the same scale as Q5_0's
@@ -44,6 +88,7 @@ pub type Q50Matrix = GroupMatrix<Q50Group>;
 impl WeightGroup for Q50Group {
     const DTYPE: GgmlDType = GgmlDType::Q5_0;
     const BLOCK_BYTES: usize = 22;
+    const ROWS: usize = ROWS;
 
     /// GGML's `block_q5_0`: f16 scale, 32 high bits, 16 bytes of low nibbles (value j in the
     /// low nibble of byte j, value j + 16 in its high nibble).
@@ -53,19 +98,15 @@ impl WeightGroup for Q50Group {
         for j in 0..16 {
             let lo = (b[6 + j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
             let hi = (b[6 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-            self.0.qs[lane][j] = lo as i8 - 16;
-            self.0.qs[lane][j + 16] = hi as i8 - 16;
+            self.0.set_value(lane, j, lo as i8 - 16);
+            self.0.set_value(lane, j + 16, hi as i8 - 16);
         }
     }
 
-    #[inline]
-    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
-        Q80Group::dot_4_weights(as_q8(w), a, lane)
-    }
-
-    #[inline]
-    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
-        Q80Group::dot_16(as_q8(w), a)
+    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+        // SAFETY: Q50Group is a transparent wrapper of Q80Group: same size, alignment, layout.
+        let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const Q80Group, w.len()) };
+        Q80Group::dot(w, acts, out)
     }
 }
 
@@ -75,146 +116,95 @@ impl From<Q50Group> for Q80Group {
     }
 }
 
-fn as_q8(w: &[Q50Group]) -> &[Q80Group] {
-    // SAFETY: Q50Group is a transparent wrapper of Q80Group: same size, alignment and layout.
-    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const Q80Group, w.len()) }
-}
-
-impl WeightGroup for Q80Group {
-    const DTYPE: GgmlDType = GgmlDType::Q8_0;
-    const BLOCK_BYTES: usize = 34;
-
-    fn set_lane(&mut self, lane: usize, b: &[u8]) {
-        self.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        for (q, &v) in self.qs[lane].iter_mut().zip(&b[2..34]) {
-            *q = v as i8;
-        }
-    }
-
-    #[inline]
-    fn dot_4_weights(w: &[Self], a: &[ActGroup], lane: usize) -> [f32; 4] {
+macro_rules! q8_0_dot {
+    ($name:ident, $vnni:expr, $(#[$attr:meta])*) => {
+        /// # Safety
+        /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        if super::simd::vnni() {
-            // SAFETY: the CPU has the features (checked at run time).
-            return unsafe { dot_4_weights_vnni(w, a, lane) };
-        }
-        dot_4_weights_portable(w, a, lane)
-    }
-
-    #[inline]
-    fn dot_16(w: &[Self], a: &[ActGroup]) -> [[f32; 4]; 4] {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        if super::simd::vnni() {
-            // SAFETY: as above.
-            return unsafe { dot_16_vnni(w, a) };
-        }
-        dot_16_portable(w, a)
-    }
-}
-
-/// The float bodies, generated once per integer dot (AVX2 or VNNI: the same exact sums).
-macro_rules! q8_0_dots {
-    ($dot4:ident, $dot16:ident, $int_dot:ident, $(#[$attr:meta])*) => {
         $(#[$attr])*
-        fn $dot4(w: &[Q80Group], a: &[ActGroup], lane: usize) -> [f32; 4] {
-            let mut sums = [0f32; 4];
-            for (wg, ag) in w.iter().zip(a) {
-                let sumi = $int_dot([&wg.qs[0], &wg.qs[1], &wg.qs[2], &wg.qs[3]], [&ag.qs[lane]; 4]);
-                for i in 0..4 {
-                    sums[i] += (sumi[i] as f32 * wg.d[i]) * ag.d[lane];
+        unsafe fn $name(w: &[Q80Group], acts: &QuantizedActs, out: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let m = acts.m;
+            for rg in 0..m.div_ceil(4) {
+                let a = acts.row_group(rg);
+                let rows = (m - rg * 4).min(4);
+                let mut sums = [_mm256_setzero_ps(); 4];
+                for (wg, ag) in w.iter().zip(a) {
+                    let mut wv = [_mm256_setzero_si256(); QK / 4];
+                    let mut wabs = [_mm256_setzero_si256(); QK / 4];
+                    for c in 0..QK / 4 {
+                        wv[c] = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
+                        wabs[c] = _mm256_sign_epi8(wv[c], wv[c]);
+                    }
+                    let wd = _mm256_load_ps(wg.d.as_ptr());
+                    for (j, sum) in sums.iter_mut().enumerate().take(rows) {
+                        let q = ag.qs[j].as_ptr() as *const i32;
+                        let mut s = _mm256_setzero_si256();
+                        for c in 0..QK / 4 {
+                            let av = _mm256_sign_epi8(_mm256_set1_epi32(q.add(c).read_unaligned()), wv[c]);
+                            s = if $vnni {
+                                dpbusd(s, wabs[c], av)
+                            } else {
+                                _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[c], av), _mm256_set1_epi16(1)))
+                            };
+                        }
+                        let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), wd), _mm256_set1_ps(ag.d[j]));
+                        *sum = _mm256_add_ps(*sum, t);
+                    }
                 }
-            }
-            sums
-        }
-
-        $(#[$attr])*
-        fn $dot16(w: &[Q80Group], a: &[ActGroup]) -> [[f32; 4]; 4] {
-            let mut sums = [[0f32; 4]; 4];
-            for (wg, ag) in w.iter().zip(a) {
-                for (i, row) in sums.iter_mut().enumerate() {
-                    let sumi = $int_dot([&wg.qs[i]; 4], [&ag.qs[0], &ag.qs[1], &ag.qs[2], &ag.qs[3]]);
-                    for j in 0..4 {
-                        row[j] += (sumi[j] as f32 * wg.d[i]) * ag.d[j];
+                for (j, sum) in sums.iter().enumerate().take(rows) {
+                    let mut v = [0f32; ROWS];
+                    _mm256_storeu_ps(v.as_mut_ptr(), *sum);
+                    for (lane, x) in v.into_iter().enumerate() {
+                        out[lane * m + rg * 4 + j] = x;
                     }
                 }
             }
-            sums
         }
     };
 }
 
-q8_0_dots!(dot_4_weights_portable, dot_16_portable, int_dot_4,);
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-q8_0_dots!(
-    dot_4_weights_vnni,
-    dot_16_vnni,
-    int_dot_4_vnni,
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-);
+q8_0_dot!(dot_avx2, false,);
+q8_0_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]);
 
-/// [`int_dot_4`] with AVX-512 VNNI (`vpdpbusd`, |w| against a with w's sign, exact).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn dpbusd(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    dpbusd_vnni(acc, u, s)
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-fn int_dot_4_vnni(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
-    use std::arch::x86_64::*;
-    // SAFETY: each load reads exactly 32 bytes of a 32-byte array (unaligned loads).
-    unsafe {
-        let z = _mm256_setzero_si256();
-        let product = |w: &[i8; QK], a: &[i8; QK]| {
-            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
-            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-            _mm256_dpbusd_epi32(z, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv))
-        };
-        let p = [
-            product(w[0], a[0]),
-            product(w[1], a[1]),
-            product(w[2], a[2]),
-            product(w[3], a[3]),
-        ];
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        let mut out = [0i32; 4];
-        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
-        out
-    }
+unsafe fn dpbusd_vnni(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
-/// Four exact i8 x i8 block dots.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-fn int_dot_4(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 is enabled at compile time (cfg above); each load reads exactly 32 bytes of a
-    // 32-byte array (unaligned loads).
-    unsafe {
-        let ones = _mm256_set1_epi16(1);
-        // maddubs takes an unsigned left operand: |w| times a with w's sign (exact: |w| <= 128,
-        // |a| <= 127, so a pair sums to at most 32512, no i16 saturation).
-        let product = |w: &[i8; QK], a: &[i8; QK]| {
-            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
-            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-            _mm256_madd_epi16(p, ones)
-        };
-        let p = [
-            product(w[0], a[0]),
-            product(w[1], a[1]),
-            product(w[2], a[2]),
-            product(w[3], a[3]),
-        ];
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        let mut out = [0i32; 4];
-        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, s);
-        out
-    }
-}
-
+/// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-#[inline(always)]
-fn int_dot_4(w: [&[i8; QK]; 4], a: [&[i8; QK]; 4]) -> [i32; 4] {
-    std::array::from_fn(|i| w[i].iter().zip(a[i]).map(|(&x, &y)| x as i32 * y as i32).sum())
+fn dot_portable(w: &[Q80Group], acts: &QuantizedActs, out: &mut [f32]) {
+    let m = acts.m;
+    for r in 0..m {
+        let (a, j) = (acts.row_group(r / 4), r % 4);
+        for lane in 0..ROWS {
+            let mut sum = 0f32;
+            for (wg, ag) in w.iter().zip(a) {
+                let sumi: i32 = (0..QK)
+                    .map(|i| wg.qs[i / 4][4 * lane + i % 4] as i32 * ag.qs[j][i] as i32)
+                    .sum();
+                sum += (sumi as f32 * wg.d[lane]) * ag.d[j];
+            }
+            out[lane * m + r] = sum;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,17 +274,15 @@ mod tests {
         let (n, k) = (8, 576);
         let wt = Tensor::from_vec(random((n, k), 1), (n, k), &Device::Cpu).unwrap();
         let w = Q80Matrix::from_qtensor(&QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap()).unwrap();
-        let acts = QuantizedActs::quantize(&random((4, k), 2), 4, k);
-        let (groups, a) = (w.groups_of(0), acts.row_group(0));
-        // SAFETY: VNNI checked above.
-        unsafe {
-            assert_eq!(dot_16_portable(groups, a), dot_16_vnni(groups, a));
-            for lane in 0..4 {
-                assert_eq!(
-                    dot_4_weights_portable(groups, a, lane),
-                    dot_4_weights_vnni(groups, a, lane)
-                );
+        for m in [1, 3, 4, 9] {
+            let acts = QuantizedActs::quantize(&random((m, k), 2), m, k);
+            let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
+            // SAFETY: VNNI checked above; AVX2 compiled in.
+            unsafe {
+                dot_avx2(w.groups_of(0), &acts, &mut a);
+                dot_vnni(w.groups_of(0), &acts, &mut b);
             }
+            assert_eq!(a, b, "m = {m}");
         }
     }
 
