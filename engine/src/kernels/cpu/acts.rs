@@ -17,6 +17,9 @@ pub struct ActGroup {
     pub d: [f32; 4],
     pub s: [f32; 4],
     pub qs: [[i8; QK]; 4],
+    /// `qs + 128` as unsigned bytes, for `vpdpbusd` against signed weights (Q8_0), which takes
+    /// its unsigned operand first; the kernel subtracts `128 * sum(w)`, exactly.
+    pub qu: [[u8; QK]; 4],
 }
 
 impl Default for ActGroup {
@@ -25,6 +28,7 @@ impl Default for ActGroup {
             d: [0.0; 4],
             s: [0.0; 4],
             qs: [[0; QK]; 4],
+            qu: [[128; QK]; 4],
         }
     }
 }
@@ -82,8 +86,9 @@ fn quantize_block(block: &[f32], g: &mut ActGroup, lane: usize) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let dh = f16::from_f32(d);
     let mut sum = 0i32;
-    for (q, &v) in g.qs[lane].iter_mut().zip(block) {
+    for ((q, u), &v) in g.qs[lane].iter_mut().zip(g.qu[lane].iter_mut()).zip(block) {
         *q = f32::round(v * id) as i8;
+        *u = (*q as u8) ^ 0x80;
         sum += *q as i32;
     }
     g.d[lane] = dh.to_f32();

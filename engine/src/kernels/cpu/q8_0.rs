@@ -134,19 +134,39 @@ macro_rules! q8_0_dot {
                     let mut wabs = [_mm256_setzero_si256(); QK / 4];
                     for c in 0..QK / 4 {
                         wv[c] = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
-                        wabs[c] = _mm256_sign_epi8(wv[c], wv[c]);
+                        if !$vnni {
+                            // maddubs takes |w| against a with w's sign (i16 pairs cannot
+                            // saturate: at most 2 * 128 * 127).
+                            wabs[c] = _mm256_sign_epi8(wv[c], wv[c]);
+                        }
                     }
                     let wd = _mm256_load_ps(wg.d.as_ptr());
-                    for (j, sum) in sums.iter_mut().enumerate().take(rows) {
-                        let q = ag.qs[j].as_ptr() as *const i32;
-                        let mut s = _mm256_setzero_si256();
+                    // VNNI: (a + 128) against w, minus 128 * sum(w) (the sums of w come from
+                    // the same instruction against ones): exact, and no sign fix-ups per row.
+                    let bias = if $vnni {
+                        let mut ws = _mm256_setzero_si256();
                         for c in 0..QK / 4 {
-                            let av = _mm256_sign_epi8(_mm256_set1_epi32(q.add(c).read_unaligned()), wv[c]);
-                            s = if $vnni {
-                                dpbusd(s, wabs[c], av)
-                            } else {
-                                _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[c], av), _mm256_set1_epi16(1)))
-                            };
+                            ws = dpbusd(ws, _mm256_set1_epi8(1), wv[c]);
+                        }
+                        _mm256_slli_epi32(ws, 7)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for (j, sum) in sums.iter_mut().enumerate().take(rows) {
+                        let mut s = _mm256_setzero_si256();
+                        if $vnni {
+                            let q = ag.qu[j].as_ptr() as *const i32;
+                            for c in 0..QK / 4 {
+                                s = dpbusd(s, _mm256_set1_epi32(q.add(c).read_unaligned()), wv[c]);
+                            }
+                            s = _mm256_sub_epi32(s, bias);
+                        } else {
+                            let q = ag.qs[j].as_ptr() as *const i32;
+                            for c in 0..QK / 4 {
+                                let av = _mm256_sign_epi8(_mm256_set1_epi32(q.add(c).read_unaligned()), wv[c]);
+                                let p = _mm256_maddubs_epi16(wabs[c], av);
+                                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                            }
                         }
                         let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), wd), _mm256_set1_ps(ag.d[j]));
                         *sum = _mm256_add_ps(*sum, t);
