@@ -71,8 +71,9 @@ fn dequantized_f32_matches_reference_exactly() {
 /// prompts and steps (tests/reference/llama_cpp_deviation.py with golden_qwen2.json, llama.cpp
 /// as vendored by llama-cpp-python 0.3.36) is off by up to 0.436 (worst by rank [0.022, 0.132,
 /// 0.436, 0.171, 0.324] over 32 steps), so 0.45 is what this quantization allows. wick
-/// measured [0.039, 0.209, 0.150, 0.179, 0.375] with its Q8_0 kernel (0.286 before it, with
-/// candle's: the worst ranks are tokens below -10 nats, where 8-bit rounding moves most).
+/// measured [0.031, 0.116, 0.124, 0.109, 0.174] with every format on its own kernels (8-bit
+/// activations per 32 values where candle's K-quant kernels quantize per 256); [0.036, 0.134,
+/// 0.192, 0.172, 0.286] with candle's kernels.
 #[test]
 fn quantized_matches_reference_until_a_close_call() {
     let cases = golden_cases();

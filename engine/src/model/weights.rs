@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
-use crate::kernels::cpu::q4_1::Q41Matrix;
+use crate::kernels::cpu::q4_1::{self, Q41Matrix};
+use crate::kernels::cpu::q6_k::{self, Q6KMatrix};
 use crate::kernels::cpu::q8_0::{Q50Matrix, Q80Matrix};
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
@@ -41,10 +42,12 @@ impl Linear {
 
 /// A matrix in one of the formats the CPU kernels take; all of them read the same quantized
 /// activations, so one quantization of a layer input serves every matrix that reads it.
+#[allow(non_camel_case_types)] // GGML's names: Q4_1, Q8_0, Q5_0, Q6_K
 pub enum CpuMatrix {
     Q4_1(Q41Matrix),
     Q8_0(Q80Matrix),
     Q5_0(Q50Matrix),
+    Q6_K(Q6KMatrix),
 }
 
 macro_rules! each_format {
@@ -53,6 +56,7 @@ macro_rules! each_format {
             CpuMatrix::Q4_1($x) => $e,
             CpuMatrix::Q8_0($x) => $e,
             CpuMatrix::Q5_0($x) => $e,
+            CpuMatrix::Q6_K($x) => $e,
         }
     };
 }
@@ -83,7 +87,7 @@ impl CpuMatrix {
         match self {
             CpuMatrix::Q8_0(m) => Some(m.convert()),
             CpuMatrix::Q5_0(m) => Some(m.convert()),
-            CpuMatrix::Q4_1(_) => None,
+            CpuMatrix::Q4_1(_) | CpuMatrix::Q6_K(_) => None,
         }
     }
 
@@ -328,6 +332,12 @@ impl Weights {
                 GgmlDType::Q4_1 => return Ok(Linear::Cpu(CpuMatrix::Q4_1(Q41Matrix::from_qtensor(&q)?))),
                 GgmlDType::Q8_0 => return Ok(Linear::Cpu(CpuMatrix::Q8_0(Q80Matrix::from_qtensor(&q)?))),
                 GgmlDType::Q5_0 => return Ok(Linear::Cpu(CpuMatrix::Q5_0(Q50Matrix::from_qtensor(&q)?))),
+                GgmlDType::Q4K if q.shape().dims().last().is_some_and(|k| k.is_multiple_of(256)) => {
+                    return Ok(Linear::Cpu(CpuMatrix::Q4_1(q4_1::from_q4_k(&q)?)))
+                }
+                GgmlDType::Q6K if q.shape().dims().last().is_some_and(|k| k.is_multiple_of(256)) => {
+                    return Ok(Linear::Cpu(CpuMatrix::Q6_K(q6_k::from_q6_k(&q)?)))
+                }
                 _ => {}
             }
         }

@@ -73,6 +73,26 @@ impl<W: WeightGroup> GroupMatrix<W> {
         Ok(Self { groups, n, k })
     }
 
+    /// From any per-row source of 32-value blocks: `fill(row, block, group, lane)` sets lane
+    /// `lane` of `group` to block `block` of row `row` (formats whose GGML blocks are larger
+    /// than 32 values, converted exactly).
+    pub fn from_blocks(n: usize, k: usize, fill: impl Fn(usize, usize, &mut W, usize)) -> Result<Self> {
+        if !k.is_multiple_of(2 * QK) {
+            return Err(EngineError::InvalidConfig(format!(
+                "{:?} rows of {k} are not a multiple of 64",
+                W::DTYPE
+            )));
+        }
+        let kb = k / QK;
+        let mut groups = vec![W::default(); n.div_ceil(W::ROWS) * kb];
+        for row in 0..n {
+            for b in 0..kb {
+                fill(row, b, &mut groups[(row / W::ROWS) * kb + b], row % W::ROWS);
+            }
+        }
+        Ok(Self { groups, n, k })
+    }
+
     pub fn n(&self) -> usize {
         self.n
     }
