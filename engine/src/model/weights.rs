@@ -13,8 +13,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::q4_1::{self, Q41Matrix};
+use crate::kernels::cpu::q5_0::Q50Matrix;
 use crate::kernels::cpu::q6_k::{self, Q6KMatrix};
-use crate::kernels::cpu::q8_0::{Q50Matrix, Q80Matrix};
+use crate::kernels::cpu::q8_0::Q80Matrix;
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
 pub enum Linear {
@@ -91,7 +92,7 @@ impl CpuMatrix {
         }
     }
 
-    /// q, k and v as one matrix, when all three share a layout (else None). Q5_0 and Q8_0 mix
+    /// q, k and v as one matrix, when all three share a format (else None). Q5_0 and Q8_0 mix
     /// (Qwen2's Q4_K_M has Q5_0 q/k and a Q8_0 v in half its layers) as Q8_0 groups.
     pub fn concat(parts: &[&CpuMatrix]) -> Option<CpuMatrix> {
         let q4: Option<Vec<&Q41Matrix>> = parts
@@ -103,6 +104,16 @@ impl CpuMatrix {
             .collect();
         if let Some(ms) = q4 {
             return Q41Matrix::concat(&ms).map(CpuMatrix::Q4_1);
+        }
+        let q5: Option<Vec<&Q50Matrix>> = parts
+            .iter()
+            .map(|p| match p {
+                CpuMatrix::Q5_0(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if let Some(ms) = q5 {
+            return Q50Matrix::concat(&ms).map(CpuMatrix::Q5_0);
         }
         let q8: Vec<Q80Matrix> = parts.iter().map(|p| p.to_q8_0()).collect::<Option<_>>()?;
         Q80Matrix::concat(&q8.iter().collect::<Vec<_>>()).map(CpuMatrix::Q8_0)

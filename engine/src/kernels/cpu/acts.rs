@@ -20,6 +20,8 @@ pub struct ActGroup {
     /// `qs + 128` as unsigned bytes, for `vpdpbusd` against signed weights (Q8_0), which takes
     /// its unsigned operand first; the kernel subtracts `128 * sum(w)`, exactly.
     pub qu: [[u8; QK]; 4],
+    /// The exact sum of `qs`, for weights stored with an offset (Q5_0's `q - 16`).
+    pub isum: [i32; 4],
 }
 
 impl Default for ActGroup {
@@ -29,6 +31,7 @@ impl Default for ActGroup {
             s: [0.0; 4],
             qs: [[0; QK]; 4],
             qu: [[128; QK]; 4],
+            isum: [0; 4],
         }
     }
 }
@@ -91,6 +94,7 @@ fn quantize_block(block: &[f32], g: &mut ActGroup, lane: usize) {
         *u = (*q as u8) ^ 0x80;
         sum += *q as i32;
     }
+    g.isum[lane] = sum;
     g.d[lane] = dh.to_f32();
     g.s[lane] = (f16::from_f32(sum as f32) * dh).to_f32();
 }

@@ -1,7 +1,6 @@
 //! Q8_0 weights on the CPU (AVX2, and AVX-512 VNNI where the CPU has it): the output head of the
 //! default model (49152 x 576, where candle's repacked x86 kernel does not apply because 576 is
-//! not a multiple of 256, so it ran row by row), models stored or re-quantized in Q8_0, and Q5_0
-//! (held as Q8_0, exactly).
+//! not a multiple of 256, so it ran row by row) and models stored or re-quantized in Q8_0.
 //!
 //! Activations are the shared 8-bit blocks of [`super::acts`] (`d` and `q`, as candle's Q8_0
 //! activation block). The layout is Q4_1's ([`super::q4_1`]): eight rows per group, each
@@ -39,7 +38,13 @@ impl Default for Q80Group {
 }
 
 impl Q80Group {
-    fn set_value(&mut self, lane: usize, j: usize, v: i8) {
+    /// A group with these row scales and zero values.
+    pub(super) fn with_scales(d: [f32; ROWS]) -> Self {
+        Self { d, ..Self::default() }
+    }
+
+    /// Row `lane`'s value `j`.
+    pub(super) fn set_value(&mut self, lane: usize, j: usize, v: i8) {
         self.qs[j / 4][4 * lane + j % 4] = v;
     }
 }
@@ -72,47 +77,6 @@ impl WeightGroup for Q80Group {
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
         dot_portable(w, acts, out)
-    }
-}
-
-/// Q5_0 weights, held as Q8_0 groups: each 5-bit value `q - 16` (-16..15) is stored as an i8
-/// with the block's scale, which is exact (the same integer dot and the same scale as Q5_0's
-/// own arithmetic), and the Q8_0 kernel runs on it. Candle's Q5_0 CPU kernel is scalar (42% of
-/// the Qwen2 fallback's decode time); this costs 34 bytes per block instead of 22.
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-pub struct Q50Group(Q80Group);
-
-pub type Q50Matrix = GroupMatrix<Q50Group>;
-
-impl WeightGroup for Q50Group {
-    const DTYPE: GgmlDType = GgmlDType::Q5_0;
-    const BLOCK_BYTES: usize = 22;
-    const ROWS: usize = ROWS;
-
-    /// GGML's `block_q5_0`: f16 scale, 32 high bits, 16 bytes of low nibbles (value j in the
-    /// low nibble of byte j, value j + 16 in its high nibble).
-    fn set_lane(&mut self, lane: usize, b: &[u8]) {
-        self.0.d[lane] = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        for j in 0..16 {
-            let lo = (b[6 + j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            let hi = (b[6 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-            self.0.set_value(lane, j, lo as i8 - 16);
-            self.0.set_value(lane, j + 16, hi as i8 - 16);
-        }
-    }
-
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
-        // SAFETY: Q50Group is a transparent wrapper of Q80Group: same size, alignment, layout.
-        let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const Q80Group, w.len()) };
-        Q80Group::dot(w, acts, out)
-    }
-}
-
-impl From<Q50Group> for Q80Group {
-    fn from(g: Q50Group) -> Self {
-        g.0
     }
 }
 
@@ -245,65 +209,6 @@ mod tests {
                 }
             })
             .collect()
-    }
-
-    /// Q5_0 unpacks to exactly the values candle dequantizes, and the matmul equals the f64
-    /// evaluation of those values against the same activations.
-    #[test]
-    fn q5_0_unpacks_exactly() {
-        let (n, k) = (8, 128);
-        let wt = Tensor::from_vec(random((n, k), 3), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q5_0).unwrap();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let ours = Q50Matrix::from_qtensor(&q).unwrap();
-        let x = random((2, k), 5);
-        let acts = QuantizedActs::quantize(&x, 2, k);
-        let out = ours.matmul(&acts).unwrap();
-        for r in 0..2 {
-            for c in 0..n {
-                let mut want = 0f64;
-                for b in 0..k / QK {
-                    let ag = &acts.row_group(0)[b];
-                    for j in 0..QK {
-                        want += deq[c * k + b * QK + j] as f64 * (ag.qs[r][j] as f64 * ag.d[r] as f64);
-                    }
-                }
-                let got = out[r * n + c] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "row {r} col {c}: {got} vs {want}"
-                );
-            }
-        }
-    }
-
-    /// The VNNI and AVX2 paths give the same bits (where this CPU has VNNI).
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[test]
-    fn vnni_and_avx2_paths_agree() {
-        if !crate::kernels::cpu::simd::vnni() {
-            eprintln!("no AVX-512 VNNI here (or WICK_CPU_KERNELS=avx2): nothing to compare");
-            return;
-        }
-        let (n, k) = (8, 576);
-        let wt = Tensor::from_vec(random((n, k), 1), (n, k), &Device::Cpu).unwrap();
-        let w = Q80Matrix::from_qtensor(&QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap()).unwrap();
-        for m in [1, 3, 4, 9] {
-            let acts = QuantizedActs::quantize(&random((m, k), 2), m, k);
-            let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
-            // SAFETY: VNNI checked above; AVX2 compiled in.
-            unsafe {
-                dot_avx2(w.groups_of(0), &acts, &mut a);
-                dot_vnni(w.groups_of(0), &acts, &mut b);
-            }
-            assert_eq!(a, b, "m = {m}");
-        }
     }
 
     /// Exact against a plain f64 evaluation of the same quantized operands (integer block dots,
