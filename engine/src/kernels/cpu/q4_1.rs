@@ -19,6 +19,8 @@ use half::f16;
 
 use super::acts::QuantizedActs;
 use super::matmul::{GroupMatrix, WeightGroup};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::simd::dpbusd;
 
 /// Rows per group.
 const ROWS: usize = 8;
@@ -190,28 +192,6 @@ macro_rules! q4_1_dot {
 
 q4_1_dot!(dot_avx2, false,);
 q4_1_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]);
-
-/// `vpdpbusd` where this is compiled with VNNI; never called on the AVX2 path (`$vnni` false).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn dpbusd(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    dpbusd_vnni(acc, u, s)
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_vnni(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
-}
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]

@@ -17,6 +17,8 @@ use half::f16;
 use super::acts::{QuantizedActs, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 use super::q8_0::Q80Group;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::simd::dpbusd;
 
 const ROWS: usize = 8;
 
@@ -193,27 +195,6 @@ unsafe fn fifth_bits<const VNNI: bool>(mask: u32) -> std::arch::x86_64::__m256i 
 unsafe fn fifth_bits_avx512(mask: u32) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     _mm256_maskz_mov_epi8(mask, _mm256_set1_epi8(0x10))
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn dpbusd(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    dpbusd_vnni(acc, u, s)
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_vnni(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
 /// Without AVX2: the same arithmetic, one output at a time.

@@ -15,6 +15,8 @@ use half::f16;
 
 use super::acts::{QuantizedActs, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::simd::dpbusd;
 use crate::error::{EngineError, Result};
 
 const ROWS: usize = 8;
@@ -181,27 +183,6 @@ macro_rules! q6_k_dot {
 
 q6_k_dot!(dot_avx2, false,);
 q6_k_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]);
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn dpbusd(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    dpbusd_vnni(acc, u, s)
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_vnni(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
-}
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]

@@ -15,6 +15,8 @@ use half::f16;
 
 use super::acts::{QuantizedActs, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::simd::dpbusd;
 
 /// Rows per group.
 const ROWS: usize = 8;
@@ -150,27 +152,6 @@ macro_rules! q8_0_dot {
 
 q8_0_dot!(dot_avx2, false,);
 q8_0_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]);
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn dpbusd(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    dpbusd_vnni(acc, u, s)
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_vnni(
-    acc: std::arch::x86_64::__m256i,
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-) -> std::arch::x86_64::__m256i {
-    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
-}
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]

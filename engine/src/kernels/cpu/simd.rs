@@ -39,3 +39,30 @@ pub fn describe() -> &'static str {
         "avx2"
     }
 }
+
+/// `vpdpbusd` (u8 x i8 products of each 4-byte lane summed into i32, added to `acc`). Inlined
+/// into the kernels' VNNI variants, which are compiled with these features; the AVX2 variants
+/// never reach it.
+///
+/// # Safety
+/// The CPU must have AVX-512 VNNI and VL ([`vnni`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(super) unsafe fn dpbusd(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    dpbusd_vnni(acc, u, s)
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dpbusd_vnni(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
+}
