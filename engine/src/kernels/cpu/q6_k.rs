@@ -16,7 +16,7 @@ use half::f16;
 use super::acts::{QuantizedActs, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::dpbusd;
+use super::simd::{dpbusd, store_columns};
 use crate::error::{EngineError, Result};
 
 const ROWS: usize = 8;
@@ -169,13 +169,7 @@ macro_rules! q6_k_dot {
                         *sum = _mm256_add_ps(*sum, t);
                     }
                 }
-                for (j, sum) in sums.iter().enumerate().take(rows) {
-                    let mut v = [0f32; ROWS];
-                    _mm256_storeu_ps(v.as_mut_ptr(), *sum);
-                    for (lane, x) in v.into_iter().enumerate() {
-                        out[lane * m + rg * 4 + j] = x;
-                    }
-                }
+                store_columns(&sums[..rows], out, m, rg * 4);
             }
         }
     };
