@@ -73,11 +73,38 @@ impl QuantizedActs {
         Self { groups, m, k }
     }
 
-    /// The groups of row group `rg` (rows `4 rg .. 4 rg + 4`).
+    /// All rows, as the kernels read them.
+    pub fn all(&self) -> ActRows<'_> {
+        self.rows(0, self.m)
+    }
+
+    /// Rows `first .. first + count` (`first` a multiple of 4, the range within `m`).
+    pub fn rows(&self, first: usize, count: usize) -> ActRows<'_> {
+        debug_assert!(first.is_multiple_of(4) && first + count <= self.m);
+        let kb = self.k / QK;
+        ActRows {
+            groups: &self.groups[first / 4 * kb..(first + count).div_ceil(4) * kb],
+            m: count,
+            kb,
+        }
+    }
+}
+
+/// A run of consecutive activation rows: what a kernel call computes (a matmul's rows are cut
+/// into blocks so that a task's outputs stay in cache).
+#[derive(Clone, Copy)]
+pub struct ActRows<'a> {
+    groups: &'a [ActGroup],
+    /// Rows in the run.
+    pub m: usize,
+    kb: usize,
+}
+
+impl ActRows<'_> {
+    /// The groups of row group `rg` of the run (its rows `4 rg .. 4 rg + 4`).
     #[inline]
     pub fn row_group(&self, rg: usize) -> &[ActGroup] {
-        let kb = self.k / QK;
-        &self.groups[rg * kb..(rg + 1) * kb]
+        &self.groups[rg * self.kb..(rg + 1) * self.kb]
     }
 }
 

@@ -15,7 +15,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use rayon::prelude::*;
 
-use super::acts::{QuantizedActs, QK};
+use super::acts::{ActRows, QuantizedActs, QK};
 use crate::error::{EngineError, Result};
 
 /// One 32-value block of `ROWS` consecutive weight rows, in a kernel's own layout.
@@ -27,10 +27,14 @@ pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
     const ROWS: usize;
     /// Sets lane `lane` (row `ROWS g + lane`) from a GGML block.
     fn set_lane(&mut self, lane: usize, block: &[u8]);
-    /// The group's `ROWS` weight rows (`w`: its blocks) against every activation row:
-    /// `out[lane * m + r]`, `out` of `ROWS * m`.
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]);
+    /// The group's `ROWS` weight rows (`w`: its blocks) against every activation row, row-major:
+    /// `out[r * ROWS + lane]`, `out` of `m * ROWS` (each row's outputs one contiguous run, so the
+    /// epilogues copy runs, not scattered elements).
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]);
 }
+
+/// Activation rows per task (a multiple of 4; see [`GroupMatrix::for_each_unit`]).
+const ROW_BLOCK: usize = 64;
 
 pub struct GroupMatrix<W> {
     /// `ceil(n / ROWS)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
@@ -151,24 +155,43 @@ impl<W: WeightGroup> GroupMatrix<W> {
         })
     }
 
-    /// Runs every unit of `unit_groups` consecutive groups in parallel; `emit(unit, columns)`
-    /// gets the unit's `ROWS * unit_groups` output columns, column-major (`columns[c * m + r]`).
-    fn for_each_unit(&self, acts: &QuantizedActs, unit_groups: usize, emit: impl Fn(usize, &[f32]) + Sync) {
+    /// Runs every (row block, unit) pair in parallel, a unit being `unit_groups` consecutive
+    /// groups; `emit(unit, first_row, tiles)` gets the unit's groups' outputs for the block's rows
+    /// (from `first_row` on), one `(rows, ROWS)` row-major tile per group
+    /// (`tiles[(j * rows + r) * ROWS + lane]`).
+    ///
+    /// Rows are cut into blocks of [`ROW_BLOCK`] so that a task's outputs and the residual it reads
+    /// stay in cache at prefill sizes; each output is the same operations whatever the cut.
+    fn for_each_unit(
+        &self,
+        acts: &QuantizedActs,
+        unit_groups: usize,
+        emit: impl Fn(usize, usize, &[f32]) + Sync,
+    ) {
+        // The epilogues build each row's run of ROWS outputs on the stack.
+        const { assert!(W::ROWS <= 64) };
         let m = acts.m;
         let n_units = self.n.div_ceil(W::ROWS).div_ceil(unit_groups);
-        let per_task = (n_units / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
-        (0..n_units).into_par_iter().with_min_len(per_task).for_each_init(
-            || vec![0f32; unit_groups * W::ROWS * m],
-            |buf, u| {
+        let n_blocks = m.div_ceil(ROW_BLOCK).max(1);
+        let tasks = n_units * n_blocks;
+        let per_task = (tasks / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
+        let kb = self.k / QK;
+        (0..tasks).into_par_iter().with_min_len(per_task).for_each_init(
+            || vec![0f32; unit_groups * W::ROWS * m.min(ROW_BLOCK)],
+            |buf, t| {
+                // Row block outermost: a task's neighbours share its activation rows.
+                let (block, u) = (t / n_units, t % n_units);
+                let first = block * ROW_BLOCK;
+                let rows = acts.rows(first, (m - first).min(ROW_BLOCK));
+                let tile = W::ROWS * rows.m;
                 for j in 0..unit_groups {
                     let g = u * unit_groups + j;
                     if g * W::ROWS < self.n {
-                        let kb = self.k / QK;
-                        let out = &mut buf[j * W::ROWS * m..(j + 1) * W::ROWS * m];
-                        W::dot(&self.groups[g * kb..(g + 1) * kb], acts, out);
+                        let out = &mut buf[j * tile..(j + 1) * tile];
+                        W::dot(&self.groups[g * kb..(g + 1) * kb], &rows, out);
                     }
                 }
-                emit(u, buf);
+                emit(u, first, &buf[..unit_groups * tile]);
             },
         );
     }
@@ -217,15 +240,14 @@ impl<W: WeightGroup> GroupMatrix<W> {
             })
             .collect();
         let sinks: Vec<Sink> = outs.iter_mut().map(|o| Sink::new(o)).collect();
-        self.for_each_unit(acts, 1, |g, cols| {
+        self.for_each_unit(acts, 1, |g, first, tile| {
             let part = starts.iter().rposition(|&s| s <= g).unwrap_or(0);
             let width = widths[part];
             let c0 = (g - starts[part]) * W::ROWS;
-            for lane in 0..W::ROWS.min(width.saturating_sub(c0)) {
-                for r in 0..m {
-                    // SAFETY: group g alone writes columns c0..c0+ROWS of this output.
-                    unsafe { sinks[part].write(r * width + c0 + lane, cols[lane * m + r]) };
-                }
+            let cols = W::ROWS.min(width.saturating_sub(c0));
+            for (r, run) in (first..).zip(tile.chunks_exact(W::ROWS)) {
+                // SAFETY: group g alone writes columns c0..c0+ROWS of these rows.
+                unsafe { sinks[part].write_run(r * width + c0, &run[..cols]) };
             }
         });
         Ok(outs)
@@ -241,13 +263,17 @@ impl<W: WeightGroup> GroupMatrix<W> {
         }
         let mut out = vec![0f32; m * n];
         let sink = Sink::new(&mut out);
-        self.for_each_unit(acts, 1, |g, cols| {
-            for lane in 0..W::ROWS.min(n - g * W::ROWS) {
-                let c = g * W::ROWS + lane;
-                for r in 0..m {
-                    // SAFETY: group g alone writes its ROWS columns.
-                    unsafe { sink.write(r * n + c, residual[r * n + c] + cols[lane * m + r]) };
+        self.for_each_unit(acts, 1, |g, first, tile| {
+            let c0 = g * W::ROWS;
+            let cols = W::ROWS.min(n - c0);
+            let mut run = [0f32; 64];
+            for (r, t) in (first..).zip(tile.chunks_exact(W::ROWS)) {
+                let at = r * n + c0;
+                for ((o, &x), &y) in run.iter_mut().zip(&residual[at..at + cols]).zip(t) {
+                    *o = x + y;
                 }
+                // SAFETY: group g alone writes its ROWS columns.
+                unsafe { sink.write_run(at, &run[..cols]) };
             }
         });
         Ok(out)
@@ -260,16 +286,16 @@ impl<W: WeightGroup> GroupMatrix<W> {
         let (m, half) = (acts.m, self.n / 2);
         let mut out = vec![0f32; m * half];
         let sink = Sink::new(&mut out);
-        self.for_each_unit(acts, 2, |u, cols| {
-            let (gate, up) = cols.split_at(W::ROWS * m);
-            for lane in 0..W::ROWS {
-                let c = u * W::ROWS + lane;
-                for r in 0..m {
-                    let g = gate[lane * m + r];
+        self.for_each_unit(acts, 2, |u, first, tiles| {
+            let (gate, up) = tiles.split_at(tiles.len() / 2);
+            let mut run = [0f32; 64];
+            for (r, (g, up)) in (first..).zip(gate.chunks_exact(W::ROWS).zip(up.chunks_exact(W::ROWS))) {
+                for ((o, &g), &up) in run.iter_mut().zip(g).zip(up) {
                     let silu = g / (1.0 + (-g).exp());
-                    // SAFETY: unit u alone writes its ROWS columns.
-                    unsafe { sink.write(r * half + c, silu * up[lane * m + r]) };
+                    *o = silu * up;
                 }
+                // SAFETY: unit u alone writes its ROWS columns.
+                unsafe { sink.write_run(r * half + u * W::ROWS, &run[..W::ROWS]) };
             }
         });
         Ok(out)
@@ -295,12 +321,14 @@ impl Sink {
         }
     }
 
+    /// Writes `run` at elements `at..at + run.len()`.
+    ///
     /// # Safety
-    /// No other task may write element `i` concurrently.
+    /// No other task may write those elements concurrently.
     #[inline(always)]
-    unsafe fn write(&self, i: usize, v: f32) {
-        debug_assert!(i < self.len);
-        *self.ptr.add(i) = v;
+    unsafe fn write_run(&self, at: usize, run: &[f32]) {
+        assert!(at + run.len() <= self.len);
+        std::ptr::copy_nonoverlapping(run.as_ptr(), self.ptr.add(at), run.len());
     }
 }
 
@@ -376,7 +404,8 @@ mod tests {
         let (gate, up) = (quantized::<W>(24, k, 4), quantized::<W>(24, k, 5));
         let qkv = GroupMatrix::concat(&[&q, &kk, &v]).unwrap();
         let gate_up = GroupMatrix::interleave(&gate, &up).unwrap();
-        for m in [1, 2, 5, 8] {
+        // 70 and 133: more than one row block, the last one partial.
+        for m in [1, 2, 5, 8, 70, 133] {
             let acts = QuantizedActs::quantize(&random(m * k, 9 + m as u64), m, k);
             let parts = qkv.matmul_split(&acts, &[16, 8, 8]).unwrap();
             assert_eq!(parts[0], q.matmul(&acts).unwrap());
@@ -412,6 +441,27 @@ mod tests {
     #[test]
     fn fused_epilogues_equal_separate_ops_q8_0() {
         fused_equals_separate::<Q80Group>();
+    }
+
+    /// Rows cut into row blocks (and blocks spread over tasks) give each row what it gets alone.
+    fn rows_equal_alone<W: WeightGroup>() {
+        let (n, k) = (40, 128);
+        let w = quantized::<W>(n, k, 3);
+        let m = 2 * ROW_BLOCK + 5;
+        let x = random(m * k, 4);
+        let all = w.matmul(&QuantizedActs::quantize(&x, m, k)).unwrap();
+        for r in 0..m {
+            let alone = w
+                .matmul(&QuantizedActs::quantize(&x[r * k..(r + 1) * k], 1, k))
+                .unwrap();
+            assert_eq!(alone, all[r * n..(r + 1) * n], "row {r} of {m}");
+        }
+    }
+
+    #[test]
+    fn row_blocks_equal_rows_alone() {
+        rows_equal_alone::<Q41Group>();
+        rows_equal_alone::<Q80Group>();
     }
 
     #[test]

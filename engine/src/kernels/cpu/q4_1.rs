@@ -17,10 +17,10 @@
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::acts::QuantizedActs;
+use super::acts::ActRows;
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::{dpbusd, store_columns};
+use super::simd::{dpbusd, store_rows};
 
 /// Rows per group.
 const ROWS: usize = 8;
@@ -50,7 +50,7 @@ impl WeightGroup for Q41Group {
         }
     }
 
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
@@ -136,7 +136,7 @@ macro_rules! q4_1_dot {
         /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         $(#[$attr])*
-        unsafe fn $name(w: &[Q41Group], acts: &QuantizedActs, out: &mut [f32]) {
+        unsafe fn $name(w: &[Q41Group], acts: &ActRows<'_>, out: &mut [f32]) {
             use std::arch::x86_64::*;
             let m = acts.m;
             let mask = _mm256_set1_epi8(0x0F);
@@ -178,7 +178,7 @@ macro_rules! q4_1_dot {
                         *sum = _mm256_add_ps(*sum, _mm256_add_ps(t, _mm256_mul_ps(wm, _mm256_set1_ps(ag.s[j]))));
                     }
                 }
-                store_columns(&sums[..rows], out, m, rg * 4);
+                store_rows(&sums[..rows], out, rg * 4);
             }
         }
     };
@@ -189,7 +189,7 @@ q4_1_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,a
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q41Group], acts: &QuantizedActs, out: &mut [f32]) {
+fn dot_portable(w: &[Q41Group], acts: &ActRows<'_>, out: &mut [f32]) {
     let m = acts.m;
     for r in 0..m {
         let a = acts.row_group(r / 4);
@@ -207,7 +207,7 @@ fn dot_portable(w: &[Q41Group], acts: &QuantizedActs, out: &mut [f32]) {
                 }
                 sum += sumi as f32 * wg.d[lane] * ag.d[j] + wg.m[lane] * ag.s[j];
             }
-            out[lane * m + r] = sum;
+            out[r * ROWS + lane] = sum;
         }
     }
 }
@@ -271,8 +271,8 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
             // SAFETY: VNNI checked above; AVX2 compiled in.
             unsafe {
-                dot_avx2(w.groups_of(0), &acts, &mut a);
-                dot_vnni(w.groups_of(0), &acts, &mut b);
+                dot_avx2(w.groups_of(0), &acts.all(), &mut a);
+                dot_vnni(w.groups_of(0), &acts.all(), &mut b);
             }
             assert_eq!(a, b, "m = {m}");
         }

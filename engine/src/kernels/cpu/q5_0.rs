@@ -14,11 +14,11 @@
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::acts::{QuantizedActs, QK};
+use super::acts::{ActRows, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 use super::q8_0::Q80Group;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::{dpbusd, store_columns};
+use super::simd::{dpbusd, store_rows};
 
 const ROWS: usize = 8;
 
@@ -65,7 +65,7 @@ impl WeightGroup for Q50Group {
         }
     }
 
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
@@ -101,7 +101,7 @@ macro_rules! q5_0_dot {
         /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         $(#[$attr])*
-        unsafe fn $name(w: &[Q50Group], acts: &QuantizedActs, out: &mut [f32]) {
+        unsafe fn $name(w: &[Q50Group], acts: &ActRows<'_>, out: &mut [f32]) {
             use std::arch::x86_64::*;
             let m = acts.m;
             let nib = _mm256_set1_epi8(0x0F);
@@ -149,7 +149,7 @@ macro_rules! q5_0_dot {
                         *sum = _mm256_add_ps(*sum, t);
                     }
                 }
-                store_columns(&sums[..rows], out, m, rg * 4);
+                store_rows(&sums[..rows], out, rg * 4);
             }
         }
     };
@@ -193,7 +193,7 @@ unsafe fn fifth_bits_avx512(mask: u32) -> std::arch::x86_64::__m256i {
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q50Group], acts: &QuantizedActs, out: &mut [f32]) {
+fn dot_portable(w: &[Q50Group], acts: &ActRows<'_>, out: &mut [f32]) {
     let m = acts.m;
     for r in 0..m {
         let (a, j) = (acts.row_group(r / 4), r % 4);
@@ -205,7 +205,7 @@ fn dot_portable(w: &[Q50Group], acts: &QuantizedActs, out: &mut [f32]) {
                     .sum();
                 sum += (sumi as f32 * wg.d[lane]) * ag.d[j];
             }
-            out[lane * m + r] = sum;
+            out[r * ROWS + lane] = sum;
         }
     }
 }
@@ -213,6 +213,7 @@ fn dot_portable(w: &[Q50Group], acts: &QuantizedActs, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::acts::QuantizedActs;
     use crate::kernels::cpu::q8_0::Q80Matrix;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
@@ -259,8 +260,8 @@ mod tests {
                 let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
                 // SAFETY: VNNI checked; AVX2 compiled in.
                 unsafe {
-                    dot_avx2(ours.groups_of(1), &acts, &mut a);
-                    dot_vnni(ours.groups_of(1), &acts, &mut b);
+                    dot_avx2(ours.groups_of(1), &acts.all(), &mut a);
+                    dot_vnni(ours.groups_of(1), &acts.all(), &mut b);
                 }
                 assert_eq!(a, b, "paths, m = {m}");
             }

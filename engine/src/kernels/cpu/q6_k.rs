@@ -13,10 +13,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::acts::{QuantizedActs, QK};
+use super::acts::{ActRows, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::{dpbusd, store_columns};
+use super::simd::{dpbusd, store_rows};
 use crate::error::{EngineError, Result};
 
 const ROWS: usize = 8;
@@ -53,7 +53,7 @@ impl WeightGroup for Q6KGroup {
     /// Not used: Q6_K blocks hold 256 values; see [`from_q6_k`].
     fn set_lane(&mut self, _lane: usize, _block: &[u8]) {}
 
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
@@ -121,7 +121,7 @@ macro_rules! q6_k_dot {
         /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         $(#[$attr])*
-        unsafe fn $name(w: &[Q6KGroup], acts: &QuantizedActs, out: &mut [f32]) {
+        unsafe fn $name(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
             use std::arch::x86_64::*;
             let m = acts.m;
             for rg in 0..m.div_ceil(4) {
@@ -169,7 +169,7 @@ macro_rules! q6_k_dot {
                         *sum = _mm256_add_ps(*sum, t);
                     }
                 }
-                store_columns(&sums[..rows], out, m, rg * 4);
+                store_rows(&sums[..rows], out, rg * 4);
             }
         }
     };
@@ -180,7 +180,7 @@ q6_k_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,a
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q6KGroup], acts: &QuantizedActs, out: &mut [f32]) {
+fn dot_portable(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
     let m = acts.m;
     for r in 0..m {
         let (a, j) = (acts.row_group(r / 4), r % 4);
@@ -195,7 +195,7 @@ fn dot_portable(w: &[Q6KGroup], acts: &QuantizedActs, out: &mut [f32]) {
                 let sumi = half(0) * wg.sc[0][lane] + half(1) * wg.sc[1][lane];
                 sum += (sumi as f32 * wg.d[lane]) * ag.d[j];
             }
-            out[lane * m + r] = sum;
+            out[r * ROWS + lane] = sum;
         }
     }
 }
@@ -203,6 +203,7 @@ fn dot_portable(w: &[Q6KGroup], acts: &QuantizedActs, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::acts::QuantizedActs;
     use crate::kernels::cpu::q4_1::{from_q4_k, Q41Matrix};
     use candle_core::{Device, Tensor};
 
@@ -232,7 +233,8 @@ mod tests {
             for c in 0..n {
                 let mut want = 0f64;
                 for b in 0..k / QK {
-                    let ag = &acts.row_group(r / 4)[b];
+                    let all = acts.all();
+                    let ag = &all.row_group(r / 4)[b];
                     for i in 0..QK {
                         want += deq[c * k + b * QK + i] as f64 * ag.qs[r % 4][i] as f64 * ag.d[r % 4] as f64;
                     }
@@ -297,8 +299,8 @@ mod tests {
                 let (mut a, mut b) = (vec![0f32; 8 * m], vec![0f32; 8 * m]);
                 // SAFETY: VNNI checked; AVX2 compiled in.
                 unsafe {
-                    dot_avx2(m6.groups_of(1), &acts, &mut a);
-                    dot_vnni(m6.groups_of(1), &acts, &mut b);
+                    dot_avx2(m6.groups_of(1), &acts.all(), &mut a);
+                    dot_vnni(m6.groups_of(1), &acts.all(), &mut b);
                 }
                 assert_eq!(a, b);
             }

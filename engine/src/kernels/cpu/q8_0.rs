@@ -13,10 +13,10 @@
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::acts::{QuantizedActs, QK};
+use super::acts::{ActRows, QK};
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::{dpbusd, store_columns};
+use super::simd::{dpbusd, store_rows};
 
 /// Rows per group.
 const ROWS: usize = 8;
@@ -65,7 +65,7 @@ impl WeightGroup for Q80Group {
         }
     }
 
-    fn dot(w: &[Self], acts: &QuantizedActs, out: &mut [f32]) {
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
@@ -88,7 +88,7 @@ macro_rules! q8_0_dot {
         /// The CPU must have the features the function is compiled for.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         $(#[$attr])*
-        unsafe fn $name(w: &[Q80Group], acts: &QuantizedActs, out: &mut [f32]) {
+        unsafe fn $name(w: &[Q80Group], acts: &ActRows<'_>, out: &mut [f32]) {
             use std::arch::x86_64::*;
             let m = acts.m;
             for rg in 0..m.div_ceil(4) {
@@ -138,7 +138,7 @@ macro_rules! q8_0_dot {
                         *sum = _mm256_add_ps(*sum, t);
                     }
                 }
-                store_columns(&sums[..rows], out, m, rg * 4);
+                store_rows(&sums[..rows], out, rg * 4);
             }
         }
     };
@@ -149,7 +149,7 @@ q8_0_dot!(dot_vnni, true, #[target_feature(enable = "avx512f,avx512bw,avx512vl,a
 
 /// Without AVX2: the same arithmetic, one output at a time.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q80Group], acts: &QuantizedActs, out: &mut [f32]) {
+fn dot_portable(w: &[Q80Group], acts: &ActRows<'_>, out: &mut [f32]) {
     let m = acts.m;
     for r in 0..m {
         let (a, j) = (acts.row_group(r / 4), r % 4);
@@ -161,7 +161,7 @@ fn dot_portable(w: &[Q80Group], acts: &QuantizedActs, out: &mut [f32]) {
                     .sum();
                 sum += (sumi as f32 * wg.d[lane]) * ag.d[j];
             }
-            out[lane * m + r] = sum;
+            out[r * ROWS + lane] = sum;
         }
     }
 }
@@ -215,7 +215,8 @@ mod tests {
                     for b in 0..k / QK {
                         let blk = &raw[(c * (k / QK) + b) * 34..][..34];
                         let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f64();
-                        let ag = &acts.row_group(r / 4)[b];
+                        let all = acts.all();
+                        let ag = &all.row_group(r / 4)[b];
                         let sumi: i32 = (0..QK)
                             .map(|j| blk[2 + j] as i8 as i32 * ag.qs[r % 4][j] as i32)
                             .sum();

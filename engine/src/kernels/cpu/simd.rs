@@ -67,25 +67,17 @@ unsafe fn dpbusd_vnni(
     std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
-/// Writes eight outputs per activation row, column-major: lane `l` of `sums[j]` (weight row `l`
-/// of the group, activation row `first_row + j`) to `out[l * m + first_row + j]`. The tail of
-/// every kernel in this directory.
+/// Writes eight outputs per activation row, row-major: `sums[j]` (the group's eight weight rows
+/// against activation row `first_row + j`) to `out[8 (first_row + j) ..][..8]`, one store each.
+/// The tail of every kernel in this directory.
 ///
 /// # Safety
 /// AVX (compiled in with AVX2).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-pub(super) unsafe fn store_columns(
-    sums: &[std::arch::x86_64::__m256],
-    out: &mut [f32],
-    m: usize,
-    first_row: usize,
-) {
+pub(super) unsafe fn store_rows(sums: &[std::arch::x86_64::__m256], out: &mut [f32], first_row: usize) {
+    let out = &mut out[8 * first_row..8 * (first_row + sums.len())];
     for (j, sum) in sums.iter().enumerate() {
-        let mut v = [0f32; 8];
-        std::arch::x86_64::_mm256_storeu_ps(v.as_mut_ptr(), *sum);
-        for (lane, x) in v.into_iter().enumerate() {
-            out[lane * m + first_row + j] = x;
-        }
+        std::arch::x86_64::_mm256_storeu_ps(out[8 * j..].as_mut_ptr(), *sum);
     }
 }
