@@ -4,8 +4,13 @@
 //!     cargo bench -p wick-engine --bench forward [-- FORMAT...]
 //!
 //! FORMAT: q4_1 or stored (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16
-//! (dequantized at load). Threads: RAYON_NUM_THREADS. Another GGUF than the default model:
+//! (dequantized at load). Threads: RAYON_NUM_THREADS. Shape: WICK_BENCH_PROMPT (prompt tokens per
+//! sequence, 128), WICK_BENCH_BATCHES (e.g. `1,8`; default 1, 8, 32), WICK_BENCH_ROUNDS (prefills timed, 1). Another GGUF than the default model:
 //! WICK_BENCH_MODEL=path (e.g. the Qwen2 fallback model, `WICK_BENCH_MODEL=$(scripts/fetch-fallback-model)`).
+
+/// The allocator the `wick` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
@@ -15,11 +20,20 @@ use wick_engine::model::loader::{self, LoadOptions};
 use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
 use wick_engine::source::ModelSource;
 
-const PROMPT: usize = 128;
 const DECODE_STEPS: usize = 32;
 const BLOCK: usize = 16;
 
+/// Prompt tokens per sequence: 128, or `WICK_BENCH_PROMPT`.
+fn prompt_len() -> usize {
+    env_usize("WICK_BENCH_PROMPT").unwrap_or(128)
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn bench(format: &str, batches: &[usize]) {
+    let prompt_tokens = prompt_len();
     let opts = match format {
         "q4_1" | "stored" => LoadOptions::default(),
         other => LoadOptions::default().with_format(other).unwrap(),
@@ -31,7 +45,7 @@ fn bench(format: &str, batches: &[usize]) {
         .expect("run scripts/fetch-default-model (or set WICK_BENCH_MODEL to a GGUF)");
     let cfg = loaded.config().clone();
     let max_batch = *batches.iter().max().unwrap();
-    let per_seq = (PROMPT + DECODE_STEPS).div_ceil(BLOCK);
+    let per_seq = (prompt_tokens + DECODE_STEPS).div_ceil(BLOCK);
     let cache = PagedKvCache::new(
         kv_shape(&cfg),
         BLOCK,
@@ -44,7 +58,9 @@ fn bench(format: &str, batches: &[usize]) {
     let tables: Vec<BlockTable> = (0..max_batch)
         .map(|s| BlockTable(((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()))
         .collect();
-    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+    let prompt: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| 100 + (i * 7919) % 40000)
+        .collect();
     // Warm-up (allocations, rayon pool).
     runner
         .execute(&[SequenceChunk {
@@ -63,16 +79,20 @@ fn bench(format: &str, batches: &[usize]) {
                 logits: LogitsWanted::Last,
             })
             .collect();
+        // WICK_BENCH_ROUNDS: prefill this many times (the same slots rewritten), mean rate.
+        let rounds = env_usize("WICK_BENCH_ROUNDS").unwrap_or(1).max(1);
         let t = Instant::now();
-        runner.execute(&chunks).unwrap();
-        let prefill = (b * PROMPT) as f64 / t.elapsed().as_secs_f64();
+        for _ in 0..rounds {
+            runner.execute(&chunks).unwrap();
+        }
+        let prefill = (rounds * b * prompt_tokens) as f64 / t.elapsed().as_secs_f64();
         let next = [42u32];
         let t = Instant::now();
         for step in 0..DECODE_STEPS {
             let chunks: Vec<SequenceChunk> = (0..b)
                 .map(|s| SequenceChunk {
                     tokens: &next,
-                    num_cached: PROMPT + step,
+                    num_cached: prompt_tokens + step,
                     block_table: &tables[s],
                     logits: LogitsWanted::Last,
                 })
@@ -92,13 +112,20 @@ fn main() {
         args.iter().map(|s| s.as_str()).collect()
     };
     println!(
-        "prompt {PROMPT} tokens per sequence, {DECODE_STEPS} decode steps, threads: {}",
+        "prompt {} tokens per sequence, {DECODE_STEPS} decode steps, threads: {}",
+        prompt_len(),
         rayon_threads()
     );
+    // WICK_BENCH_BATCHES=1,8: other batch sizes than 1, 8 and 32.
+    let batches: Vec<usize> = std::env::var("WICK_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .filter(|b: &Vec<usize>| !b.is_empty())
+        .unwrap_or_else(|| vec![1, 8, 32]);
     println!("| format | batch | prefill tok/s | decode tok/s |");
     println!("|---|---|---|---|");
     for f in formats {
-        bench(f, &[1, 8, 32]);
+        bench(f, &batches);
     }
 }
 

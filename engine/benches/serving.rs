@@ -10,6 +10,10 @@
 //! `target/serving-prompts.json`, so `scripts/bench-llama-server` can send llama.cpp's server the
 //! very same token ids.
 
+/// The allocator the `wick` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use wick_engine::engine::EngineEvent;

@@ -19,6 +19,11 @@ use wick_server::ops::drain;
 use wick_server::router::RouterState;
 use wick_server::tools::{self, RequestLimits};
 
+/// Forward passes allocate and free megabyte buffers many times per step; mimalloc reuses them
+/// where glibc's malloc would map fresh pages each time (docs/engine.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "wick", version, about = "An OpenAI-compatible LLM serving daemon")]
 struct Cli {
