@@ -63,6 +63,23 @@ macro_rules! each_format {
 }
 
 impl CpuMatrix {
+    /// The CPU kernels' form of a GGML matrix, where there is a kernel for its format and shape
+    /// (rows a multiple of 64; 256 for the K-quants): None otherwise.
+    pub fn from_qtensor(q: &QTensor) -> Result<Option<CpuMatrix>> {
+        let k = q.shape().dims().last().copied().unwrap_or(0);
+        if !k.is_multiple_of(64) {
+            return Ok(None);
+        }
+        Ok(Some(match q.dtype() {
+            GgmlDType::Q4_1 => CpuMatrix::Q4_1(Q41Matrix::from_qtensor(q)?),
+            GgmlDType::Q8_0 => CpuMatrix::Q8_0(Q80Matrix::from_qtensor(q)?),
+            GgmlDType::Q5_0 => CpuMatrix::Q5_0(Q50Matrix::from_qtensor(q)?),
+            GgmlDType::Q4K if k.is_multiple_of(256) => CpuMatrix::Q4_1(q4_1::from_q4_k(q)?),
+            GgmlDType::Q6K if k.is_multiple_of(256) => CpuMatrix::Q6_K(q6_k::from_q6_k(q)?),
+            _ => return Ok(None),
+        }))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         each_format!(self, m => m.forward(x))
     }
@@ -337,19 +354,9 @@ impl Weights {
     /// Our CPU kernel where there is one for the format and the shape (rows a multiple of 64),
     /// candle's quantized matmul otherwise.
     fn quantized_linear(q: QTensor, device: &Device) -> Result<Linear> {
-        let fits = q.shape().dims().last().is_some_and(|k| k.is_multiple_of(64));
-        if device.is_cpu() && fits {
-            match q.dtype() {
-                GgmlDType::Q4_1 => return Ok(Linear::Cpu(CpuMatrix::Q4_1(Q41Matrix::from_qtensor(&q)?))),
-                GgmlDType::Q8_0 => return Ok(Linear::Cpu(CpuMatrix::Q8_0(Q80Matrix::from_qtensor(&q)?))),
-                GgmlDType::Q5_0 => return Ok(Linear::Cpu(CpuMatrix::Q5_0(Q50Matrix::from_qtensor(&q)?))),
-                GgmlDType::Q4K if q.shape().dims().last().is_some_and(|k| k.is_multiple_of(256)) => {
-                    return Ok(Linear::Cpu(CpuMatrix::Q4_1(q4_1::from_q4_k(&q)?)))
-                }
-                GgmlDType::Q6K if q.shape().dims().last().is_some_and(|k| k.is_multiple_of(256)) => {
-                    return Ok(Linear::Cpu(CpuMatrix::Q6_K(q6_k::from_q6_k(&q)?)))
-                }
-                _ => {}
+        if device.is_cpu() {
+            if let Some(m) = CpuMatrix::from_qtensor(&q)? {
+                return Ok(Linear::Cpu(m));
             }
         }
         Ok(Linear::Candle(QMatMul::from_arc(Arc::new(q))?))

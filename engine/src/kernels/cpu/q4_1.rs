@@ -140,18 +140,25 @@ macro_rules! q4_1_dot {
             use std::arch::x86_64::*;
             let m = acts.m;
             let mask = _mm256_set1_epi8(0x0F);
+            // The low and high nibbles of a block: four vectors each.
+            let unpack = |wg: &Q41Group| {
+                let mut lo = [_mm256_setzero_si256(); 4];
+                let mut hi = [_mm256_setzero_si256(); 4];
+                for c in 0..4 {
+                    let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
+                    lo[c] = _mm256_and_si256(v, mask);
+                    hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                }
+                (lo, hi)
+            };
+            // More than one row group (prefill): unpack every block once for all of them.
+            let unpacked: Vec<_> = if m > 4 { w.iter().map(unpack).collect() } else { Vec::new() };
             for rg in 0..m.div_ceil(4) {
                 let a = acts.row_group(rg);
                 let rows = (m - rg * 4).min(4);
                 let mut sums = [_mm256_setzero_ps(); 4];
-                for (wg, ag) in w.iter().zip(a) {
-                    let mut lo = [_mm256_setzero_si256(); 4];
-                    let mut hi = [_mm256_setzero_si256(); 4];
-                    for c in 0..4 {
-                        let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
-                        lo[c] = _mm256_and_si256(v, mask);
-                        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    }
+                for (b, (wg, ag)) in w.iter().zip(a).enumerate() {
+                    let (lo, hi) = if unpacked.is_empty() { unpack(wg) } else { unpacked[b] };
                     let wd = _mm256_load_ps(wg.d.as_ptr());
                     let wm = _mm256_load_ps(wg.m.as_ptr());
                     for (j, sum) in sums.iter_mut().enumerate().take(rows) {

@@ -105,21 +105,28 @@ macro_rules! q5_0_dot {
             use std::arch::x86_64::*;
             let m = acts.m;
             let nib = _mm256_set1_epi8(0x0F);
+            // The eight vectors of unsigned 5-bit values of a block: lo[c] then hi[c].
+            let unpack = |wg: &Q50Group| {
+                let mut q5 = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
+                    q5[c] = _mm256_or_si256(_mm256_and_si256(v, nib), fifth_bits::<$vnni>(wg.hmask[2 * c]));
+                    q5[4 + c] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
+                        fifth_bits::<$vnni>(wg.hmask[2 * c + 1]),
+                    );
+                }
+                q5
+            };
+            // More than one row group (prefill): unpack every block once for all of them, not
+            // once per four rows. The same integers either way.
+            let unpacked: Vec<[__m256i; 8]> = if m > 4 { w.iter().map(unpack).collect() } else { Vec::new() };
             for rg in 0..m.div_ceil(4) {
                 let a = acts.row_group(rg);
                 let rows = (m - rg * 4).min(4);
                 let mut sums = [_mm256_setzero_ps(); 4];
-                for (wg, ag) in w.iter().zip(a) {
-                    // The eight vectors of unsigned 5-bit values: lo[c] then hi[c].
-                    let mut q5 = [_mm256_setzero_si256(); 8];
-                    for c in 0..4 {
-                        let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
-                        q5[c] = _mm256_or_si256(_mm256_and_si256(v, nib), fifth_bits::<$vnni>(wg.hmask[2 * c]));
-                        q5[4 + c] = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
-                            fifth_bits::<$vnni>(wg.hmask[2 * c + 1]),
-                        );
-                    }
+                for (b, (wg, ag)) in w.iter().zip(a).enumerate() {
+                    let q5 = if unpacked.is_empty() { unpack(wg) } else { unpacked[b] };
                     let wd = _mm256_load_ps(wg.d.as_ptr());
                     for (j, sum) in sums.iter_mut().enumerate().take(rows) {
                         let q = ag.qs[j].as_ptr() as *const i32;

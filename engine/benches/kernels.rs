@@ -1,0 +1,93 @@
+//! The CPU matmul kernels alone, per weight format and row count: GMAC/s of `acts W^T` on
+//! random weights of one layer's shape. The best of many repetitions, not the mean: on these
+//! shared hosts a stolen time slice only ever makes a repetition slower, so the minimum is the
+//! figure that compares between builds. Not a test.
+//!
+//!     cargo bench -p wick-engine --bench kernels [-- FORMAT...]
+//!
+//! FORMAT: q4_1, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
+//! projections; 576x576 is the default model's). Rows: WICK_BENCH_ROWS=1,8,64,512.
+
+/// The allocator the `wick` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use wick_engine::kernels::cpu::acts::QuantizedActs;
+use wick_engine::model::weights::CpuMatrix;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
+        .collect()
+}
+
+fn matrix(format: &str, n: usize, k: usize) -> CpuMatrix {
+    let dtype = match format {
+        "q4_1" => GgmlDType::Q4_1,
+        "q5_0" => GgmlDType::Q5_0,
+        "q8_0" => GgmlDType::Q8_0,
+        "q6_k" => GgmlDType::Q6K,
+        other => panic!("unknown format {other}"),
+    };
+    let t = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, dtype).unwrap();
+    CpuMatrix::from_qtensor(&q)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{format} has no CPU kernel for {n}x{k}"))
+}
+
+/// Best time of `f` over repetitions lasting about `budget` in all.
+fn best_of(budget: Duration, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    let mut best = Duration::MAX;
+    let mut reps = 0;
+    while reps < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+        reps += 1;
+    }
+    best
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let formats: Vec<&str> = if args.is_empty() {
+        vec!["q4_1", "q5_0", "q8_0", "q6_k"]
+    } else {
+        args.iter().map(|s| s.as_str()).collect()
+    };
+    let (n, k) = std::env::var("WICK_BENCH_NK")
+        .ok()
+        .and_then(|v| {
+            let (n, k) = v.split_once('x')?;
+            Some((n.parse().ok()?, k.parse().ok()?))
+        })
+        .unwrap_or((896, 896));
+    let rows: Vec<usize> = std::env::var("WICK_BENCH_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64, 512]);
+    println!(
+        "matmul {n}x{k}, kernels: {}, best of ~1 s per cell",
+        wick_engine::kernels::cpu::simd::describe()
+    );
+    println!("| format | rows | GMAC/s | us per call |");
+    println!("|---|---|---|---|");
+    for f in formats {
+        let w = matrix(f, n, k);
+        for &m in &rows {
+            let x = random(m * k, 2);
+            let acts = QuantizedActs::quantize(&x, m, k);
+            let t = best_of(Duration::from_secs(1), || {
+                std::hint::black_box(w.matmul_split(&acts, &[n]).unwrap());
+            });
+            let gmac = (m * n * k) as f64 / t.as_secs_f64() / 1e9;
+            println!("| {f:6} | {m:4} | {gmac:6.1} | {:9.1} |", t.as_secs_f64() * 1e6);
+        }
+    }
+}
