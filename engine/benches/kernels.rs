@@ -88,6 +88,17 @@ fn main() {
             });
             let gmac = (m * n * k) as f64 / t.as_secs_f64() / 1e9;
             println!("| {f:6} | {m:4} | {gmac:6.1} | {:9.1} |", t.as_secs_f64() * 1e6);
+            if std::env::var_os("WICK_BENCH_ADD").is_some() {
+                let residual = random(m * n, 3);
+                let t = best_of(Duration::from_secs(1), || {
+                    std::hint::black_box(w.matmul_add(&acts, &residual).unwrap());
+                });
+                let gmac = (m * n * k) as f64 / t.as_secs_f64() / 1e9;
+                println!(
+                    "| {f:6} +residual | {m:4} | {gmac:6.1} | {:9.1} |",
+                    t.as_secs_f64() * 1e6
+                );
+            }
         }
     }
 }

@@ -328,7 +328,13 @@ impl Sink {
     #[inline(always)]
     unsafe fn write_run(&self, at: usize, run: &[f32]) {
         assert!(at + run.len() <= self.len);
-        std::ptr::copy_nonoverlapping(run.as_ptr(), self.ptr.add(at), run.len());
+        if let Ok(run) = <&[f32; 8]>::try_from(run) {
+            // The common case as one vector move: the general copy is a call to memcpy (with a
+            // vzeroupper) per row.
+            std::ptr::write_unaligned(self.ptr.add(at) as *mut [f32; 8], *run);
+        } else {
+            std::ptr::copy_nonoverlapping(run.as_ptr(), self.ptr.add(at), run.len());
+        }
     }
 }
 
