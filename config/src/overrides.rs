@@ -31,6 +31,7 @@ pub struct Overrides {
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub kv_cache_mib: Option<usize>,
+    pub kv_cache_dtype: Option<String>,
     pub max_num_seqs: Option<usize>,
     pub max_num_batched_tokens: Option<usize>,
     pub max_waiting_requests: Option<usize>,
@@ -124,6 +125,7 @@ impl Overrides {
             device: parsed("device"),
             dtype: parsed("dtype"),
             kv_cache_mib: num("kv_cache_mib", parsed("kv_cache_mib"), &mut problems),
+            kv_cache_dtype: parsed("kv_cache_dtype"),
             max_num_seqs: num("max_num_seqs", parsed("max_num_seqs"), &mut problems),
             max_num_batched_tokens: num(
                 "max_num_batched_tokens",
@@ -184,6 +186,7 @@ impl Overrides {
         put!(device, cfg.engine.device, "engine.device");
         put!(dtype, cfg.engine.dtype, "engine.dtype");
         put!(kv_cache_mib, cfg.engine.kv_cache_mib, "engine.kv_cache_mib");
+        put!(kv_cache_dtype, cfg.engine.kv_cache_dtype, "engine.kv_cache_dtype");
         put!(max_num_seqs, cfg.engine.max_num_seqs, "engine.max_num_seqs");
         put!(
             max_num_batched_tokens,

@@ -81,6 +81,9 @@ pub struct EngineConfig {
     /// `gpu_memory_headroom_mib`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_cache_mib: Option<usize>,
+    /// The KV pool's dtype: `auto` (see docs/engine.md, "KV cache dtype"), `f32` or `f16`
+    /// (half the bytes per token: twice the tokens in the same budget; K and V rounded to f16).
+    pub kv_cache_dtype: String,
     /// On a GPU with `kv_cache_mib` unset: device memory left to activations and the CUDA
     /// context after the KV pool is carved out.
     pub gpu_memory_headroom_mib: usize,
@@ -103,6 +106,7 @@ impl Default for EngineConfig {
             device: "cpu".into(),
             dtype: None,
             kv_cache_mib: None,
+            kv_cache_dtype: "auto".into(),
             gpu_memory_headroom_mib: 2048,
             block_size: 16,
             max_num_seqs: 32,

@@ -358,3 +358,29 @@ fn capabilities_default_by_kind_and_local_models_read_text_only() {
     let p = problem("[[models]]\nid = \"a\"\ncapabilities = [\"vision\"]\n");
     assert!(p.message.contains("vision"), "{}", p.message);
 }
+
+#[test]
+fn kv_cache_dtype_is_auto_f32_or_f16_from_file_env_or_flag() {
+    let none = Overrides::default();
+    assert_eq!(load_text("", &[], &none).unwrap().engine.kv_cache_dtype, "auto");
+    let file = "[engine]\nkv_cache_dtype = \"f16\"\n";
+    assert_eq!(load_text(file, &[], &none).unwrap().engine.kv_cache_dtype, "f16");
+    let env = [("WICK_KV_CACHE_DTYPE", "f32")];
+    assert_eq!(load_text(file, &env, &none).unwrap().engine.kv_cache_dtype, "f32");
+    let flag = Overrides {
+        kv_cache_dtype: Some("auto".into()),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        load_text(file, &env, &flag).unwrap().engine.kv_cache_dtype,
+        "auto"
+    );
+
+    let err = load_text("[engine]\nkv_cache_dtype = \"fp16\"\n", &[], &none).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(
+        (p.field.as_str(), &p.origin),
+        ("engine.kv_cache_dtype", &at_line(2))
+    );
+    assert_eq!(p.suggestion.as_deref(), Some("f16"));
+}

@@ -9,6 +9,8 @@ use crate::schema::{Capability, Config};
 
 /// The weight formats the loader accepts (`WeightFormat::parse` in wick-engine).
 pub const DTYPES: &[&str] = &["f32", "f16", "bf16", "q8_0", "q4_0"];
+/// What `engine.kv_cache_dtype` takes.
+pub const KV_CACHE_DTYPES: &[&str] = &["auto", "f32", "f16"];
 
 /// (field path, message, suggestion) for each problem; the caller adds where it came from.
 pub type Finding = (String, String, Option<String>);
@@ -78,6 +80,18 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
                 did_you_mean(dtype, DTYPES.iter().copied()),
             ));
         }
+    }
+
+    if !KV_CACHE_DTYPES.contains(&e.kv_cache_dtype.as_str()) {
+        out.push((
+            "engine.kv_cache_dtype".into(),
+            format!(
+                "unknown KV cache dtype `{}`; expected one of {}",
+                e.kv_cache_dtype,
+                KV_CACHE_DTYPES.join(", ")
+            ),
+            did_you_mean(&e.kv_cache_dtype, KV_CACHE_DTYPES.iter().copied()),
+        ));
     }
 
     check_models(cfg, &mut out);

@@ -5,7 +5,7 @@
 //!
 //! FORMAT: q4_1 or stored (as shipped), q8_0 and q4_0 (re-quantized at load), f32, f16, bf16
 //! (dequantized at load). Threads: RAYON_NUM_THREADS. Shape: WICK_BENCH_PROMPT (prompt tokens per
-//! sequence, 128), WICK_BENCH_BATCHES (e.g. `1,8`; default 1, 8, 32), WICK_BENCH_ROUNDS (prefills timed, 1). Another GGUF than the default model:
+//! sequence, 128), WICK_BENCH_BATCHES (e.g. `1,8`; default 1, 8, 32), WICK_BENCH_ROUNDS (prefills timed, 1). KV pool: WICK_BENCH_KV=f16. Another GGUF than the default model:
 //! WICK_BENCH_MODEL=path (e.g. the Qwen2 fallback model, `WICK_BENCH_MODEL=$(scripts/fetch-fallback-model)`).
 
 /// The allocator the `wick` binary runs with.
@@ -34,6 +34,12 @@ fn env_usize(name: &str) -> Option<usize> {
 
 fn bench(format: &str, batches: &[usize]) {
     let prompt_tokens = prompt_len();
+    // WICK_BENCH_KV=f16: an f16 KV pool (EngineConfig::kv_cache_dtype).
+    let kv_dtype = std::env::var("WICK_BENCH_KV").ok().map(|v| match v.as_str() {
+        "f16" => candle_core::DType::F16,
+        "f32" => candle_core::DType::F32,
+        other => panic!("WICK_BENCH_KV={other}: f16 or f32"),
+    });
     let opts = match format {
         "q4_1" | "stored" => LoadOptions::default(),
         other => LoadOptions::default().with_format(other).unwrap(),
@@ -50,7 +56,7 @@ fn bench(format: &str, batches: &[usize]) {
         kv_shape(&cfg),
         BLOCK,
         per_seq * max_batch,
-        loaded.model.dtype(),
+        kv_dtype.unwrap_or(loaded.model.dtype()),
         &Device::Cpu,
     )
     .unwrap();

@@ -24,6 +24,7 @@ pub mod sched;
 pub mod source;
 pub mod tokenizer;
 
+pub use candle_core::DType;
 pub use engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, GenerationStream};
 pub use error::{EngineError, Result};
 pub use model::device::device_from_spec;

@@ -74,11 +74,11 @@ fn contiguous_reference(model: &LlamaModel, plans: &[Plan]) -> Vec<Tensor> {
 }
 
 /// Each sequence alone, same chunks, through the paged path (a batch of one).
-fn paged_alone_reference(model: LlamaModel, plans: &[Plan]) -> (Vec<Tensor>, LlamaModel) {
+fn paged_alone_reference(model: LlamaModel, plans: &[Plan], kv: DType) -> (Vec<Tensor>, LlamaModel) {
     let cfg = model.config().clone();
     let max_len = plans.iter().map(|p| p.tokens.len()).max().unwrap();
     let blocks = max_len.div_ceil(BLOCK);
-    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, blocks, model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, blocks, kv, &Device::Cpu).unwrap();
     let mut runner = ModelRunner::new(model, cache);
     let table = BlockTable((0..blocks as u32).rev().collect());
     let out = plans
@@ -120,6 +120,7 @@ fn check_with(dtype: Option<DType>, against: Reference, tolerance: f32, attentio
         tolerance,
         None,
         attention,
+        None,
     )
 }
 
@@ -147,12 +148,14 @@ fn check_model(
     tolerance: f32,
     same_token_over: Option<f32>,
     attention: AttentionImpl,
+    kv_dtype: Option<DType>,
 ) {
     let cfg = loaded.config().clone();
     let plans = plans(cfg.vocab_size);
+    let kv = kv_dtype.unwrap_or(loaded.model.dtype());
     let (reference, model) = match against {
         Reference::Contiguous => (contiguous_reference(&loaded.model, &plans), loaded.model),
-        Reference::PagedAlone => paged_alone_reference(loaded.model, &plans),
+        Reference::PagedAlone => paged_alone_reference(loaded.model, &plans, kv),
     };
 
     // Scatter the sequences over a shuffled pool with unused blocks between them.
@@ -166,7 +169,7 @@ fn check_model(
         .iter()
         .map(|n| BlockTable((0..n.div_ceil(BLOCK)).map(|_| free.pop().unwrap()).collect()))
         .collect();
-    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, num_blocks, model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, num_blocks, kv, &Device::Cpu).unwrap();
     let mut runner = ModelRunner::new(model, cache).with_attention(attention);
 
     let mut next_chunk = vec![0usize; plans.len()];
@@ -272,6 +275,22 @@ fn qwen2_paged_batches_match_paged_alone_bit_exact() {
         0.0,
         None,
         AttentionImpl::Auto,
+        None,
+    );
+}
+
+/// An f16 KV pool (`kv_cache_dtype = "f16"`) keeps the invariant: K and V are rounded as they
+/// are stored, the same way whatever the batch, and attention reads them back exactly.
+#[test]
+fn f16_kv_paged_batches_match_paged_alone_bit_exact() {
+    check_model(
+        common::load_default(None),
+        "Q4_1, f16 KV",
+        Reference::PagedAlone,
+        0.0,
+        None,
+        AttentionImpl::Auto,
+        Some(DType::F16),
     );
 }
 

@@ -124,6 +124,7 @@ fn one_layer(
                 kv_heads,
                 head_dim,
                 dtype,
+                dtype,
                 &device,
                 AttentionImpl::Portable,
             )
@@ -137,7 +138,8 @@ fn one_layer(
             .unwrap();
         }
         let meta =
-            PagedAttentionMetadata::new(&spans, block_size, kv_heads, head_dim, dtype, &device, imp).unwrap();
+            PagedAttentionMetadata::new(&spans, block_size, kv_heads, head_dim, dtype, dtype, &device, imp)
+                .unwrap();
         PagedAttention {
             cache: &cache,
             meta: &meta,

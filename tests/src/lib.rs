@@ -56,7 +56,11 @@ impl Server {
 
     /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
     pub fn start(extra: &[&str]) -> Server {
-        Self::start_on(free_port(), extra)
+        let port = free_port();
+        // A log left by another run on this port (earlier test runs on this machine) is not
+        // this server's: start_on appends, for restarts.
+        let _ = std::fs::remove_file(Self::log_path(port));
+        Self::start_on(port, extra)
     }
 
     /// [`Server::start`] on a given port (a restart where the last one listened).

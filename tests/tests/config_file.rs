@@ -23,6 +23,7 @@ api_keys = ["file-key"]
 
 [engine]
 max_num_seqs = 4
+kv_cache_dtype = "f16"
 
 [[models]]
 id = "m"
@@ -49,7 +50,21 @@ format = "json"
     assert!(models("wrong").starts_with("HTTP/1.1 401"));
     assert_eq!(http_get(port, "/metrics").map(|r| r.0), Some(404));
     assert_eq!(http_get(port, "/health").map(|r| r.0), Some(200));
+    // The f16 KV pool serves (and the engine says it made one).
+    let body = r#"{"model":"from-file","prompt":"The capital of France is","max_tokens":4}"#;
+    let raw = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer file-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let done = request_raw(port, &raw).unwrap_or_default();
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(done.contains(r#""completion_tokens":4"#), "{done}");
     let log = std::fs::read_to_string(Server::log_path(port)).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""message":"KV cache""#) && l.contains(r#""dtype":"F16""#)),
+        "{log}"
+    );
     let first = log.lines().next().unwrap_or_default();
     assert!(
         first.starts_with('{') && first.contains(r#""level":"INFO""#),

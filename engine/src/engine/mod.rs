@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
+use candle_core::DType;
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::engine::engine_loop::EngineLoop;
@@ -58,6 +59,10 @@ pub struct EngineConfig {
     /// Caps the context below the model's own limit (and the KV pool's size).
     pub max_model_len: Option<usize>,
     pub attention: AttentionImpl,
+    /// The KV pool's dtype. None: the model's compute dtype. F16 under an f32 model halves the
+    /// pool's bytes per token (twice the tokens in the same budget, half the bytes attention
+    /// reads); K and V are rounded to f16 as they are stored.
+    pub kv_cache_dtype: Option<DType>,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +78,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_waiting_requests: 1024,
             max_model_len: None,
+            kv_cache_dtype: None,
             attention: AttentionImpl::Auto,
         }
     }
@@ -225,7 +231,7 @@ impl Engine {
     /// Allocates the KV cache and starts the engine thread.
     pub fn new(loaded: LoadedModel, config: EngineConfig) -> Result<Self> {
         let model_cfg = loaded.config().clone();
-        let dtype = loaded.model.dtype();
+        let dtype = config.kv_cache_dtype.unwrap_or(loaded.model.dtype());
         let device = loaded.model.device().clone();
         if !(config.gpu_memory_share > 0.0 && config.gpu_memory_share <= 1.0) {
             return Err(EngineError::InvalidConfig(format!(
@@ -256,6 +262,7 @@ impl Engine {
         }
         tracing::info!(
             num_blocks,
+            dtype = ?dtype,
             mib = (num_blocks
                 * PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), dtype))
                 >> 20,

@@ -98,12 +98,13 @@ impl PagedKvCache {
         self.layers[0].0.dtype()
     }
 
-    /// Writes the new tokens' K and V (`(kv_heads, tokens, head_dim)`) into their slots.
-    /// `slot_index` is the slot mapping broadcast to the same shape (built once per forward).
+    /// Writes the new tokens' K and V (`(kv_heads, tokens, head_dim)`) into their slots, rounded
+    /// to the pool's dtype. `slot_index` is the slot mapping broadcast to the same shape (built
+    /// once per forward).
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, slot_index: &Tensor) -> Result<()> {
         let (kc, vc) = &self.layers[layer];
-        kc.scatter_set(slot_index, k, 1)?;
-        vc.scatter_set(slot_index, v, 1)?;
+        kc.scatter_set(slot_index, &k.to_dtype(kc.dtype())?, 1)?;
+        vc.scatter_set(slot_index, &v.to_dtype(vc.dtype())?, 1)?;
         Ok(())
     }
 

@@ -83,12 +83,16 @@ pub enum AttentionImpl {
 }
 
 impl PagedAttentionMetadata {
+    /// `dtype`: the model's (queries'); `kv_dtype`: the pool's (the same, or f16 under an f32
+    /// model: see `EngineConfig::kv_cache_dtype`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spans: &[SequenceSpan],
         block_size: usize,
         kv_heads: usize,
         head_dim: usize,
         dtype: DType,
+        kv_dtype: DType,
         device: &Device,
         implementation: AttentionImpl,
     ) -> Result<Self> {
@@ -114,7 +118,10 @@ impl PagedAttentionMetadata {
             .contiguous()?;
         let scale = 1.0 / (head_dim as f64).sqrt();
 
-        if implementation == AttentionImpl::Auto && device.is_cpu() && dtype == DType::F32 {
+        let cpu_kernel = device.is_cpu()
+            && dtype == DType::F32
+            && (kv_dtype == DType::F32 || (kv_dtype == DType::F16 && head_dim <= 256));
+        if implementation == AttentionImpl::Auto && cpu_kernel {
             let mut row_span = vec![0u32; num_tokens];
             let mut cpu_spans = Vec::with_capacity(spans.len());
             for (i, s) in spans.iter().enumerate() {
@@ -143,11 +150,13 @@ impl PagedAttentionMetadata {
         // Decodes (one new token) attend together; every longer chunk attends alone.
         let (decodes, prefills): (Vec<&SequenceSpan>, Vec<&SequenceSpan>) =
             spans.iter().partition(|s| s.query_len == 1);
-        let fused = match implementation {
-            AttentionImpl::FusedDecode => true,
-            AttentionImpl::Auto => device.is_cuda(),
-            AttentionImpl::Portable => false,
-        };
+        // The fused op reads the pool in the queries' dtype.
+        let fused = kv_dtype == dtype
+            && match implementation {
+                AttentionImpl::FusedDecode => true,
+                AttentionImpl::Auto => device.is_cuda(),
+                AttentionImpl::Portable => false,
+            };
         let mut concat_rows: Vec<u32> = Vec::with_capacity(num_tokens);
         let mut members: Vec<Vec<&SequenceSpan>> = prefills.into_iter().map(|s| vec![s]).collect();
         // The decode rows' output comes first, from the fused op or from their group.
@@ -285,6 +294,7 @@ impl AttentionBackend for PagedAttention<'_> {
                 .contiguous()?
                 .reshape((kv_heads, b, q_per_kv * l, head_dim))?;
             let (kc, vc) = self.cache.gather(layer, &g.slots)?;
+            let (kc, vc) = (kc.to_dtype(q.dtype())?, vc.to_dtype(q.dtype())?);
             let kc = kc.reshape((kv_heads, b, c, head_dim))?;
             let vc = vc.reshape((kv_heads, b, c, head_dim))?;
             let scores = (qg.matmul(&kc.t()?)? * meta.scale)?

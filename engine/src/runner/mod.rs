@@ -118,6 +118,7 @@ impl ModelRunner {
             cfg.num_key_value_heads,
             cfg.head_dim,
             self.model.dtype(),
+            self.cache.dtype(),
             &device,
             self.attention,
         )?;

@@ -59,16 +59,19 @@ pub fn cases(file: &str, sha256: &str) -> Vec<Case> {
 
 /// Greedy steps of every case through the paged path: (token, full logprobs) per step.
 pub fn run_all(loaded: LoadedModel, cases: &[Case]) -> Vec<Vec<(u32, Vec<f32>)>> {
+    let kv = loaded.model.dtype();
+    run_all_with_kv(loaded, cases, kv)
+}
+
+/// [`run_all`] with a KV pool of dtype `kv`.
+pub fn run_all_with_kv(
+    loaded: LoadedModel,
+    cases: &[Case],
+    kv: candle_core::DType,
+) -> Vec<Vec<(u32, Vec<f32>)>> {
     let cfg = loaded.config().clone();
     let blocks = 64;
-    let cache = PagedKvCache::new(
-        kv_shape(&cfg),
-        16,
-        blocks,
-        loaded.model.dtype(),
-        loaded.model.device(),
-    )
-    .unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), 16, blocks, kv, loaded.model.device()).unwrap();
     let mut alloc = BlockManager::new(blocks, 16).unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     cases

@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// KV cache size in MiB. [default: 1024]
     #[arg(long)]
     pub kv_cache_mib: Option<usize>,
+    /// The KV pool's dtype: auto, f32 or f16 (half the bytes per token). [default: auto]
+    #[arg(long)]
+    pub kv_cache_dtype: Option<String>,
     /// [default: 32]
     #[arg(long)]
     pub max_num_seqs: Option<usize>,
@@ -107,6 +110,7 @@ impl ServeArgs {
             device: self.device.clone(),
             dtype: self.dtype.clone(),
             kv_cache_mib: self.kv_cache_mib,
+            kv_cache_dtype: self.kv_cache_dtype.clone(),
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_waiting_requests: self.max_waiting_requests,
@@ -202,6 +206,12 @@ pub fn engine_config(e: &wick_config::EngineConfig) -> wick_engine::EngineConfig
             None => Some(e.gpu_memory_headroom_mib << 20),
         },
         block_size: e.block_size,
+        kv_cache_dtype: match e.kv_cache_dtype.as_str() {
+            "f32" => Some(wick_engine::DType::F32),
+            "f16" => Some(wick_engine::DType::F16),
+            // `auto` (validated at start-up): the model's compute dtype.
+            _ => None,
+        },
         enable_prefix_caching: e.enable_prefix_caching,
         max_model_len: e.max_model_len,
         max_waiting_requests: e.max_waiting_requests,

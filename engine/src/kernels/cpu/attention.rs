@@ -56,13 +56,61 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `q`: `(tokens, heads, head_dim)`; `k_pool`/`v_pool`: `(kv_heads, slots, head_dim)`.
-/// Returns `(tokens, heads * head_dim)`.
+/// An element of the K/V pool: f32, or f16 (half the bytes to store and to read per token,
+/// widened to f32 row by row before the same arithmetic).
+trait KvElem: Copy + Send + Sync {
+    /// The row as f32: itself, or converted into `buf`.
+    fn row<'a>(row: &'a [Self], buf: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32];
+}
+
+/// Rows wider than this take the f32 pool only (no model here comes near it).
+const MAX_HEAD_DIM: usize = 256;
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn row<'a>(row: &'a [f32], _: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32] {
+        row
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline(always)]
+    fn row<'a>(row: &'a [half::f16], buf: &'a mut [f32; MAX_HEAD_DIM]) -> &'a [f32] {
+        let out = &mut buf[..row.len()];
+        #[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
+        {
+            // F16C (x86-64-v3): vcvtph2ps, exact, eight values per instruction, inline.
+            use std::arch::x86_64::*;
+            let (src, dst) = (row.chunks_exact(8), out.chunks_exact_mut(8));
+            let tail = src.remainder().len();
+            for (s, d) in src.zip(dst) {
+                // SAFETY: F16C is compiled in; s holds 8 halves (16 bytes), d 8 floats.
+                unsafe {
+                    let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                    _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+                }
+            }
+            let at = row.len() - tail;
+            for (d, s) in out[at..].iter_mut().zip(&row[at..]) {
+                *d = s.to_f32();
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "f16c")))]
+        for (d, s) in out.iter_mut().zip(row) {
+            *d = s.to_f32();
+        }
+        out
+    }
+}
+
+/// `q`: `(tokens, heads, head_dim)`; `k_pool`/`v_pool`: `(kv_heads, slots, head_dim)`, f32 or
+/// f16. Returns `(tokens, heads * head_dim)`.
 ///
 /// One task per (row, KV head) serves the KV head's query heads together: each K and V row is
 /// read once for all of them. Every score and every output element is still computed by
 /// exactly the operations of the per-head loop it replaces, in the same order: the results are
-/// bit for bit those of one head at a time (tested).
+/// bit for bit those of one head at a time (tested). An f16 pool gives bit for bit what an f32
+/// pool holding the same (f16-rounded) values gives (tested).
 pub fn paged_attention(
     q: &Tensor,
     k_pool: &Tensor,
@@ -73,35 +121,79 @@ pub fn paged_attention(
 ) -> Result<Tensor> {
     let (tokens, heads, hd) = q.dims3()?;
     let (kv_heads, num_slots, _) = k_pool.dims3()?;
-    let q_per_kv = heads / kv_heads;
+    let layout = Layout {
+        heads,
+        kv_heads,
+        q_per_kv: heads / kv_heads,
+        hd,
+        num_slots,
+        scale,
+    };
     let mut out = vec![0f32; tokens * heads * hd];
     with_f32(q, |q| {
-        with_f32(k_pool, |k| {
-            with_f32(v_pool, |v| {
-                let layout = Layout {
-                    q_per_kv,
-                    hd,
-                    num_slots,
-                    scale,
-                };
-                out.par_chunks_mut(q_per_kv * hd).enumerate().for_each_init(
-                    || (Vec::new(), Vec::new()),
-                    |(scores, inv): &mut (Vec<f32>, Vec<f32>), (i, o)| {
-                        let (row, kv) = (i / kv_heads, i % kv_heads);
-                        let span = &spans[row_span[row] as usize];
-                        let visible = span.first_pos + (row - span.query_start) + 1;
-                        let qs = &q[(row * heads + kv * q_per_kv) * hd..][..q_per_kv * hd];
-                        attend_group(&layout, qs, k, v, kv, &span.slots[..visible], scores, inv, o);
-                    },
-                );
-                Ok(())
-            })
-        })
+        let (ks, vs) = (k_pool.storage_and_layout(), v_pool.storage_and_layout());
+        let pools = (contiguous(&ks.0, ks.1)?, contiguous(&vs.0, vs.1)?);
+        match pools {
+            (Pool::F32(k), Pool::F32(v)) => attend_rows(&layout, q, k, v, spans, row_span, &mut out),
+            (Pool::F16(k), Pool::F16(v)) if hd <= MAX_HEAD_DIM => {
+                attend_rows(&layout, q, k, v, spans, row_span, &mut out)
+            }
+            _ => {
+                return Err(EngineError::InvalidBatch(
+                    "CPU attention needs an f32 or f16 K/V pool (f16 up to a head dim of 256)".into(),
+                ))
+            }
+        }
+        Ok(())
     })?;
     Ok(Tensor::from_vec(out, (tokens, heads * hd), q.device())?)
 }
 
+enum Pool<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+fn contiguous<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<Pool<'a>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(EngineError::InvalidBatch(
+            "CPU attention needs contiguous tensors".into(),
+        ));
+    };
+    match storage {
+        Storage::Cpu(CpuStorage::F32(d)) => Ok(Pool::F32(&d[start..end])),
+        Storage::Cpu(CpuStorage::F16(d)) => Ok(Pool::F16(&d[start..end])),
+        _ => Err(EngineError::InvalidBatch(
+            "CPU attention needs an f32 or f16 K/V pool on the CPU".into(),
+        )),
+    }
+}
+
+fn attend_rows<K: KvElem>(
+    layout: &Layout,
+    q: &[f32],
+    k: &[K],
+    v: &[K],
+    spans: &[CpuSpan],
+    row_span: &[u32],
+    out: &mut [f32],
+) {
+    let (g, hd, heads, kv_heads) = (layout.q_per_kv, layout.hd, layout.heads, layout.kv_heads);
+    out.par_chunks_mut(g * hd).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scores, inv): &mut (Vec<f32>, Vec<f32>), (i, o)| {
+            let (row, kv) = (i / kv_heads, i % kv_heads);
+            let span = &spans[row_span[row] as usize];
+            let visible = span.first_pos + (row - span.query_start) + 1;
+            let qs = &q[(row * heads + kv * g) * hd..][..g * hd];
+            attend_group(layout, qs, k, v, kv, &span.slots[..visible], scores, inv, o);
+        },
+    );
+}
+
 struct Layout {
+    heads: usize,
+    kv_heads: usize,
     q_per_kv: usize,
     hd: usize,
     num_slots: usize,
@@ -111,11 +203,11 @@ struct Layout {
 /// The query heads `qs` (`q_per_kv * hd`) of one row against KV head `kv` over `slots`, into
 /// `o` (`q_per_kv * hd`, zeroed). `scores` and `inv` are scratch space.
 #[allow(clippy::too_many_arguments)]
-fn attend_group(
+fn attend_group<K: KvElem>(
     l: &Layout,
     qs: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[K],
+    v: &[K],
     kv: usize,
     slots: &[u32],
     scores: &mut Vec<f32>,
@@ -125,11 +217,12 @@ fn attend_group(
     let (hd, g, n) = (l.hd, l.q_per_kv, slots.len());
     let head_base = kv * l.num_slots * hd;
     let row_of = |slot: u32| head_base + slot as usize * hd;
+    let mut buf = [0f32; MAX_HEAD_DIM];
     // scores[h * n + j]: head h against slot j.
     scores.clear();
     scores.resize(g * n, 0.0);
     for (j, &slot) in slots.iter().enumerate() {
-        let kr = &k[row_of(slot)..][..hd];
+        let kr = K::row(&k[row_of(slot)..][..hd], &mut buf);
         for h in 0..g {
             scores[h * n + j] = dot(&qs[h * hd..(h + 1) * hd], kr) * l.scale;
         }
@@ -149,7 +242,7 @@ fn attend_group(
     // Each V row read once for every head of the group; per output element the same sequence
     // of `o += p * v` over the slots in order as one head at a time.
     for (j, &slot) in slots.iter().enumerate() {
-        let vr = &v[row_of(slot)..][..hd];
+        let vr = K::row(&v[row_of(slot)..][..hd], &mut buf);
         for h in 0..g {
             let p = scores[h * n + j];
             for (o, &x) in o[h * hd..(h + 1) * hd].iter_mut().zip(vr) {
@@ -292,5 +385,53 @@ mod tests {
                 "{heads}/{kv_heads} heads"
             );
         }
+    }
+
+    /// An f16 pool gives bit for bit what an f32 pool holding the same rounded values gives.
+    #[test]
+    fn f16_pool_equals_f32_pool_of_the_rounded_values() {
+        let (heads, kv_heads, hd, num_slots) = (9, 3, 64, 32);
+        let round = |t: Tensor| t.to_dtype(candle_core::DType::F16).unwrap();
+        let k16 = round(
+            Tensor::from_vec(
+                random(kv_heads * num_slots * hd, 1),
+                (kv_heads, num_slots, hd),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        );
+        let v16 = round(
+            Tensor::from_vec(
+                random(kv_heads * num_slots * hd, 2),
+                (kv_heads, num_slots, hd),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        );
+        let (k32, v32) = (
+            k16.to_dtype(candle_core::DType::F32).unwrap(),
+            v16.to_dtype(candle_core::DType::F32).unwrap(),
+        );
+        let spans = vec![
+            CpuSpan {
+                query_start: 0,
+                first_pos: 4,
+                slots: (0..7).map(|p| (p * 5 + 2) % num_slots as u32).collect(),
+            },
+            CpuSpan {
+                query_start: 3,
+                first_pos: 19,
+                slots: (0..20).rev().collect(),
+            },
+        ];
+        let row_span = [0, 0, 0, 1];
+        let q = Tensor::from_vec(random(4 * heads * hd, 3), (4, heads, hd), &Device::Cpu).unwrap();
+        let half = paged_attention(&q, &k16, &v16, &spans, &row_span, 0.125).unwrap();
+        let full = paged_attention(&q, &k32, &v32, &spans, &row_span, 0.125).unwrap();
+        let (a, b) = (
+            half.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            full.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }
