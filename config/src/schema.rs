@@ -109,7 +109,7 @@ impl Default for EngineConfig {
             kv_cache_dtype: "auto".into(),
             gpu_memory_headroom_mib: 2048,
             block_size: 16,
-            max_num_seqs: 32,
+            max_num_seqs: 64,
             max_num_batched_tokens: 256,
             max_waiting_requests: 1024,
             enable_prefix_caching: true,

@@ -38,7 +38,7 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            max_num_seqs: 32,
+            max_num_seqs: 64,
             max_num_batched_tokens: 256,
         }
     }

@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// The KV pool's dtype: auto, f32 or f16 (half the bytes per token). [default: auto]
     #[arg(long)]
     pub kv_cache_dtype: Option<String>,
-    /// [default: 32]
+    /// [default: 64]
     #[arg(long)]
     pub max_num_seqs: Option<usize>,
     /// [default: 256]
