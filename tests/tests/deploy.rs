@@ -87,7 +87,11 @@ fn instances(dir: &str, objects: &[Value]) -> Vec<Instance> {
             let text = named(objects, "ConfigMap", cm)["data"]["wick.toml"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{dir}/{name}: ConfigMap {cm} has no wick.toml"));
-            let toml = tmp.join(format!("{}-{name}.toml", dir.replace('/', "-")));
+            // Unique per call: tests run in parallel threads of one process, and two of them
+            // rendering the same overlay must not read each other's half-written file.
+            static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let toml = tmp.join(format!("{}-{name}-{call}.toml", dir.replace('/', "-")));
             std::fs::write(&toml, text).expect("write TOML");
             let none = wick_config::Overrides::default();
             let config = wick_config::load(Some(&toml), &none, &none)
