@@ -231,7 +231,7 @@ impl Engine {
     /// Allocates the KV cache and starts the engine thread.
     pub fn new(loaded: LoadedModel, config: EngineConfig) -> Result<Self> {
         let model_cfg = loaded.config().clone();
-        let dtype = config.kv_cache_dtype.unwrap_or(loaded.model.dtype());
+        let kv_dtype = config.kv_cache_dtype.unwrap_or(loaded.model.dtype());
         let device = loaded.model.device().clone();
         if !(config.gpu_memory_share > 0.0 && config.gpu_memory_share <= 1.0) {
             return Err(EngineError::InvalidConfig(format!(
@@ -243,7 +243,7 @@ impl Engine {
             Some(n) => n,
             None => {
                 let block_bytes =
-                    PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), dtype);
+                    PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), kv_dtype);
                 let budget = crate::model::device::kv_cache_budget(
                     crate::model::device::gpu_memory(&device)?,
                     config.kv_cache_bytes,
@@ -251,7 +251,12 @@ impl Engine {
                     config.gpu_memory_share,
                     block_bytes,
                 )?;
-                PagedKvCache::blocks_for_budget(kv_shape(&model_cfg), config.block_size.max(1), dtype, budget)
+                PagedKvCache::blocks_for_budget(
+                    kv_shape(&model_cfg),
+                    config.block_size.max(1),
+                    kv_dtype,
+                    budget,
+                )
             }
         };
         if !(0.0..1.0).contains(&config.watermark) {
@@ -262,9 +267,9 @@ impl Engine {
         }
         tracing::info!(
             num_blocks,
-            dtype = ?dtype,
+            dtype = ?kv_dtype,
             mib = (num_blocks
-                * PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), dtype))
+                * PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), kv_dtype))
                 >> 20,
             "KV cache"
         );
@@ -272,7 +277,7 @@ impl Engine {
             kv_shape(&model_cfg),
             config.block_size,
             num_blocks,
-            dtype,
+            kv_dtype,
             &device,
         )?;
         // One sequence must always fit in the whole pool, or it could never finish.

@@ -260,6 +260,7 @@ fn attend_group<K: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::test_data::random;
     use candle_core::Device;
 
     /// The kernel before grouping (one task per row and head), kept as the reference.
@@ -319,12 +320,6 @@ mod tests {
             })
         })?;
         Ok(Tensor::from_vec(out, (tokens, heads * hd), q.device())?)
-    }
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
-            .collect()
     }
 
     /// Bit for bit the one-head-at-a-time kernel, for GQA groups of 1, 3 and 7 heads, chunked

@@ -386,13 +386,8 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::q4_1::Q41Group;
     use crate::kernels::cpu::q8_0::Q80Group;
+    use crate::kernels::cpu::test_data::random;
     use candle_core::{Device, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
-            .collect()
-    }
 
     fn quantized<W: WeightGroup>(n: usize, k: usize, seed: u64) -> GroupMatrix<W> {
         let t = Tensor::from_vec(random(n * k, seed), (n, k), &Device::Cpu).unwrap();

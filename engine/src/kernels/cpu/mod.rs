@@ -11,3 +11,14 @@ pub mod q5_0;
 pub mod q6_k;
 pub mod q8_0;
 pub mod simd;
+
+/// Deterministic inputs for the kernels' tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    /// `n` values in [-0.5, 0.5), a fixed function of `seed`.
+    pub fn random(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
+            .collect()
+    }
+}

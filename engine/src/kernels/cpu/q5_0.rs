@@ -66,19 +66,7 @@ impl WeightGroup for Q50Group {
     }
 
     fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        {
-            // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
-            unsafe {
-                if super::simd::vnni() {
-                    dot_vnni(w, acts, out)
-                } else {
-                    dot_avx2(w, acts, out)
-                }
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-        dot_portable(w, acts, out)
+        super::simd::dispatch_dot!(w, acts, out)
     }
 }
 
@@ -222,14 +210,9 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::acts::QuantizedActs;
     use crate::kernels::cpu::q8_0::Q80Matrix;
+    use crate::kernels::cpu::test_data::random;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
-            .collect()
-    }
 
     /// The 5-bit layout holds candle's dequantized values; its kernel gives the bits the Q8_0
     /// kernel gives on the same values (both paths); rows are independent of the batch.

@@ -54,19 +54,7 @@ impl WeightGroup for Q6KGroup {
     fn set_lane(&mut self, _lane: usize, _block: &[u8]) {}
 
     fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        {
-            // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
-            unsafe {
-                if super::simd::vnni() {
-                    dot_vnni(w, acts, out)
-                } else {
-                    dot_avx2(w, acts, out)
-                }
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-        dot_portable(w, acts, out)
+        super::simd::dispatch_dot!(w, acts, out)
     }
 }
 

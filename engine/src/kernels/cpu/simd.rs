@@ -40,6 +40,27 @@ pub fn describe() -> &'static str {
     }
 }
 
+/// A format kernel's entry: `dot_vnni` where the CPU has VNNI, else `dot_avx2` (both compiled
+/// in with AVX2), `dot_portable` in a build without AVX2; the three are the caller's.
+macro_rules! dispatch_dot {
+    ($w:expr, $acts:expr, $out:expr) => {{
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            // SAFETY: AVX2 is compiled in (cfg); the VNNI variant runs only where the CPU has it.
+            unsafe {
+                if $crate::kernels::cpu::simd::vnni() {
+                    dot_vnni($w, $acts, $out)
+                } else {
+                    dot_avx2($w, $acts, $out)
+                }
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        dot_portable($w, $acts, $out)
+    }};
+}
+pub(super) use dispatch_dot;
+
 /// `vpdpbusd` (u8 x i8 products of each 4-byte lane summed into i32, added to `acc`). Inlined
 /// into the kernels' VNNI variants, which are compiled with these features; the AVX2 variants
 /// never reach it.
