@@ -12,7 +12,9 @@
 //!    tokens it would have produced.
 //! 2. **Continuing prefills** (admitted sequences whose prompt is not fully computed yet), each
 //!    chunk capped by the token budget left: **chunked prefill**, so a long prompt takes several
-//!    steps and never stalls the decodes.
+//!    steps and never stalls the decodes. While a request that could be admitted waits, the
+//!    continuing prefills take at most half of the budget left, so a short request arriving
+//!    during a long prompt's prefill starts in the next step rather than after it.
 //! 3. **Admissions** from the waiting queue, in order (FCFS, or by priority): a sequence is
 //!    admitted only when its uncached blocks fit above the watermark, and takes its whole
 //!    prompt's blocks at once (so a prefill never needs blocks mid-way); head-of-line blocking
@@ -198,20 +200,28 @@ impl Scheduler {
         }
 
         // 2. Continuing prefills. Their blocks were all taken at admission, so only a
-        // copy-on-write could be refused; that sequence then waits for a later step.
+        // copy-on-write could be refused; that sequence then waits for a later step. While a
+        // request that could be admitted waits, they take at most half the budget left, so a
+        // short request starts in the next step instead of after a long prompt's whole prefill.
+        let mut prefill_budget = if self.head_admissible(blocks) {
+            budget.div_ceil(2)
+        } else {
+            budget
+        };
         for (i, seq) in self.running.iter_mut().enumerate() {
-            if budget == 0 {
+            if prefill_budget == 0 {
                 break;
             }
             if planned[i] > 0 || seq.num_uncomputed() <= 1 {
                 continue;
             }
-            let n = seq.num_uncomputed().min(budget);
+            let n = seq.num_uncomputed().min(prefill_budget);
             match blocks.prepare_write(&mut seq.block_table, seq.num_computed, n) {
                 Ok(copies) => {
                     out.block_copies.extend(copies);
                     planned[i] = n;
                     budget -= n;
+                    prefill_budget -= n;
                 }
                 Err(EngineError::OutOfBlocks { .. }) => {}
                 Err(e) => return Err(e),
@@ -219,22 +229,7 @@ impl Scheduler {
         }
 
         // 3. Admissions.
-        while budget > 0 {
-            let Some(head) = self.waiting.front() else { break };
-            if self.running.len() + head.group_size() > self.config.max_num_seqs {
-                break;
-            }
-            let needed = blocks.num_blocks_to_allocate_with(&head.tokens, !head.wants_prompt_logprobs());
-            // With nothing running no block will ever come back: then the watermark (headroom
-            // for running sequences to grow) has nothing to protect.
-            let fits = if self.running.is_empty() {
-                needed <= blocks.num_free_blocks()
-            } else {
-                blocks.can_allocate(needed)
-            };
-            if !fits {
-                break;
-            }
+        while budget > 0 && self.head_admissible(blocks) {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
@@ -264,6 +259,25 @@ impl Scheduler {
             .map(|(seq, &num_tokens)| ScheduledChunk { seq, num_tokens })
             .collect();
         Ok(out)
+    }
+
+    /// Whether the first waiting request can be admitted now: its group fits under
+    /// `max_num_seqs` and its uncached prompt blocks above the watermark.
+    fn head_admissible(&self, blocks: &BlockManager) -> bool {
+        let Some(head) = self.waiting.front() else {
+            return false;
+        };
+        if self.running.len() + head.group_size() > self.config.max_num_seqs {
+            return false;
+        }
+        let needed = blocks.num_blocks_to_allocate_with(&head.tokens, !head.wants_prompt_logprobs());
+        // With nothing running no block will ever come back: then the watermark (headroom for
+        // running sequences to grow) has nothing to protect.
+        if self.running.is_empty() {
+            needed <= blocks.num_free_blocks()
+        } else {
+            blocks.can_allocate(needed)
+        }
     }
 
     /// Gives all of a running sequence's blocks back and queues it for recomputation.
