@@ -7,6 +7,10 @@
 //!
 //! FORMAT: q4_1, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
 //! projections; 576x576 is the default model's). Rows: WICK_BENCH_ROWS=1,8,64,512.
+//!
+//! `attention` (not in the default set): one layer's paged attention in the default model's
+//! shape (9 query heads, 3 KV heads, head dim 64, f32 pool) for a 256-row prefill chunk ending
+//! at, and a batch of 16 decode rows at, each context of WICK_BENCH_CTX=512,2048,4096.
 
 /// The allocator the `wick` binary runs with.
 #[global_allocator]
@@ -78,7 +82,10 @@ fn main() {
     );
     println!("| format | rows | GMAC/s | us per call |");
     println!("|---|---|---|---|");
-    for f in formats {
+    if formats.contains(&"attention") {
+        attention();
+    }
+    for f in formats.into_iter().filter(|&f| f != "attention") {
         let w = matrix(f, n, k);
         for &m in &rows {
             let x = random(m * k, 2);
@@ -99,6 +106,72 @@ fn main() {
                     t.as_secs_f64() * 1e6
                 );
             }
+        }
+    }
+}
+
+fn attention() {
+    use wick_engine::kernels::cpu::attention::{paged_attention, CpuSpan};
+    let (heads, kv_heads, hd) = (9, 3, 64);
+    let contexts: Vec<usize> = std::env::var("WICK_BENCH_CTX")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![512, 2048, 4096]);
+    println!("attention, {heads} heads / {kv_heads} KV heads x {hd}, f32 pool, best of ~1 s per cell");
+    println!("| context | rows | ms per call | GFLOP/s |");
+    println!("|---|---|---|---|");
+    for &ctx in &contexts {
+        // The pool holds 16 sequences of `ctx` slots; slots in order per sequence.
+        let seqs = 16;
+        let slots = seqs * ctx;
+        let k = Tensor::from_vec(
+            random(kv_heads * slots * hd, 1),
+            (kv_heads, slots, hd),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let v = Tensor::from_vec(
+            random(kv_heads * slots * hd, 2),
+            (kv_heads, slots, hd),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let seq_slots = |s: usize| (s * ctx..(s + 1) * ctx).map(|x| x as u32).collect::<Vec<_>>();
+        let chunk = 256.min(ctx);
+        let prefill = vec![CpuSpan {
+            query_start: 0,
+            first_pos: ctx - chunk,
+            slots: seq_slots(0),
+        }];
+        let decode: Vec<CpuSpan> = (0..seqs)
+            .map(|s| CpuSpan {
+                query_start: s,
+                first_pos: ctx - 1,
+                slots: seq_slots(s),
+            })
+            .collect();
+        let cases = [
+            (prefill, vec![0u32; chunk]),
+            (decode, (0..seqs as u32).collect::<Vec<_>>()),
+        ];
+        for (spans, row_span) in &cases {
+            let rows = row_span.len();
+            let q = Tensor::from_vec(random(rows * heads * hd, 3), (rows, heads, hd), &Device::Cpu).unwrap();
+            let t = best_of(Duration::from_secs(1), || {
+                std::hint::black_box(paged_attention(&q, &k, &v, spans, row_span, 0.125).unwrap());
+            });
+            // Pairs (row, visible slot) x heads x (q.k + p.v) multiply-adds x 2.
+            let pairs: usize = (0..rows)
+                .map(|r| {
+                    let s = &spans[row_span[r] as usize];
+                    s.first_pos + (r - s.query_start) + 1
+                })
+                .sum();
+            let gflops = (pairs * heads * hd * 4) as f64 / t.as_secs_f64() / 1e9;
+            println!(
+                "| {ctx:5} | {rows:4} | {:8.2} | {gflops:6.1} |",
+                t.as_secs_f64() * 1e3
+            );
         }
     }
 }

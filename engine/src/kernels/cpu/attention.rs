@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::attention_rows::{accumulate, dot, scores as score_rows};
 use crate::error::{EngineError, Result};
 
 /// One sequence's rows: from `query_start` on, the first at position
@@ -34,26 +35,6 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         ));
     };
     f(&data[start..end])
-}
-
-/// Dot product with eight independent accumulators: vectorizes, and the order is fixed. Written
-/// over exact chunks so that the compiler sees no bounds checks and keeps the eight
-/// accumulators in one vector register (the indexed form it replaces stayed scalar).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// An element of the K/V pool: f32, or f16 (half the bytes to store and to read per token,
@@ -106,8 +87,9 @@ impl KvElem for half::f16 {
 /// `q`: `(tokens, heads, head_dim)`; `k_pool`/`v_pool`: `(kv_heads, slots, head_dim)`, f32 or
 /// f16. Returns `(tokens, heads * head_dim)`.
 ///
-/// One task per (row, KV head) serves the KV head's query heads together: each K and V row is
-/// read once for all of them. Every score and every output element is still computed by
+/// One task per (tile of up to 16 rows of one sequence, KV head) serves the tile's rows and the KV
+/// head's query heads together: each K and V row is read once for all of them (a prefill chunk
+/// at a long context used to stream the whole context from memory once per row). Every score and every output element is still computed by
 /// exactly the operations of the per-head loop it replaces, in the same order: the results are
 /// bit for bit those of one head at a time (tested). An f16 pool gives bit for bit what an f32
 /// pool holding the same (f16-rounded) values gives (tested).
@@ -169,6 +151,35 @@ fn contiguous<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Result<
     }
 }
 
+/// Query rows served together by one task: every K and V row it loads (from a pool that at long
+/// contexts is far larger than the caches) is used for all of them instead of one.
+const TILE_ROWS: usize = 16;
+
+/// Consecutive rows of one span, `rows` long from `first`, handled by one task per KV head.
+#[derive(Clone, Copy)]
+struct Tile {
+    first: usize,
+    rows: usize,
+}
+
+/// The batch's rows cut into tiles: runs of one span's rows, at most [`TILE_ROWS`] long.
+fn tiles(row_span: &[u32]) -> Vec<Tile> {
+    let mut tiles: Vec<Tile> = Vec::new();
+    for (row, &span) in row_span.iter().enumerate() {
+        match tiles.last_mut() {
+            Some(t) if t.rows < TILE_ROWS && row_span[t.first] == span => t.rows += 1,
+            _ => tiles.push(Tile { first: row, rows: 1 }),
+        }
+    }
+    tiles
+}
+
+/// `out` shared by tasks that each write their own disjoint rows' heads.
+struct SharedOut(*mut f32);
+// SAFETY: every task writes only the output of its own (row, KV head) pairs, and no two tasks
+// have a pair in common; nothing reads `out` while they run.
+unsafe impl Sync for SharedOut {}
+
 fn attend_rows<K: KvElem>(
     layout: &Layout,
     q: &[f32],
@@ -179,16 +190,37 @@ fn attend_rows<K: KvElem>(
     out: &mut [f32],
 ) {
     let (g, hd, heads, kv_heads) = (layout.q_per_kv, layout.hd, layout.heads, layout.kv_heads);
-    out.par_chunks_mut(g * hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scores, inv): &mut (Vec<f32>, Vec<f32>), (i, o)| {
-            let (row, kv) = (i / kv_heads, i % kv_heads);
-            let span = &spans[row_span[row] as usize];
-            let visible = span.first_pos + (row - span.query_start) + 1;
-            let qs = &q[(row * heads + kv * g) * hd..][..g * hd];
-            attend_group(layout, qs, k, v, kv, &span.slots[..visible], scores, inv, o);
-        },
-    );
+    let tiles = tiles(row_span);
+    debug_assert_eq!(out.len(), row_span.len() * heads * hd);
+    let shared = SharedOut(out.as_mut_ptr());
+    let shared = &shared;
+    (0..tiles.len() * kv_heads)
+        .into_par_iter()
+        .for_each_init(TileScratch::default, |scratch, task| {
+            let (tile, kv) = (tiles[task / kv_heads], task % kv_heads);
+            let span = &spans[row_span[tile.first] as usize];
+            let first_visible = span.first_pos + (tile.first - span.query_start) + 1;
+            let slots = &span.slots[..first_visible + tile.rows - 1];
+            let o = if tile.rows == 1 {
+                // A decode row: nothing to share a load with, and a gather would only add a copy
+                // to a loop that memory bandwidth bounds.
+                let TileScratch { scores, inv, out, .. } = scratch;
+                out.clear();
+                out.resize(g * hd, 0.0);
+                let qs = &q[(tile.first * heads + kv * g) * hd..][..g * hd];
+                attend_group(layout, qs, k, v, kv, slots, scores, inv, out);
+                &out[..]
+            } else {
+                attend_tile(layout, q, k, v, kv, tile, first_visible, slots, scratch)
+            };
+            for t in 0..tile.rows {
+                let at = ((tile.first + t) * heads + kv * g) * hd;
+                // SAFETY: (row tile.first + t, KV head kv) is this task's alone (see SharedOut);
+                // `at + g * hd <= out.len()` as rows < tokens and kv < kv_heads.
+                let dst = unsafe { std::slice::from_raw_parts_mut(shared.0.add(at), g * hd) };
+                dst.copy_from_slice(&o[t * g * hd..(t + 1) * g * hd]);
+            }
+        });
 }
 
 struct Layout {
@@ -255,6 +287,114 @@ fn attend_group<K: KvElem>(
             *o *= inv[h];
         }
     }
+}
+
+/// K or V rows gathered per step of a tile: 64 rows of 64 floats are 16 KiB, so a block stays
+/// in L1 while every row and head of the tile goes over it.
+const SLOT_BLOCK: usize = 64;
+
+#[derive(Default)]
+struct TileScratch {
+    /// `scores[(t * g + h) * n + j]`: row t's head h against slot j.
+    scores: Vec<f32>,
+    inv: Vec<f32>,
+    /// `(rows, g, hd)`.
+    out: Vec<f32>,
+    /// One block of K or V rows as f32, contiguous.
+    block: Vec<f32>,
+}
+
+/// Gathers the rows of `slots` (of KV head `kv`) into `block` as f32, contiguous.
+fn gather<K: KvElem>(l: &Layout, pool: &[K], kv: usize, slots: &[u32], block: &mut Vec<f32>) {
+    let hd = l.hd;
+    let head_base = kv * l.num_slots * hd;
+    let mut buf = [0f32; MAX_HEAD_DIM];
+    block.clear();
+    for &slot in slots {
+        let at = head_base + slot as usize * hd;
+        block.extend_from_slice(K::row(&pool[at..at + hd], &mut buf));
+    }
+}
+
+/// One tile's query heads of KV head `kv` over `slots` (the last row's context; row t sees the
+/// first `first_visible + t`). Returns the tile's outputs, `(rows, q_per_kv, hd)`.
+///
+/// Per row and head these are exactly the operations of one row at a time, in the same order
+/// (scores slot by slot, the softmax over the row's own slots, `o += p * v` slot by slot, then
+/// the scaling): sharing a K or V load among rows changes no arithmetic.
+#[allow(clippy::too_many_arguments)]
+fn attend_tile<'s, K: KvElem>(
+    l: &Layout,
+    q: &[f32],
+    k: &[K],
+    v: &[K],
+    kv: usize,
+    tile: Tile,
+    first_visible: usize,
+    slots: &[u32],
+    scratch: &'s mut TileScratch,
+) -> &'s [f32] {
+    let (hd, g, n, rows) = (l.hd, l.q_per_kv, slots.len(), tile.rows);
+    let visible = |t: usize| first_visible + t;
+    // Row t's query heads of this group: q[(row * heads + kv * g + h) * hd..].
+    let q_of = |t: usize, h: usize| {
+        let at = ((tile.first + t) * l.heads + kv * g + h) * hd;
+        &q[at..at + hd]
+    };
+    // Rows that see some slot of the block starting at `from`, and how many of its slots.
+    let seeing = move |from: usize, len: usize| {
+        (from.saturating_sub(first_visible - 1)..rows).map(move |t| (t, (visible(t) - from).min(len)))
+    };
+    let TileScratch {
+        scores,
+        inv,
+        out,
+        block,
+    } = scratch;
+    scores.clear();
+    scores.resize(rows * g * n, 0.0);
+    for from in (0..n).step_by(SLOT_BLOCK) {
+        let len = SLOT_BLOCK.min(n - from);
+        gather(l, k, kv, &slots[from..from + len], block);
+        for (t, m) in seeing(from, len) {
+            for h in 0..g {
+                let s = &mut scores[(t * g + h) * n + from..][..m];
+                score_rows(q_of(t, h), block, l.scale, s);
+            }
+        }
+    }
+    inv.clear();
+    inv.resize(rows * g, 0.0);
+    for t in 0..rows {
+        for h in 0..g {
+            let s = &mut scores[(t * g + h) * n..][..visible(t)];
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            inv[t * g + h] = 1.0 / sum;
+        }
+    }
+    out.clear();
+    out.resize(rows * g * hd, 0.0);
+    for from in (0..n).step_by(SLOT_BLOCK) {
+        let len = SLOT_BLOCK.min(n - from);
+        gather(l, v, kv, &slots[from..from + len], block);
+        for (t, m) in seeing(from, len) {
+            for h in 0..g {
+                let p = &scores[(t * g + h) * n + from..][..m];
+                accumulate(&mut out[(t * g + h) * hd..][..hd], p, block);
+            }
+        }
+    }
+    for (o, &inv) in out.chunks_exact_mut(hd).zip(inv.iter()) {
+        for o in o.iter_mut() {
+            *o *= inv;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -328,7 +468,7 @@ mod tests {
     fn grouped_kernel_is_bit_identical_to_one_head_at_a_time() {
         let hd = 64;
         for (heads, kv_heads) in [(9, 3), (14, 2), (4, 4)] {
-            let num_slots = 64;
+            let num_slots = 256;
             let k = Tensor::from_vec(
                 random(kv_heads * num_slots * hd, 1),
                 (kv_heads, num_slots, hd),
@@ -341,8 +481,9 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            // Span 0: a prefill chunk of 5 rows after 10 cached positions; span 1: a decode row
-            // at position 22; span 2: a first chunk of 2 rows.
+            // Span 0: a prefill chunk of 37 rows (three tiles, the last partial) after 110 cached
+            // positions (three slot blocks); span 1: a decode row at position 180; span 2: a
+            // first chunk of 2 rows.
             let perm = |n: usize, off: u32| {
                 (0..n as u32)
                     .map(|p| (p * 7 + off) % num_slots as u32)
@@ -351,21 +492,21 @@ mod tests {
             let spans = vec![
                 CpuSpan {
                     query_start: 0,
-                    first_pos: 10,
-                    slots: perm(15, 3),
+                    first_pos: 110,
+                    slots: perm(147, 3),
                 },
                 CpuSpan {
-                    query_start: 5,
-                    first_pos: 22,
-                    slots: perm(23, 5),
+                    query_start: 37,
+                    first_pos: 180,
+                    slots: perm(181, 5),
                 },
                 CpuSpan {
-                    query_start: 6,
+                    query_start: 38,
                     first_pos: 0,
                     slots: perm(2, 1),
                 },
             ];
-            let row_span = [0, 0, 0, 0, 0, 1, 2, 2];
+            let row_span = [vec![0; 37], vec![1, 2, 2]].concat();
             let tokens = row_span.len();
             let q =
                 Tensor::from_vec(random(tokens * heads * hd, 3), (tokens, heads, hd), &Device::Cpu).unwrap();
@@ -385,7 +526,7 @@ mod tests {
     /// An f16 pool gives bit for bit what an f32 pool holding the same rounded values gives.
     #[test]
     fn f16_pool_equals_f32_pool_of_the_rounded_values() {
-        let (heads, kv_heads, hd, num_slots) = (9, 3, 64, 32);
+        let (heads, kv_heads, hd, num_slots) = (9, 3, 64, 160);
         let round = |t: Tensor| t.to_dtype(candle_core::DType::F16).unwrap();
         let k16 = round(
             Tensor::from_vec(
@@ -415,8 +556,8 @@ mod tests {
             },
             CpuSpan {
                 query_start: 3,
-                first_pos: 19,
-                slots: (0..20).rev().collect(),
+                first_pos: 149,
+                slots: (0..150).rev().collect(),
             },
         ];
         let row_span = [0, 0, 0, 1];

@@ -4,6 +4,7 @@
 
 pub mod acts;
 pub mod attention;
+mod attention_rows;
 pub mod matmul;
 pub mod pool;
 pub mod q4_1;
