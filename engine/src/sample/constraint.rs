@@ -246,6 +246,10 @@ impl Constraint {
             }
             return;
         }
+        // A finished grammar allows only EOS, and has nothing left to consume it with.
+        if self.matcher.is_stopped() {
+            return;
+        }
         if let Err(e) = self.matcher.consume_token(token) {
             tracing::warn!("constraint rejected token {token}: {e}");
         }
