@@ -24,8 +24,8 @@ pub struct LocalModel {
 }
 
 /// Every local model of the process, `server.model` first; requests find theirs by name. With
-/// the bounds every request to them is held to.
-#[derive(Default)]
+/// the bounds every request to them is held to. Cloning shares the models.
+#[derive(Default, Clone)]
 pub struct LocalModels {
     models: Vec<Arc<LocalModel>>,
     pub limits: RequestLimits,

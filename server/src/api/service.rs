@@ -12,7 +12,7 @@ use axum::Json;
 
 use crate::api::errors::ApiError;
 use crate::api::infer::{self, ChoiceOutput};
-use crate::api::local_model::LocalModels;
+use crate::api::local_model::{LocalModel, LocalModels};
 use crate::api::openai::*;
 use crate::api::sse::{self, StreamKind};
 use crate::api::validation::{
@@ -20,7 +20,9 @@ use crate::api::validation::{
     sampling_params, MAX_COMPLETION_LOGPROBS,
 };
 use crate::ops::metrics::RequestTimer;
-use crate::tools::{self, ToolConstraint};
+use crate::tools::{self, ToolConstraint, ToolSetup};
+use wick_engine::sample::constraint::Constraint;
+use wick_engine::sample::params::SamplingParams;
 
 /// Which API a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +51,21 @@ pub async fn handle(models: &LocalModels, endpoint: Endpoint, body: Bytes) -> Re
     result.into_response()
 }
 
-/// `POST /v1/chat/completions` for a local model.
-pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiError> {
+/// A chat request made ready for the engine: rendered, tokenized, its grammar compiled.
+struct ChatPlan {
+    model: Arc<LocalModel>,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    compiled: Option<Constraint>,
+    tool_setup: Option<Arc<ToolSetup>>,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Everything a chat request needs before the engine, none of it async: parsing, the template,
+/// tokenizing, compiling the tools' or the schema's grammar. It runs on the blocking pool
+/// ([`off_runtime`]): with 128 tools it is a fraction of a second of CPU.
+fn plan_chat(models: &LocalModels, body: &Bytes) -> Result<ChatPlan, ApiError> {
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(body)?;
     let model = models.get(&req.model)?;
     check_functions(req.functions.as_ref(), req.function_call.as_ref())?;
@@ -104,12 +119,37 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         },
         None => {}
     }
+    if let (None, Some(spec)) = (&compiled, &params.constraint) {
+        compiled = Some(model.engine.compile_constraint(spec, "response_format")?);
+    }
     let tool_setup = prepared.tools.map(Arc::new);
     if tool_setup.as_ref().is_some_and(|t| !t.generic) {
         // Tool markup such as <|python_tag|> or [TOOL_CALLS] is a special token: keep it for
         // the parser (it never reaches the client as content).
         params.skip_special_tokens = false;
     }
+    Ok(ChatPlan {
+        model,
+        prompt,
+        params,
+        compiled,
+        tool_setup,
+        stream: sampling.stream.unwrap_or(false),
+        include_usage: sampling.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// `POST /v1/chat/completions` for a local model.
+pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiError> {
+    let ChatPlan {
+        model,
+        prompt,
+        params,
+        compiled,
+        tool_setup,
+        stream,
+        include_usage,
+    } = off_runtime(models, body, plan_chat).await?;
     let n = params.n;
     let timer = RequestTimer::new(model.metrics.clone());
     let events = infer::submit_all(
@@ -121,8 +161,7 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         "messages",
     )?;
     let id = random_id("chatcmpl");
-    if sampling.stream.unwrap_or(false) {
-        let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    if stream {
         let options = sse::SseOptions {
             kind: StreamKind::Chat,
             id,
@@ -169,8 +208,21 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
     .into_response())
 }
 
-/// `POST /v1/completions` for a local model.
-pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response, ApiError> {
+/// A completions request made ready for the engine.
+struct CompletionPlan {
+    model: Arc<LocalModel>,
+    prompts: Vec<Vec<u32>>,
+    params: SamplingParams,
+    compiled: Option<Constraint>,
+    /// With `echo`: each prompt's text, and with `logprobs` too its ids.
+    echoed: Vec<String>,
+    echoed_ids: Option<Vec<Vec<u32>>>,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// As [`plan_chat`], for `/v1/completions` (tokenizing the prompts is the work here).
+fn plan_completions(models: &LocalModels, body: &Bytes) -> Result<CompletionPlan, ApiError> {
     let (req, sampling): (CompletionRequest, SamplingFields) = parse_json(body)?;
     let model = models.get(&req.model)?;
     if let Some(best_of) = req.best_of.filter(|&b| b > 1) {
@@ -218,8 +270,6 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
     if echoed_ids.is_some() {
         params.prompt_logprobs = Some(params.top_logprobs);
     }
-    let n = params.n;
-    let num_prompts = prompts.len();
     let echoed: Vec<String> = if echo {
         prompts
             .iter()
@@ -228,11 +278,49 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
     } else {
         Vec::new()
     };
+    // Compiled once here rather than by the engine for each prompt.
+    let compiled = match &params.constraint {
+        Some(spec) => Some(model.engine.compile_constraint(spec, "response_format")?),
+        None => None,
+    };
+    Ok(CompletionPlan {
+        model,
+        prompts,
+        params,
+        compiled,
+        echoed,
+        echoed_ids,
+        stream: sampling.stream.unwrap_or(false),
+        include_usage: sampling.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// `POST /v1/completions` for a local model.
+pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response, ApiError> {
+    let CompletionPlan {
+        model,
+        prompts,
+        params,
+        compiled,
+        echoed,
+        echoed_ids,
+        stream,
+        include_usage,
+    } = off_runtime(models, body, plan_completions).await?;
+    let tokenizer = model.engine.tokenizer().clone();
+    let n = params.n;
+    let num_prompts = prompts.len();
     let timer = RequestTimer::new(model.metrics.clone());
-    let events = infer::submit_all(&model.engine, prompts, &params, None, timer, "prompt")?;
+    let events = infer::submit_all(
+        &model.engine,
+        prompts,
+        &params,
+        compiled.as_ref(),
+        timer,
+        "prompt",
+    )?;
     let id = random_id("cmpl");
-    if sampling.stream.unwrap_or(false) {
-        let include_usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    if stream {
         let options = sse::SseOptions {
             kind: StreamKind::Completion,
             id,
@@ -278,4 +366,18 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
         usage: Some(sse::usage(usage)),
     })
     .into_response())
+}
+
+/// Runs `plan` on tokio's blocking pool: request preparation is CPU work that can take long
+/// (a long prompt to tokenize, many tools to render and compile), and on a runtime worker it
+/// would hold up every other connection that worker serves.
+async fn off_runtime<T: Send + 'static>(
+    models: &LocalModels,
+    body: &Bytes,
+    plan: fn(&LocalModels, &Bytes) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let (models, body) = (models.clone(), body.clone());
+    tokio::task::spawn_blocking(move || plan(&models, &body))
+        .await
+        .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
 }

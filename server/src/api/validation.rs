@@ -253,7 +253,7 @@ pub fn check_fits_context(
     .with_code("context_length_exceeded"))
 }
 
-/// `response_format` as the engine's constraint (compiled, and checked, when submitted).
+/// `response_format` as the engine's constraint (compiled, and so checked, before submission).
 fn constraint(
     format: Option<&ResponseFormat>,
     max_schema_bytes: usize,
