@@ -101,3 +101,46 @@ fn the_reserve_is_only_kept_for_a_request_that_can_be_admitted() {
     assert_eq!(planned(&scheduler, &out, 1), BUDGET);
     assert!(out.admitted.is_empty());
 }
+
+#[test]
+fn a_shared_prefill_chunk_is_budgeted_by_its_work_and_a_lone_one_by_its_tokens() {
+    let context = 1024;
+    let mut blocks = BlockManager::new(4096, 16).unwrap();
+    let mut scheduler = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: BUDGET,
+    })
+    .unwrap()
+    .with_attention_context(context);
+    scheduler.add(sequence(1, 40 * BUDGET, 0));
+    // Alone: whole budgets, however deep into the prompt.
+    for step in 0..12 {
+        let out = scheduler.schedule(&mut blocks).unwrap();
+        assert_eq!(planned(&scheduler, &out, 1), BUDGET, "step {step}");
+        apply(&mut scheduler, &out);
+    }
+    // A short request joins (admitted on half the budget), then decodes: from then on the long
+    // prefill's chunk from position p is (budget left) * context / (context + p).
+    scheduler.add(sequence(2, 8, 1));
+    let out = scheduler.schedule(&mut blocks).unwrap();
+    let pos = 12 * BUDGET;
+    assert_eq!(
+        planned(&scheduler, &out, 1),
+        (BUDGET / 2) * context / (context + pos)
+    );
+    apply(&mut scheduler, &out);
+    for _ in 0..20 {
+        let pos = scheduler
+            .running()
+            .iter()
+            .find(|s| s.request_id == 1)
+            .unwrap()
+            .num_computed;
+        let out = scheduler.schedule(&mut blocks).unwrap();
+        assert_eq!(planned(&scheduler, &out, 2), 1);
+        let want = ((BUDGET - 1) * context / (context + pos)).max(1);
+        assert_eq!(planned(&scheduler, &out, 1), want, "from position {pos}");
+        assert!(want < BUDGET / 3);
+        apply(&mut scheduler, &out);
+    }
+}

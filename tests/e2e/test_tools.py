@@ -4,7 +4,9 @@ markup). Run by tests/tests/openai_python.rs with WICK_BASE_URL, WICK_MODEL_ID a
 """
 import json
 import os
+import time
 import unittest
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -257,6 +259,32 @@ class ToolCalling(unittest.TestCase):
             self.assertEqual(ctx.exception.body.get("param"), param, kw)
             if names:
                 self.assertIn(names, ctx.exception.body["message"], kw)
+
+    def test_a_short_request_is_not_held_behind_a_long_one(self):
+        # 128 tools (the default max_tools) with tool_choice "required": a ~5.5k-token prompt
+        # whose prefill takes tens of seconds on 2 cores. Short chats sent meanwhile must each
+        # answer in a fraction of that: they used to wait for the whole prefill (29 s of 29).
+        salt = uuid.uuid4().hex[:8]  # no prefix-cache hit from an earlier run
+        tools = [{"type": "function", "function": {
+            "name": f"f{salt}_{i}", "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}}
+            for i in range(128)]
+
+        def timed(**kw):
+            start = time.monotonic()
+            r = client.chat.completions.create(model=MODEL, max_tokens=8, **kw)
+            return time.monotonic() - start, r
+
+        with ThreadPoolExecutor(1) as pool:
+            long = pool.submit(timed, tools=tools, tool_choice="required",
+                               messages=[{"role": "user", "content": "Call one of the tools."}])
+            time.sleep(1.0)
+            short = []
+            while not long.done():
+                short.append(timed(messages=[{"role": "user", "content": "Say hi."}])[0])
+            long_s, r = long.result()
+        self.assertGreater(r.usage.prompt_tokens, 4000)
+        self.assertGreaterEqual(len(short), 3, (short, long_s))
+        self.assertLess(max(short), long_s / 3, (short, long_s))
 
 
 if __name__ == "__main__":

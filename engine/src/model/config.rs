@@ -76,6 +76,16 @@ pub struct Llama3RopeScaling {
 }
 
 impl LlamaConfig {
+    /// The context position at which one more position of attention costs a token as many
+    /// multiply-adds as its layer's weights: `(q, k, v, o and the MLP) / (2 * heads * head_dim)`
+    /// (q.k and p.v per query head). 3072 for SmolLM2-135M, 8320 for Qwen2.5-0.5B.
+    pub fn attention_context(&self) -> usize {
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let qkvo = h * hd * (2 * self.num_attention_heads + 2 * self.num_key_value_heads);
+        let mlp = 3 * h * self.intermediate_size;
+        (qkvo + mlp) / (2 * self.num_attention_heads * hd).max(1)
+    }
+
     pub fn num_query_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }

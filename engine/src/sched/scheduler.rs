@@ -14,7 +14,9 @@
 //!    chunk capped by the token budget left: **chunked prefill**, so a long prompt takes several
 //!    steps and never stalls the decodes. While a request that could be admitted waits, the
 //!    continuing prefills take at most half of the budget left, so a short request arriving
-//!    during a long prompt's prefill starts in the next step rather than after it.
+//!    during a long prompt's prefill starts in the next step rather than after it. A chunk
+//!    that shares its step is budgeted by its work, attention included
+//!    ([`Scheduler::with_attention_context`]).
 //! 3. **Admissions** from the waiting queue, in order (FCFS, or by priority): a sequence is
 //!    admitted only when its uncached blocks fit above the watermark, and takes its whole
 //!    prompt's blocks at once (so a prefill never needs blocks mid-way); head-of-line blocking
@@ -76,6 +78,8 @@ impl SchedulerOutput {
 
 pub struct Scheduler {
     config: SchedulerConfig,
+    /// See [`Scheduler::with_attention_context`].
+    attention_context: Option<usize>,
     /// Ordered by [`Sequence::order_key`].
     waiting: VecDeque<Sequence>,
     /// Ordered by [`Sequence::order_key`]: the first are decoded first and preempted last.
@@ -93,10 +97,33 @@ impl Scheduler {
         }
         Ok(Self {
             config,
+            attention_context: None,
             waiting: VecDeque::new(),
             running: Vec::new(),
             num_preemptions: 0,
         })
+    }
+
+    /// Budgets a prefill chunk by its work rather than its tokens while it shares the step with
+    /// other sequences: `context` is the position at which a token's attention costs as many
+    /// multiply-adds as the rest of its layer ([`LlamaConfig::attention_context`]), so a chunk
+    /// from position `p` gets `budget * context / (context + p)` tokens. A long prompt's late
+    /// chunks then stop stretching every step (and the decodes riding in it): at 5k positions
+    /// a full-budget chunk took several times a short one. Alone, a prefill still takes whole
+    /// budgets (nobody waits on its steps).
+    ///
+    /// [`LlamaConfig::attention_context`]: crate::model::config::LlamaConfig::attention_context
+    pub fn with_attention_context(mut self, context: usize) -> Self {
+        self.attention_context = Some(context.max(1));
+        self
+    }
+
+    /// Tokens of a prefill chunk from position `pos` worth `budget` tokens of work.
+    fn chunk_cap(attention_context: Option<usize>, budget: usize, pos: usize) -> usize {
+        match attention_context {
+            Some(k) => ((budget as u128 * k as u128 / (k + pos) as u128) as usize).max(1),
+            None => budget,
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -203,11 +230,9 @@ impl Scheduler {
         // copy-on-write could be refused; that sequence then waits for a later step. While a
         // request that could be admitted waits, they take at most half the budget left, so a
         // short request starts in the next step instead of after a long prompt's whole prefill.
-        let mut prefill_budget = if self.head_admissible(blocks) {
-            budget.div_ceil(2)
-        } else {
-            budget
-        };
+        let newcomer = self.head_admissible(blocks);
+        let mut prefill_budget = if newcomer { budget.div_ceil(2) } else { budget };
+        let mut shared = newcomer || planned.iter().any(|&n| n > 0);
         for (i, seq) in self.running.iter_mut().enumerate() {
             if prefill_budget == 0 {
                 break;
@@ -215,13 +240,21 @@ impl Scheduler {
             if planned[i] > 0 || seq.num_uncomputed() <= 1 {
                 continue;
             }
-            let n = seq.num_uncomputed().min(prefill_budget);
+            let mut n = seq.num_uncomputed().min(prefill_budget);
+            if shared {
+                n = n.min(Self::chunk_cap(
+                    self.attention_context,
+                    prefill_budget,
+                    seq.num_computed,
+                ));
+            }
             match blocks.prepare_write(&mut seq.block_table, seq.num_computed, n) {
                 Ok(copies) => {
                     out.block_copies.extend(copies);
                     planned[i] = n;
                     budget -= n;
                     prefill_budget -= n;
+                    shared = true;
                 }
                 Err(EngineError::OutOfBlocks { .. }) => {}
                 Err(e) => return Err(e),
@@ -241,7 +274,11 @@ impl Scheduler {
                 seq.cached_prompt_tokens = Some(cached_prompt);
                 out.admitted.push((seq.request_id, cached_prompt));
             }
-            let n = seq.num_uncomputed().min(budget);
+            let mut n = seq.num_uncomputed().min(budget);
+            if shared {
+                n = n.min(Self::chunk_cap(self.attention_context, budget, seq.num_computed));
+            }
+            shared = true;
             // Fresh blocks are private: no copy can be needed, and none was allocated later.
             out.block_copies
                 .extend(blocks.prepare_write(&mut seq.block_table, seq.num_computed, n)?);
