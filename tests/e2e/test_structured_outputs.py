@@ -103,6 +103,32 @@ class StructuredOutputs(unittest.TestCase):
         self.assertEqual(r.choices[0].finish_reason, "stop", r.choices[0].text)
         self.assertIsInstance(json.loads(r.choices[0].text), dict)
 
+    def test_recursive_schemas_compile_and_their_answers_validate(self):
+        # $ref recursion, to the root and through $defs: llguidance compiles them lazily, so the
+        # request starts at once (it used to be feared to take seconds and then fail with
+        # NoExtensionBias). A small model may nest until max_tokens: what ends must validate.
+        tree = {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "children": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}},
+            "required": ["name", "children"], "additionalProperties": False}
+        chain = {"$defs": {"node": {"type": "object", "properties": {
+            "v": {"type": "integer", "minimum": 0, "maximum": 9},
+            "next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}},
+            "required": ["v", "next"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
+        ended = 0
+        for name, schema, seeds in [("tree", tree, 6), ("chain", chain, 2)]:
+            fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+            for seed in range(seeds):
+                r = client.chat.completions.create(
+                    model=MODEL, seed=seed, temperature=1.0, max_tokens=300, response_format=fmt,
+                    messages=[{"role": "user", "content": f"Give a small {name} as JSON."}])
+                choice = r.choices[0]
+                self.assertIn(choice.finish_reason, ("stop", "length"))
+                if choice.finish_reason == "stop":
+                    jsonschema.validate(json.loads(choice.message.content), schema)
+                    ended += 1
+        self.assertGreater(ended, 0)
+
     def test_bad_formats_are_400s_naming_the_param(self):
         cases = [
             ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}, "response_format"),
