@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::attention_rows::{accumulate, dot, scores as score_rows};
+use super::attention_rows::{accumulate, dot, scores as score_rows, softmax_unnormalized};
 use crate::error::{EngineError, Result};
 
 /// One sequence's rows: from `query_start` on, the first at position
@@ -262,14 +262,7 @@ fn attend_group<K: KvElem>(
     inv.clear();
     inv.resize(g, 0.0);
     for h in 0..g {
-        let s = &mut scores[h * n..(h + 1) * n];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        inv[h] = 1.0 / sum;
+        inv[h] = softmax_unnormalized(&mut scores[h * n..(h + 1) * n]);
     }
     // Each V row read once for every head of the group; per output element the same sequence
     // of `o += p * v` over the slots in order as one head at a time.
@@ -367,14 +360,7 @@ fn attend_tile<'s, K: KvElem>(
     inv.resize(rows * g, 0.0);
     for t in 0..rows {
         for h in 0..g {
-            let s = &mut scores[(t * g + h) * n..][..visible(t)];
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            inv[t * g + h] = 1.0 / sum;
+            inv[t * g + h] = softmax_unnormalized(&mut scores[(t * g + h) * n..][..visible(t)]);
         }
     }
     out.clear();
@@ -431,25 +417,17 @@ mod tests {
                             let kv = h / q_per_kv;
                             let head_base = kv * num_slots * hd;
                             scores.clear();
-                            let mut max = f32::NEG_INFINITY;
                             for &slot in &span.slots[..visible] {
                                 let at = head_base + slot as usize * hd;
-                                let s = dot(qv, &k[at..at + hd]) * scale;
-                                max = max.max(s);
-                                scores.push(s);
+                                scores.push(dot(qv, &k[at..at + hd]) * scale);
                             }
-                            let mut sum = 0f32;
-                            for s in scores.iter_mut() {
-                                *s = (*s - max).exp();
-                                sum += *s;
-                            }
+                            let inv = softmax_unnormalized(scores);
                             for (&slot, &p) in span.slots[..visible].iter().zip(scores.iter()) {
                                 let at = head_base + slot as usize * hd;
                                 for (o, &x) in o.iter_mut().zip(&v[at..at + hd]) {
                                     *o += p * x;
                                 }
                             }
-                            let inv = 1.0 / sum;
                             for o in o.iter_mut() {
                                 *o *= inv;
                             }
