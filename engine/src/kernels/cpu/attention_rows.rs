@@ -62,7 +62,7 @@ pub(super) fn accumulate(o: &mut [f32], p: &[f32], rows: &[f32]) {
 /// its normalisation left to the caller (applied once to the output).
 ///
 /// With AVX2 the max is taken over eight lanes (the same value as a sequential fold: max does
-/// not round) and `exp` eight at a time by [`exp8`], which gives glibc's `expf` bit for bit; the
+/// not round) and `exp` eight at a time by [`exp8`](super::simd::exp8), which gives glibc's `expf` bit for bit; the
 /// sum stays sequential. So the weights are exactly those of the scalar loop, and a row's
 /// result never depends on its neighbours (every row goes through this one function).
 #[inline]
@@ -103,6 +103,7 @@ unsafe fn exp_minus_max_avx2(scores: &mut [f32]) {
         .chain(&lanes)
         .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let m = _mm256_set1_ps(max);
+    use super::simd::exp8;
     for j in (0..full).step_by(8) {
         _mm256_storeu_ps(ptr.add(j), exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(j)), m)));
     }
@@ -115,81 +116,6 @@ unsafe fn exp_minus_max_avx2(scores: &mut [f32]) {
         );
         scores[full..].copy_from_slice(&tail[..n - full]);
     }
-}
-
-/// glibc's `expf` (sysdeps/ieee754/flt-32/e_expf.c, as its FMA build computes it), eight at a
-/// time: in double precision, `2^(k/32)` from a 32-entry table times a cubic in `r`, where
-/// `x * 32 / ln 2 = k + r`; below `ln 2^-149` the subnormal or zero glibc returns. Bit for bit
-/// libm's result (tested over the softmax's range), so vectorizing changes no weight.
-///
-/// # Safety
-/// AVX2 and FMA (compiled in).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-pub(super) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // 2^(i/32) as bits, less i << 47 (added back with k << 47: the table's exponent carry).
-    const TABLE: [u64; 32] = [
-        0x3ff0000000000000,
-        0x3fefd9b0d3158574,
-        0x3fefb5586cf9890f,
-        0x3fef9301d0125b51,
-        0x3fef72b83c7d517b,
-        0x3fef54873168b9aa,
-        0x3fef387a6e756238,
-        0x3fef1e9df51fdee1,
-        0x3fef06fe0a31b715,
-        0x3feef1a7373aa9cb,
-        0x3feedea64c123422,
-        0x3feece086061892d,
-        0x3feebfdad5362a27,
-        0x3feeb42b569d4f82,
-        0x3feeab07dd485429,
-        0x3feea47eb03a5585,
-        0x3feea09e667f3bcd,
-        0x3fee9f75e8ec5f74,
-        0x3feea11473eb0187,
-        0x3feea589994cce13,
-        0x3feeace5422aa0db,
-        0x3feeb737b0cdc5e5,
-        0x3feec49182a3f090,
-        0x3feed503b23e255d,
-        0x3feee89f995ad3ad,
-        0x3feeff76f2fb5e47,
-        0x3fef199bdd85529c,
-        0x3fef3720dcef9069,
-        0x3fef5818dcfba487,
-        0x3fef7c97337b9b5f,
-        0x3fefa4afa2a490da,
-        0x3fefd0765b6e4540,
-    ];
-    let half = |xd: __m256d| {
-        let inv_ln2_n = _mm256_set1_pd(f64::from_bits(0x4047_1547_652b_82fe)); // 32 / ln 2
-        let shift = _mm256_set1_pd(f64::from_bits(0x4338_0000_0000_0000)); // 1.5 * 2^52
-        let kd = _mm256_fmadd_pd(inv_ln2_n, xd, shift);
-        let ki = _mm256_castpd_si256(kd);
-        let kd = _mm256_sub_pd(kd, shift);
-        let r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);
-        let idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
-        let t = _mm256_i64gather_epi64::<8>(TABLE.as_ptr() as *const i64, idx);
-        let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
-        let c0 = _mm256_set1_pd(f64::from_bits(0x3ebc_6af8_4b91_2394));
-        let c1 = _mm256_set1_pd(f64::from_bits(0x3f2e_bfce_50fa_c4f3));
-        let c2 = _mm256_set1_pd(f64::from_bits(0x3f96_2e42_ff0c_52d6));
-        let z = _mm256_fmadd_pd(r, c0, c1);
-        let r2 = _mm256_mul_pd(r, r);
-        let y = _mm256_fmadd_pd(r, c2, _mm256_set1_pd(1.0));
-        let y = _mm256_fmadd_pd(z, r2, y);
-        _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
-    };
-    let lo = half(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-    let hi = half(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)));
-    let e = _mm256_set_m128(hi, lo);
-    // glibc's underflow branches: below log(2^-150) zero, below log(2^-149) the least subnormal.
-    let zero = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(f32::from_bits(0xc2cf_f1b4)));
-    let least = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(f32::from_bits(0xc2ce_8ecf)));
-    let e = _mm256_blendv_ps(e, _mm256_set1_ps(f32::from_bits(1)), least);
-    _mm256_blendv_ps(e, _mm256_setzero_ps(), zero)
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -262,34 +188,6 @@ fn accumulate_regs<const C: usize>(o: &mut [f32], p: &[f32], rows: &[f32]) {
 mod tests {
     use super::*;
     use crate::kernels::cpu::test_data::random;
-
-    /// The vector exp is libm's expf bit for bit over the softmax's range (every float from
-    /// -110 to 0, every 97th, the underflow branches included) and a little above 0. (Against
-    /// glibc 2.27 or later on an FMA CPU, the libm `f32::exp` calls here and in CI.)
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    #[test]
-    fn vector_exp_is_libm_expf_bit_for_bit() {
-        use std::arch::x86_64::*;
-        // Negative floats' bits run from 0x8000_0000 (-0) up to -110's.
-        let negatives = (0x8000_0000..=(-110f32).to_bits())
-            .step_by(97)
-            .map(f32::from_bits);
-        let positives = (0u32..4_000).map(|i| i as f32 * 1e-3);
-        let xs: Vec<f32> = negatives.chain(positives).collect();
-        for chunk in xs.chunks_exact(8) {
-            let mut got = [0f32; 8];
-            // SAFETY: AVX2/FMA compiled in.
-            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(chunk.as_ptr()))) };
-            for (g, &x) in got.iter().zip(chunk) {
-                assert_eq!(
-                    g.to_bits(),
-                    x.exp().to_bits(),
-                    "exp({x:e}) = {g:e}, libm {:e}",
-                    x.exp()
-                );
-            }
-        }
-    }
 
     /// The softmax is the scalar loop's bit for bit, for lengths with and without a partial
     /// group of eight.

@@ -290,6 +290,14 @@ impl<W: WeightGroup> GroupMatrix<W> {
             let (gate, up) = tiles.split_at(tiles.len() / 2);
             let mut run = [0f32; 64];
             for (r, (g, up)) in (first..).zip(gate.chunks_exact(W::ROWS).zip(up.chunks_exact(W::ROWS))) {
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+                if W::ROWS == 8 {
+                    // SAFETY: AVX2/FMA compiled in; g, up and run hold at least eight.
+                    unsafe { super::simd::silu_mul8(g, up, &mut run) };
+                    // SAFETY: unit u alone writes its ROWS columns.
+                    unsafe { sink.write_run(r * half + u * W::ROWS, &run[..W::ROWS]) };
+                    continue;
+                }
                 for ((o, &g), &up) in run.iter_mut().zip(g).zip(up) {
                     let silu = g / (1.0 + (-g).exp());
                     *o = silu * up;
