@@ -434,3 +434,45 @@ fn bad_requests_are_refused_with_the_parameter_named() {
     assert_eq!(out.usage.completion_tokens, 8);
     assert_eq!(out.choices[0].finish, Some(FinishReason::Length));
 }
+
+/// A greedy request without logprobs takes its tokens from the output head's argmax (no logits
+/// written); with logprobs it samples them from the logits. Both give the same tokens, for
+/// requests run alone and 8 at once, mixed in one batch or not.
+#[test]
+fn the_heads_argmax_gives_the_tokens_sampled_from_the_logits() {
+    let engine = engine(EngineConfig::default());
+    let mut rng = StdRng::seed_from_u64(21);
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| random_prompt(&mut rng, 12 + 9 * i)).collect();
+    let request = |prompt: &[u32], logprobs: bool| {
+        GenerateRequest::new(
+            prompt.to_vec(),
+            SamplingParams {
+                logprobs,
+                ..greedy(24)
+            },
+        )
+    };
+    let tokens = |o: Outcome| o.choices[0].tokens.clone();
+    let from_logits: Vec<Vec<u32>> = prompts.iter().map(|p| tokens(run(&engine, request(p, true)))).collect();
+    let from_head: Vec<Vec<u32>> = prompts.iter().map(|p| tokens(run(&engine, request(p, false)))).collect();
+    assert_eq!(from_head, from_logits);
+    // All at once from the head; then every other one with logprobs and 8 tokens only, so that
+    // steps needing the logits come first and steps taking the argmax follow.
+    let all = |logprobs: &dyn Fn(usize) -> bool, max: &dyn Fn(usize) -> usize| -> Vec<Vec<u32>> {
+        let streams: Vec<GenerationStream> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut r = request(p, logprobs(i));
+                r.params.max_tokens = Some(max(i));
+                engine.submit(r).unwrap()
+            })
+            .collect();
+        streams.into_iter().map(|s| tokens(collect(s))).collect()
+    };
+    assert_eq!(all(&|_| false, &|_| 24), from_logits);
+    let mixed = all(&|i| i % 2 == 0, &|i| if i % 2 == 0 { 8 } else { 24 });
+    for (i, (got, want)) in mixed.iter().zip(&from_logits).enumerate() {
+        assert_eq!(got[..], want[..got.len()], "request {i}");
+    }
+}

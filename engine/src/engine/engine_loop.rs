@@ -11,18 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{
-    Command, EngineEvent, EngineStats, GenerateRequest, PromptTokenLogprob, Shared, TokenEvent, Usage,
-};
-use crate::error::Result;
+use crate::engine::logits_layout::LogitsLayout;
+use crate::engine::{Command, EngineEvent, EngineStats, GenerateRequest, Shared, TokenEvent, Usage};
+use crate::error::{EngineError, Result};
 use crate::kernels::cpu::pool::compute_pool;
 use crate::kv::block_manager::BlockManager;
-use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
+use crate::runner::{ModelRunner, SequenceChunk};
 use crate::sample::constraint::Constraint;
-use crate::sample::sampler::{sample_batch, token_logprobs, SampledToken, SequenceSamplingState};
+use crate::sample::sampler::{sample_batch, SampledToken, SequenceSamplingState};
 use crate::sample::stop::FinishReason;
 use crate::sched::scheduler::Scheduler;
 use crate::sched::sequence::{RequestId, Sequence};
@@ -284,10 +283,24 @@ impl EngineLoop {
                 logits: layout.add(c.seq, start, c.num_tokens, last, all),
             });
         }
-        let logits = self.runner.execute(&chunks)?;
+        // When every sampled row just takes the argmax of its logits, the head finds the
+        // tokens and the logits are never written (forks would need the rows copied).
+        let running = self.scheduler.running();
+        let head_argmax = !sampled.is_empty()
+            && layout.prompt_chunks.is_empty()
+            && sampled
+                .iter()
+                .all(|&i| running[i].forks.is_empty() && running[i].sampling.argmax_suffices());
+        let (logits, greedy) = if head_argmax {
+            (None, Some(self.runner.execute_argmax(&chunks)?))
+        } else {
+            (Some(self.runner.execute(&chunks)?), None)
+        };
         drop(chunks);
         self.steps += 1;
-        let logits = self.take_prompt_logprobs(&layout, logits)?;
+        let logits = logits
+            .map(|l| layout.take_prompt_logprobs(l, self.scheduler.running_mut()))
+            .transpose()?;
         for c in &out.chunks {
             let seq = &mut self.scheduler.running_mut()[c.seq];
             seq.num_computed += c.num_tokens;
@@ -317,11 +330,12 @@ impl EngineLoop {
                 rows.push(row as u32);
             }
         }
-        let logits = if forks.is_empty() {
-            logits
-        } else {
-            let rows = Tensor::new(rows.as_slice(), logits.device())?;
-            logits.index_select(&rows, 0)?
+        let logits = match logits {
+            Some(logits) if !forks.is_empty() => {
+                let rows = Tensor::new(rows.as_slice(), logits.device())?;
+                Some(logits.index_select(&rows, 0)?)
+            }
+            other => other,
         };
         let samples = {
             let running = self.scheduler.running_mut();
@@ -333,7 +347,15 @@ impl EngineLoop {
                 .map(|(_, s)| &mut s.sampling)
                 .collect();
             states.extend(forks.iter_mut().map(|f| &mut f.sampling));
-            sample_batch(&logits, &mut states)?
+            match (&logits, greedy) {
+                (Some(logits), _) => sample_batch(logits, &mut states)?,
+                (None, Some(tokens)) => states
+                    .iter_mut()
+                    .zip(tokens)
+                    .map(|(s, t)| s.take_greedy(t))
+                    .collect(),
+                (None, None) => return Err(EngineError::InvalidBatch("a step without a head output".into())),
+            }
         };
 
         self.generation_tokens_total += samples.len() as u64;
@@ -428,71 +450,4 @@ fn emit(
         text,
     });
     Ok(true)
-}
-
-/// Which rows of a step's logits are whose: a sampled chunk contributes its last row, a chunk
-/// of a prompt whose logprobs are wanted all of its rows.
-#[derive(Default)]
-struct LogitsLayout {
-    rows: usize,
-    /// Row of each sampled sequence, in chunk order.
-    sample_rows: Vec<u32>,
-    /// `(running index, first position, rows, first row)` of chunks returning every row.
-    prompt_chunks: Vec<(usize, usize, usize, usize)>,
-}
-
-impl LogitsLayout {
-    fn add(&mut self, seq: usize, start: usize, len: usize, last: bool, all: bool) -> LogitsWanted {
-        if all {
-            self.prompt_chunks.push((seq, start, len, self.rows));
-            self.rows += len;
-            if last {
-                self.sample_rows.push((self.rows - 1) as u32);
-            }
-            LogitsWanted::All
-        } else if last {
-            self.sample_rows.push(self.rows as u32);
-            self.rows += 1;
-            LogitsWanted::Last
-        } else {
-            LogitsWanted::None
-        }
-    }
-}
-
-impl EngineLoop {
-    /// Records the prompt logprobs the step computed and returns the logits of the sampled rows
-    /// only (one per sampled sequence, in chunk order).
-    fn take_prompt_logprobs(&mut self, layout: &LogitsLayout, logits: Tensor) -> Result<Tensor> {
-        if layout.prompt_chunks.is_empty() {
-            return Ok(logits);
-        }
-        for &(i, start, len, first_row) in &layout.prompt_chunks {
-            let rows = logits
-                .narrow(0, first_row, len)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            let seq = &mut self.scheduler.running_mut()[i];
-            let top = seq.sampling.params().prompt_logprobs.unwrap_or(0);
-            for (p, row) in (start..).zip(&rows) {
-                // Row p predicts token p + 1. After a preemption, positions already recorded
-                // are recomputed: skip them.
-                if p + 1 >= seq.prompt_len || p < seq.prompt_logprobs.len() {
-                    continue;
-                }
-                let token = seq.tokens[p + 1];
-                let (logprob, top_logprobs) = token_logprobs(row, token, top);
-                seq.prompt_logprobs.push(PromptTokenLogprob {
-                    token,
-                    logprob,
-                    top_logprobs,
-                });
-            }
-        }
-        if layout.sample_rows.is_empty() {
-            return Ok(logits.narrow(0, 0, 0)?);
-        }
-        let rows = Tensor::new(layout.sample_rows.as_slice(), logits.device())?;
-        Ok(logits.index_select(&rows, 0)?)
-    }
 }

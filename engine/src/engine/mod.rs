@@ -8,6 +8,7 @@
 
 mod engine_loop;
 pub mod generate;
+mod logits_layout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};

@@ -220,6 +220,44 @@ impl LlamaModel {
         logit_rows: Option<&Tensor>,
         attn: &mut dyn AttentionBackend,
     ) -> Result<Tensor> {
+        let x = self.head_input(tokens, positions, logit_rows, attn)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    /// As [`forward`](Self::forward), but each wanted row's greedy token (the sampler's
+    /// `argmax` of its logits, NaN as -inf) instead of the logits: on the CPU the head finds it
+    /// as it computes the outputs and never writes them.
+    pub fn forward_argmax(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        logit_rows: Option<&Tensor>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Vec<u32>> {
+        let x = self.head_input(tokens, positions, logit_rows, attn)?;
+        if let Some(tokens) = self.lm_head.argmax(&x)? {
+            return Ok(tokens);
+        }
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(logits
+            .into_iter()
+            .map(|mut row| {
+                for x in row.iter_mut() {
+                    *x = if x.is_nan() { f32::NEG_INFINITY } else { *x };
+                }
+                crate::sample::sampler::argmax(&row)
+            })
+            .collect())
+    }
+
+    /// The layers, then the final norm of the wanted rows: what the output head reads.
+    fn head_input(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        logit_rows: Option<&Tensor>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let n = tokens.dim(0)?;
         let (heads, kv_heads, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -274,7 +312,6 @@ impl LlamaModel {
             Some(rows) => x.index_select(rows, 0)?,
             None => x,
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 }

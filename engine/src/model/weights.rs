@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
+use crate::kernels::cpu::matmul::quantize_input;
 use crate::kernels::cpu::q4_1::{self, Q41Matrix};
 use crate::kernels::cpu::q5_0::Q50Matrix;
 use crate::kernels::cpu::q6_k::{self, Q6KMatrix};
@@ -30,6 +31,15 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::Cpu(m) => m.forward(x),
+        }
+    }
+
+    /// Each row's greedy token (the column of its largest output) without the outputs, where
+    /// this matrix has a CPU kernel; None where it has not (the caller takes the logits).
+    pub fn argmax(&self, x: &Tensor) -> Result<Option<Vec<u32>>> {
+        match self {
+            Linear::Cpu(m) => Ok(Some(m.matmul_argmax(&quantize_input(x)?)?)),
+            Linear::Candle(_) => Ok(None),
         }
     }
 
@@ -98,6 +108,10 @@ impl CpuMatrix {
 
     pub fn matmul_silu_mul(&self, acts: &QuantizedActs) -> Result<Vec<f32>> {
         each_format!(self, m => m.matmul_silu_mul(acts))
+    }
+
+    pub fn matmul_argmax(&self, acts: &QuantizedActs) -> Result<Vec<u32>> {
+        each_format!(self, m => m.matmul_argmax(acts))
     }
 
     /// This matrix as Q8_0 groups, when its format has that layout (Q8_0, and Q5_0 exactly).

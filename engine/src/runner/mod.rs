@@ -80,6 +80,25 @@ impl ModelRunner {
     /// Runs every chunk in one forward. Returns `(rows, vocab)` f32 logits: for each chunk in
     /// order, nothing, its last row, or all its rows, as asked.
     pub fn execute(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Tensor> {
+        self.run(chunks, |model, tokens, positions, rows, attn| {
+            model.forward(tokens, positions, rows, attn)
+        })
+    }
+
+    /// As [`execute`](Self::execute), but the greedy token of each row it would return logits
+    /// for (the sampler's `argmax`), found in the output head without writing the logits.
+    pub fn execute_argmax(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Vec<u32>> {
+        self.run(chunks, |model, tokens, positions, rows, attn| {
+            model.forward_argmax(tokens, positions, rows, attn)
+        })
+    }
+
+    fn run<T: Send>(
+        &mut self,
+        chunks: &[SequenceChunk<'_>],
+        forward: impl FnOnce(&LlamaModel, &Tensor, &Tensor, Option<&Tensor>, &mut PagedAttention<'_>) -> Result<T>
+            + Send,
+    ) -> Result<T> {
         let device = self.model.device().clone();
         let max_pos = self.model.config().max_position_embeddings;
         let mut tokens = Vec::new();
@@ -134,6 +153,14 @@ impl ModelRunner {
         };
         // In the compute pool (a no-op when the engine loop already runs the step there).
         let model = &self.model;
-        compute_pool().install(|| model.forward(&tokens, &positions, (!all_rows).then_some(&rows), &mut attn))
+        compute_pool().install(|| {
+            forward(
+                model,
+                &tokens,
+                &positions,
+                (!all_rows).then_some(&rows),
+                &mut attn,
+            )
+        })
     }
 }

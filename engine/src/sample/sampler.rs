@@ -143,6 +143,33 @@ impl SequenceSamplingState {
         }
     }
 
+    /// Whether the next token is the plain argmax of the raw logits: greedy, and nothing that
+    /// [`sample`](Self::sample) would change the logits with or report from them (logprobs,
+    /// logit bias, penalties, a grammar, a `min_tokens` still masking the stop ids). The engine
+    /// then lets the output head find the token ([`take_greedy`](Self::take_greedy)).
+    pub fn argmax_suffices(&self) -> bool {
+        let p = &self.params;
+        p.is_greedy()
+            && !p.logprobs
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.frequency_penalty == 0.0
+            && p.presence_penalty == 0.0
+            && self.constraint.is_none()
+            && (self.num_output_tokens >= p.min_tokens || self.stop_ids.is_empty())
+    }
+
+    /// Records `token`, found by the head as the argmax of this step's logits, as
+    /// [`sample`](Self::sample) would have when [`argmax_suffices`](Self::argmax_suffices).
+    pub fn take_greedy(&mut self, token: u32) -> SampledToken {
+        self.record(token);
+        SampledToken {
+            token,
+            logprob: None,
+            top_logprobs: Vec::new(),
+        }
+    }
+
     fn record(&mut self, token: u32) {
         *self.output_counts.entry(token).or_insert(0) += 1;
         self.num_output_tokens += 1;

@@ -162,7 +162,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
     ///
     /// Rows are cut into blocks of [`ROW_BLOCK`] so that a task's outputs and the residual it reads
     /// stay in cache at prefill sizes; each output is the same operations whatever the cut.
-    fn for_each_unit(
+    pub(super) fn for_each_unit(
         &self,
         acts: &QuantizedActs,
         unit_groups: usize,
@@ -196,7 +196,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
         );
     }
 
-    fn check(&self, acts: &QuantizedActs) -> Result<()> {
+    pub(super) fn check(&self, acts: &QuantizedActs) -> Result<()> {
         if acts.k != self.k {
             return Err(EngineError::InvalidBatch(format!(
                 "{:?} matmul: input has {} columns, weight {}",

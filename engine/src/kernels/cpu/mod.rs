@@ -3,6 +3,7 @@
 //! and [`attention`] (paged attention over the f32 KV pool); [`pool`], the thread pool they run in.
 
 pub mod acts;
+mod argmax;
 pub mod attention;
 mod attention_rows;
 pub mod matmul;
