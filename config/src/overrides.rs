@@ -26,6 +26,8 @@ pub struct Overrides {
     pub max_body_bytes: Option<usize>,
     pub max_tools: Option<usize>,
     pub max_schema_bytes: Option<usize>,
+    pub responses_store_max: Option<usize>,
+    pub responses_store_ttl_secs: Option<u64>,
     pub drain_delay_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
     pub device: Option<String>,
@@ -120,6 +122,16 @@ impl Overrides {
             max_body_bytes: num("max_body_bytes", parsed("max_body_bytes"), &mut problems),
             max_tools: num("max_tools", parsed("max_tools"), &mut problems),
             max_schema_bytes: num("max_schema_bytes", parsed("max_schema_bytes"), &mut problems),
+            responses_store_max: num(
+                "responses_store_max",
+                parsed("responses_store_max"),
+                &mut problems,
+            ),
+            responses_store_ttl_secs: num(
+                "responses_store_ttl_secs",
+                parsed("responses_store_ttl_secs"),
+                &mut problems,
+            ),
             drain_delay_secs: num("drain_delay_secs", parsed("drain_delay_secs"), &mut problems),
             drain_grace_secs: num("drain_grace_secs", parsed("drain_grace_secs"), &mut problems),
             device: parsed("device"),
@@ -172,6 +184,16 @@ impl Overrides {
             max_schema_bytes,
             cfg.server.max_schema_bytes,
             "server.max_schema_bytes"
+        );
+        put!(
+            responses_store_max,
+            cfg.server.responses_store_max,
+            "server.responses_store_max"
+        );
+        put!(
+            responses_store_ttl_secs,
+            cfg.server.responses_store_ttl_secs,
+            "server.responses_store_ttl_secs"
         );
         put!(
             drain_delay_secs,

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// A JSON Schema (a tool's `parameters`, a `response_format` schema) larger than this many
     /// bytes, as JSON, gets 400: a schema is compiled into a grammar per request.
     pub max_schema_bytes: usize,
+    /// Stored responses (`/v1/responses` with `store`, the default) kept in memory at most; the
+    /// oldest is evicted past it. They live in this process only.
+    pub responses_store_max: usize,
+    /// A stored response is forgotten this long after it was created.
+    pub responses_store_ttl_secs: u64,
     /// On SIGTERM: keep the listener open (answering 503) this long so load balancers notice.
     pub drain_delay_secs: u64,
     /// Then wait this long at most for in-flight requests.
@@ -61,6 +66,8 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             max_tools: 128,
             max_schema_bytes: 64 << 10,
+            responses_store_max: 1024,
+            responses_store_ttl_secs: 3600,
             drain_delay_secs: 5,
             drain_grace_secs: 60,
         }

@@ -295,6 +295,56 @@ fn request_limits_default_layer_and_must_be_positive() {
 }
 
 #[test]
+fn responses_store_bounds_default_layer_and_must_be_positive() {
+    let cfg = load_text("", &[], &Overrides::default()).unwrap();
+    assert_eq!(
+        (
+            cfg.server.responses_store_max,
+            cfg.server.responses_store_ttl_secs
+        ),
+        (1024, 3600)
+    );
+    let cli = Overrides {
+        responses_store_ttl_secs: Some(60),
+        ..Overrides::default()
+    };
+    let src = "[server]\nresponses_store_max = 10\nresponses_store_ttl_secs = 5\n";
+    let cfg = load_text(src, &[("WICK_RESPONSES_STORE_MAX", "20")], &cli).unwrap();
+    assert_eq!(
+        (
+            cfg.server.responses_store_max,
+            cfg.server.responses_store_ttl_secs
+        ),
+        (20, 60)
+    );
+    let err = load_text("", &[("WICK_RESPONSES_STORE_MAX", "0")], &Overrides::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment variable WICK_RESPONSES_STORE_MAX: server.responses_store_max: must be greater than 0"
+    );
+    let err = load_text(
+        "[server]\nresponses_store_ttl_secs = 0\n",
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("server.responses_store_ttl_secs: must be greater than 0"),
+        "{err}"
+    );
+    let cli = Overrides {
+        responses_store_ttl_secs: Some(0),
+        ..Overrides::default()
+    };
+    let err = load_text("", &[], &cli).unwrap_err();
+    assert_eq!(
+        err.problems()[0].origin,
+        Origin::Flag("--responses-store-ttl-secs".into())
+    );
+}
+
+#[test]
 fn secrets_are_masked_in_print_and_debug() {
     let src = "[server]\napi_keys = [\"sk-from-file\"]\n";
     let cfg = load_text(src, &[], &Overrides::default()).unwrap();

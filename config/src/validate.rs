@@ -35,6 +35,12 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
     if s.max_schema_bytes == 0 {
         bad("server.max_schema_bytes", "must be greater than 0".into());
     }
+    if s.responses_store_max == 0 {
+        bad("server.responses_store_max", "must be greater than 0".into());
+    }
+    if s.responses_store_ttl_secs == 0 {
+        bad("server.responses_store_ttl_secs", "must be greater than 0".into());
+    }
     for (i, key) in s.api_keys.iter().enumerate() {
         if key.expose().trim().is_empty() {
             bad(&format!("server.api_keys[{i}]"), "must not be empty".into());
