@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use wick_engine::model::loader::{self, LoadOptions};
 use wick_engine::Engine;
 use wick_server::api::chat_template::ChatTemplate;
+use wick_server::api::responses::store::ResponseStore;
 use wick_server::api::routes;
 use wick_server::api::state::AppState;
 use wick_server::cli;
@@ -141,6 +142,7 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
         max_schema_bytes: server_cfg.max_schema_bytes,
     };
     state.cors_allow_origins = server_cfg.cors_allow_origins.clone();
+    state.responses = Arc::new(ResponseStore::from_config(server_cfg));
     let state = Arc::new(state);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api::errors::ApiError;
 use crate::api::model_list;
 use crate::api::openai::random_id;
+use crate::api::responses::{self, InputItemsQuery};
 use crate::api::service::{self, Endpoint};
 use crate::api::state::AppState;
 use crate::ops::{auth, metrics};
@@ -26,6 +27,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(create_response))
+        .route("/v1/responses/{id}", get(get_response).delete(delete_response))
+        .route("/v1/responses/{id}/input_items", get(list_input_items))
         .route("/v1/models", get(model_list::list_models))
         .route("/v1/models/{id}", get(model_list::get_model));
     let router = Router::new()
@@ -69,7 +73,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
@@ -138,6 +142,53 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     serve_request(state, Endpoint::Completions, headers, body).await
+}
+
+/// `POST /v1/responses`: local models only for now (the router serves chat and completions).
+async fn create_response(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.check_not_draining()?;
+    let body = body?;
+    if let Some(model) = routed_model(&state, &body) {
+        return Err(ApiError::invalid(
+            "model",
+            format!("`{model}` is a route; the Responses API serves local models only for now (use /v1/chat/completions)"),
+        ));
+    }
+    responses::create(&state.models, &state.responses, &body).await
+}
+
+/// The request's `model` when it names a route or a remote backend rather than a local model.
+fn routed_model(state: &AppState, body: &Bytes) -> Option<String> {
+    let router = state.router.as_ref()?;
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let model = value.get("model")?.as_str()?;
+    (router.routes.contains_key(model) || router.direct.contains_key(model)).then(|| model.to_string())
+}
+
+async fn get_response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    responses::retrieve(&state.responses, &id)
+}
+
+async fn delete_response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    responses::delete(&state.responses, &id)
+}
+
+async fn list_input_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    query: Result<Query<InputItemsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    responses::input_items(&state.responses, &id, &query)
 }
 
 /// `GET /metrics`: engine gauges and breaker states are read now, then the registry renders.

@@ -51,15 +51,16 @@ pub async fn handle(models: &LocalModels, endpoint: Endpoint, body: Bytes) -> Re
     result.into_response()
 }
 
-/// A chat request made ready for the engine: rendered, tokenized, its grammar compiled.
-struct ChatPlan {
-    model: Arc<LocalModel>,
-    prompt: Vec<u32>,
-    params: SamplingParams,
-    compiled: Option<Constraint>,
-    tool_setup: Option<Arc<ToolSetup>>,
-    stream: bool,
-    include_usage: bool,
+/// A chat request made ready for the engine: rendered, tokenized, its grammar compiled. The
+/// Responses API (`api::responses`) plans its requests as chat requests too.
+pub(crate) struct ChatPlan {
+    pub model: Arc<LocalModel>,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub compiled: Option<Constraint>,
+    pub tool_setup: Option<Arc<ToolSetup>>,
+    pub stream: bool,
+    pub include_usage: bool,
 }
 
 /// Everything a chat request needs before the engine, none of it async: parsing, the template,
@@ -67,6 +68,15 @@ struct ChatPlan {
 /// ([`off_runtime`]): with 128 tools it is a fraction of a second of CPU.
 fn plan_chat(models: &LocalModels, body: &Bytes) -> Result<ChatPlan, ApiError> {
     let (req, sampling): (ChatCompletionRequest, SamplingFields) = parse_json(body)?;
+    plan_chat_request(models, &req, &sampling)
+}
+
+/// [`plan_chat`] for a parsed request (the Responses API builds one from its own request).
+pub(crate) fn plan_chat_request(
+    models: &LocalModels,
+    req: &ChatCompletionRequest,
+    sampling: &SamplingFields,
+) -> Result<ChatPlan, ApiError> {
     let model = models.get(&req.model)?;
     check_functions(req.functions.as_ref(), req.function_call.as_ref())?;
     if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
@@ -80,7 +90,7 @@ fn plan_chat(models: &LocalModels, body: &Bytes) -> Result<ChatPlan, ApiError> {
         .template
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("the model has no chat template; use /v1/completions"))?;
-    let prepared = tools::prepare(template, model.tool_format, &req, messages, &models.limits)?;
+    let prepared = tools::prepare(template, model.tool_format, req, messages, &models.limits)?;
     let max_model_len = model.engine.limits().max_model_len;
     check_fits_context(
         model.engine.tokenizer(),
@@ -91,7 +101,7 @@ fn plan_chat(models: &LocalModels, body: &Bytes) -> Result<ChatPlan, ApiError> {
     // The template writes BOS itself where the model wants one.
     let prompt = model.engine.tokenizer().encode(&prepared.prompt, false)?;
     let max_tokens = req.max_completion_tokens.or(sampling.max_tokens);
-    let mut params = sampling_params(&sampling, max_tokens, models.limits.max_schema_bytes)?;
+    let mut params = sampling_params(sampling, max_tokens, models.limits.max_schema_bytes)?;
     chat_logprobs(&mut params, req.logprobs, req.top_logprobs)?;
     let mut compiled = None;
     match prepared.constraint {
@@ -377,7 +387,14 @@ async fn off_runtime<T: Send + 'static>(
     plan: fn(&LocalModels, &Bytes) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let (models, body) = (models.clone(), body.clone());
-    tokio::task::spawn_blocking(move || plan(&models, &body))
+    blocking(move || plan(&models, &body)).await
+}
+
+/// Runs `work` on tokio's blocking pool (see [`off_runtime`]).
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
 }

@@ -8,6 +8,7 @@ use crate::api::chat_template::ChatTemplate;
 use crate::api::errors::ApiError;
 use crate::api::local_model::{LocalModel, LocalModels};
 use crate::api::openai::unix_now;
+use crate::api::responses::store::ResponseStore;
 use crate::ops::auth::ApiKeys;
 use crate::ops::drain::Drain;
 use crate::ops::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub drain: Drain,
     /// Routes to tiers (None: no routes configured).
     pub router: Option<RouterState>,
+    /// Stored `/v1/responses` (`server.responses_store_max`, `server.responses_store_ttl_secs`).
+    pub responses: Arc<ResponseStore>,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             created: unix_now(),
             drain: Drain::default(),
             router: None,
+            responses: Arc::new(ResponseStore::from_config(&wick_config::ServerConfig::default())),
         };
         state
             .add_model(engine, model_id, template, tool_format)

@@ -311,7 +311,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<(T, SamplingField
     Ok((from_value(&value)?, from_value(&value)?))
 }
 
-fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
+pub(crate) fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -73,6 +73,13 @@ pub struct ServeArgs {
     /// [default: 65536]
     #[arg(long)]
     pub max_schema_bytes: Option<usize>,
+    /// Stored responses (/v1/responses) kept in memory at most; the oldest is evicted past it.
+    /// [default: 1024]
+    #[arg(long)]
+    pub responses_store_max: Option<usize>,
+    /// Stored responses are forgotten this many seconds after they were created. [default: 3600]
+    #[arg(long)]
+    pub responses_store_ttl_secs: Option<u64>,
     /// Allow browsers from these origins (comma-separated, or `*`) to call the API (CORS).
     #[arg(long)]
     pub cors_allow_origins: Option<String>,
@@ -105,6 +112,8 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_tools: self.max_tools,
             max_schema_bytes: self.max_schema_bytes,
+            responses_store_max: self.responses_store_max,
+            responses_store_ttl_secs: self.responses_store_ttl_secs,
             drain_delay_secs: self.drain_delay_secs,
             drain_grace_secs: self.drain_grace_secs,
             device: self.device.clone(),
