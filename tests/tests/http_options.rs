@@ -1,8 +1,8 @@
 //! Operational switches of `wick serve`: CORS for browser clients, JSON logs, API keys, request
-//! limits.
+//! limits, the bounds of the Responses API's store.
 
 use serde_json::{json, Value};
-use wick_tests::{post_json, request_raw, Server};
+use wick_tests::{http_get, post_json, request_raw, Server};
 
 #[test]
 fn cors_preflight_and_json_logs() {
@@ -142,4 +142,34 @@ fn request_limits_refuse_too_many_tools_and_too_large_schemas() {
         "response_format.json_schema.schema",
         "server.max_schema_bytes",
     );
+}
+
+/// `--responses-store-max` and `--responses-store-ttl-secs`: past the bound the oldest stored
+/// response is gone (404, also as a `previous_response_id`), and past the TTL every one is.
+#[test]
+fn responses_store_bound_and_ttl_from_flags() {
+    let server = Server::start(&["--responses-store-max", "2", "--responses-store-ttl-secs", "3"]);
+    let model = "SmolLM2-135M-Instruct.Q4_1";
+    let create = |input: &str| {
+        let reply = post_json(
+            server.port,
+            "/v1/responses",
+            &json!({"model": model, "input": input, "max_output_tokens": 2}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["id"].as_str().expect("an id").to_string()
+    };
+    let ids: Vec<String> = ["a", "b", "c"].iter().map(|i| create(i)).collect();
+    let status = |id: &str| http_get(server.port, &format!("/v1/responses/{id}")).map(|r| r.0);
+    assert_eq!(status(&ids[0]), Some(404), "evicted past the bound");
+    assert_eq!((status(&ids[1]), status(&ids[2])), (Some(200), Some(200)));
+    let follow_up = post_json(
+        server.port,
+        "/v1/responses",
+        &json!({"model": model, "input": "d", "max_output_tokens": 2, "previous_response_id": ids[0]}),
+    );
+    assert_eq!(follow_up.status, 404, "{}", follow_up.body);
+    assert_eq!(follow_up.json()["error"]["param"], "previous_response_id");
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    assert_eq!(status(&ids[2]), Some(404), "expired past the TTL");
 }

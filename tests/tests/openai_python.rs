@@ -99,3 +99,21 @@ fn tool_calling_through_the_openai_python_sdk() {
     println!("{report}");
     assert!(out.status.success(), "the tool calling tests failed:\n{report}");
 }
+
+/// The Responses API through the SDK (create, stream, parse, previous_response_id, tools, the
+/// store and its errors): tests/e2e/test_responses.py.
+#[test]
+fn responses_api_through_the_openai_python_sdk() {
+    let python = python();
+    let server = Server::start(&["--api-key", API_KEY]);
+    let out = Command::new(python)
+        .arg(root().join("tests/e2e/test_responses.py"))
+        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
+        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
+        .env("WICK_API_KEY", API_KEY)
+        .output()
+        .expect("python runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "the Responses API tests failed:\n{report}");
+}
