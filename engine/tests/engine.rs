@@ -453,8 +453,14 @@ fn the_heads_argmax_gives_the_tokens_sampled_from_the_logits() {
         )
     };
     let tokens = |o: Outcome| o.choices[0].tokens.clone();
-    let from_logits: Vec<Vec<u32>> = prompts.iter().map(|p| tokens(run(&engine, request(p, true)))).collect();
-    let from_head: Vec<Vec<u32>> = prompts.iter().map(|p| tokens(run(&engine, request(p, false)))).collect();
+    let from_logits: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tokens(run(&engine, request(p, true))))
+        .collect();
+    let from_head: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tokens(run(&engine, request(p, false))))
+        .collect();
     assert_eq!(from_head, from_logits);
     // All at once from the head; then every other one with logprobs and 8 tokens only, so that
     // steps needing the logits come first and steps taking the argmax follow.

@@ -288,6 +288,7 @@ impl EngineLoop {
         let running = self.scheduler.running();
         let head_argmax = !sampled.is_empty()
             && layout.prompt_chunks.is_empty()
+            && self.runner.model().head_has_argmax()
             && sampled
                 .iter()
                 .all(|&i| running[i].forks.is_empty() && running[i].sampling.argmax_suffices());

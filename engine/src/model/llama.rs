@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::matmul::quantize_input;
 use crate::model::attention::AttentionBackend;
@@ -224,9 +224,16 @@ impl LlamaModel {
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
+    /// Whether [`forward_argmax`](Self::forward_argmax) can run: the output head has a CPU
+    /// kernel.
+    pub fn head_has_argmax(&self) -> bool {
+        self.lm_head.as_cpu().is_some()
+    }
+
     /// As [`forward`](Self::forward), but each wanted row's greedy token (the sampler's
-    /// `argmax` of its logits, NaN as -inf) instead of the logits: on the CPU the head finds it
-    /// as it computes the outputs and never writes them.
+    /// `argmax` of its logits, NaN as -inf) instead of the logits: the CPU head finds it as it
+    /// computes the outputs and never writes them. Only where
+    /// [`head_has_argmax`](Self::head_has_argmax).
     pub fn forward_argmax(
         &self,
         tokens: &Tensor,
@@ -235,19 +242,9 @@ impl LlamaModel {
         attn: &mut dyn AttentionBackend,
     ) -> Result<Vec<u32>> {
         let x = self.head_input(tokens, positions, logit_rows, attn)?;
-        if let Some(tokens) = self.lm_head.argmax(&x)? {
-            return Ok(tokens);
-        }
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        Ok(logits
-            .into_iter()
-            .map(|mut row| {
-                for x in row.iter_mut() {
-                    *x = if x.is_nan() { f32::NEG_INFINITY } else { *x };
-                }
-                crate::sample::sampler::argmax(&row)
-            })
-            .collect())
+        self.lm_head
+            .argmax(&x)?
+            .ok_or_else(|| EngineError::InvalidBatch("this model's output head has no argmax kernel".into()))
     }
 
     /// The layers, then the final norm of the wanted rows: what the output head reads.
