@@ -1,5 +1,6 @@
-//! Attention behind one interface. The model hands every layer's rotated Q, K and V for all
-//! tokens of the batch to an [`AttentionBackend`]; the backend stores K/V and attends. The model
+//! Attention behind one interface. The model hands every layer's Q, K and V for all tokens of
+//! the batch, with their rotation ([`Rope`]), to an [`AttentionBackend`]; the backend rotates,
+//! stores K/V and attends (the paged CPU path rotates K as it writes it into the pool). The model
 //! knows nothing else of where K/V live: the serving path's backend is the runner's
 //! `PagedAttention` (the paged pool); [`ContiguousAttention`] here is the textbook formulation
 //! for one sequence (K/V concatenated in plain tensors), the reference the paged path is tested
@@ -13,6 +14,48 @@ pub trait AttentionBackend {
     /// `q`: `(tokens, heads, head_dim)`, `k`/`v`: `(tokens, kv_heads, head_dim)`, already rotated.
     /// Returns `(tokens, heads * head_dim)`.
     fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor>;
+
+    /// As [`attend`](Self::attend), from `q` and `k` before their rotation by `rope`. A backend
+    /// that stores K may rotate it on the way into its cache (the paged CPU path does).
+    fn attend_rope(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &Rope,
+    ) -> Result<Tensor> {
+        self.attend(layer, &rope.apply(q)?, &rope.apply(k)?, v)
+    }
+}
+
+/// Rotary position embedding for one batch: each token's angles.
+pub struct Rope {
+    /// `(tokens, 1, head_dim / 2)`, the model's dtype.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// The same as flat f32 rows (`tokens * head_dim / 2`), for kernels that rotate as they
+    /// copy; None unless the model computes in f32.
+    pub cos_f32: Option<Vec<f32>>,
+    pub sin_f32: Option<Vec<f32>>,
+    /// Adjacent dimensions paired (candle's `rope_i`: GGUF Llama weights), else `i` with
+    /// `i + head_dim / 2`.
+    pub interleaved: bool,
+}
+
+impl Rope {
+    /// Rotates `x` (`(tokens, heads, head_dim)`) by each token's position.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, heads, d) = x.dims3()?;
+        // Each token is its own "batch" of length 1, so every token gets its own angle.
+        let x4 = x.reshape((t, heads, 1, d))?;
+        let out = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x4, &self.cos, &self.sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x4, &self.cos, &self.sin)?
+        };
+        Ok(out.reshape((t, heads, d))?)
+    }
 }
 
 /// Reference attention for one sequence with a contiguous, growing KV cache.

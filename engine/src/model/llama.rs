@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::matmul::quantize_input;
-use crate::model::attention::AttentionBackend;
+use crate::model::attention::{AttentionBackend, Rope};
 use crate::model::config::{rope_inv_freq, LlamaConfig};
 use crate::model::weights::{CpuMatrix, Linear, WeightFormat, Weights};
 
@@ -198,19 +198,6 @@ impl LlamaModel {
         &self.device
     }
 
-    /// Rotates `x` (`(tokens, heads, head_dim)`) by each token's position.
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (t, heads, d) = x.dims3()?;
-        // Each token is its own "batch" of length 1, so every token gets its own angle.
-        let x4 = x.reshape((t, heads, 1, d))?;
-        let out = if self.rope_interleaved {
-            candle_nn::rotary_emb::rope_i(&x4, cos, sin)?
-        } else {
-            candle_nn::rotary_emb::rope(&x4, cos, sin)?
-        };
-        Ok(out.reshape((t, heads, d))?)
-    }
-
     /// `tokens` and `positions`: `(n,)` u32. `logit_rows`: the rows whose logits are wanted
     /// (None: all). Returns f32 logits `(rows, vocab)`.
     pub fn forward(
@@ -262,8 +249,21 @@ impl LlamaModel {
             .to_dtype(DType::F32)?
             .reshape((n, 1))?
             .broadcast_mul(&self.inv_freq)?;
-        let cos = angles.cos()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
-        let sin = angles.sin()?.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let f32_rows = |t: &Tensor| -> Result<Option<Vec<f32>>> {
+            Ok(if self.dtype == DType::F32 && t.device().is_cpu() {
+                Some(t.flatten_all()?.to_vec1::<f32>()?)
+            } else {
+                None
+            })
+        };
+        let rope = Rope {
+            cos_f32: f32_rows(&cos)?,
+            sin_f32: f32_rows(&sin)?,
+            cos: cos.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?,
+            sin: sin.to_dtype(self.dtype)?.reshape((n, 1, hd / 2))?,
+            interleaved: self.rope_interleaved,
+        };
         let eps = cfg.rms_norm_eps as f32;
 
         let mut x = self.embed.index_select(tokens, 0)?;
@@ -289,9 +289,7 @@ impl LlamaModel {
             let q = q.reshape((n, heads, hd))?;
             let k = k.reshape((n, kv_heads, hd))?;
             let v = v.reshape((n, kv_heads, hd))?;
-            let q = self.rope(&q, &cos, &sin)?;
-            let k = self.rope(&k, &cos, &sin)?;
-            let a = attn.attend(layer, &q, &k, &v)?;
+            let a = attn.attend_rope(layer, &q, &k, &v, &rope)?;
             x = add_projection(&x, &b.o, &a)?;
             let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
             let gated = match &b.inputs {

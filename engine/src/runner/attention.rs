@@ -12,9 +12,10 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::attention::CpuSpan;
+use crate::kernels::cpu::kv_write::{self, RopeRows};
 use crate::kernels::paged_decode::{DecodeSeq, DecodeTable, PagedDecodeOp};
 use crate::kv::cache::{BlockTable, PagedKvCache};
-use crate::model::attention::AttentionBackend;
+use crate::model::attention::{AttentionBackend, Rope};
 
 /// Contexts are padded (with masked slots) to a multiple of this. The reductions over the context
 /// (softmax sums, probs x V) then run over whole SIMD strides whatever the batch holds: padded
@@ -65,6 +66,8 @@ struct CpuLayout {
     spans: Vec<CpuSpan>,
     /// Span index of every batch row.
     row_span: Vec<u32>,
+    /// The pool slot of every batch row's new K/V.
+    new_slots: Vec<u32>,
 }
 
 /// Which implementation attends.
@@ -113,6 +116,7 @@ impl PagedAttentionMetadata {
                 slot_mapping[s.query_start + i] = s.block_table.slot(first_pos + i, block_size)?;
             }
         }
+        let new_slots = slot_mapping.clone();
         let slot_index = Tensor::from_vec(slot_mapping, (1, num_tokens, 1), device)?
             .broadcast_as((kv_heads, num_tokens, head_dim))?
             .contiguous()?;
@@ -141,6 +145,7 @@ impl PagedAttentionMetadata {
                 cpu: Some(CpuLayout {
                     spans: cpu_spans,
                     row_span,
+                    new_slots,
                 }),
                 decode: None,
                 scale,
@@ -256,6 +261,38 @@ pub struct PagedAttention<'a> {
 }
 
 impl AttentionBackend for PagedAttention<'_> {
+    /// On the CPU kernel's path, K is rotated as it is written into its pool slots and V copied
+    /// there ([`kv_write`]): bit for bit what rotating, transposing and scattering write.
+    fn attend_rope(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &Rope,
+    ) -> Result<Tensor> {
+        let meta = self.meta;
+        let (Some(cpu), Some(cos), Some(sin)) = (&meta.cpu, &rope.cos_f32, &rope.sin_f32) else {
+            return self.attend(layer, &rope.apply(q)?, &rope.apply(k)?, v);
+        };
+        let rows = RopeRows {
+            cos,
+            sin,
+            interleaved: rope.interleaved,
+        };
+        let (kc, vc) = self.cache.layer(layer);
+        kv_write::write_rows(kc, &k.contiguous()?, &cpu.new_slots, Some(&rows))?;
+        kv_write::write_rows(vc, &v.contiguous()?, &cpu.new_slots, None)?;
+        crate::kernels::cpu::attention::paged_attention(
+            &rope.apply(q)?.contiguous()?,
+            kc,
+            vc,
+            &cpu.spans,
+            &cpu.row_span,
+            meta.scale as f32,
+        )
+    }
+
     fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let meta = self.meta;
         let (_, heads, head_dim) = q.dims3()?;

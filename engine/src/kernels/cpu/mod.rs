@@ -6,6 +6,7 @@ pub mod acts;
 mod argmax;
 pub mod attention;
 mod attention_rows;
+pub mod kv_write;
 pub mod matmul;
 pub mod pool;
 pub mod q4_1;
