@@ -260,6 +260,21 @@ pub struct PagedAttention<'a> {
     pub meta: &'a PagedAttentionMetadata,
 }
 
+impl PagedAttention<'_> {
+    /// The CPU kernel over the pool of `layer`, whose slots already hold this batch's K/V.
+    fn attend_cpu(&self, layer: usize, q: &Tensor, cpu: &CpuLayout) -> Result<Tensor> {
+        let (kc, vc) = self.cache.layer(layer);
+        crate::kernels::cpu::attention::paged_attention(
+            &q.contiguous()?,
+            kc,
+            vc,
+            &cpu.spans,
+            &cpu.row_span,
+            self.meta.scale as f32,
+        )
+    }
+}
+
 impl AttentionBackend for PagedAttention<'_> {
     /// On the CPU kernel's path, K is rotated as it is written into its pool slots and V copied
     /// there ([`kv_write`]): bit for bit what rotating, transposing and scattering write.
@@ -283,14 +298,7 @@ impl AttentionBackend for PagedAttention<'_> {
         let (kc, vc) = self.cache.layer(layer);
         kv_write::write_rows(kc, &k.contiguous()?, &cpu.new_slots, Some(&rows))?;
         kv_write::write_rows(vc, &v.contiguous()?, &cpu.new_slots, None)?;
-        crate::kernels::cpu::attention::paged_attention(
-            &rope.apply(q)?.contiguous()?,
-            kc,
-            vc,
-            &cpu.spans,
-            &cpu.row_span,
-            meta.scale as f32,
-        )
+        self.attend_cpu(layer, &rope.apply(q)?, cpu)
     }
 
     fn attend(&mut self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -305,15 +313,7 @@ impl AttentionBackend for PagedAttention<'_> {
             &meta.slot_index,
         )?;
         if let Some(cpu) = &meta.cpu {
-            let (kc, vc) = self.cache.layer(layer);
-            return crate::kernels::cpu::attention::paged_attention(
-                &q.contiguous()?,
-                kc,
-                vc,
-                &cpu.spans,
-                &cpu.row_span,
-                meta.scale as f32,
-            );
+            return self.attend_cpu(layer, q, cpu);
         }
         let mut outputs = Vec::with_capacity(meta.groups.len() + 1);
         if let Some(op) = &meta.decode {
