@@ -37,26 +37,36 @@ fn expected_content() -> String {
     text.strip_suffix('\n').unwrap_or(&text).to_string()
 }
 
+/// Runs one SDK test file (`tests/e2e/FILE`) with the venv's python against `server` (the
+/// default model, `API_KEY`), plus `env`; prints its output and fails naming `what`.
+fn run_sdk_tests(server: &Server, file: &str, what: &str, env: &[(&str, String)]) {
+    let out = Command::new(python())
+        .arg(root().join("tests/e2e").join(file))
+        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
+        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
+        .env("WICK_API_KEY", API_KEY)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("python runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let report = String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "{what} failed:\n{report}");
+}
+
 #[test]
 fn official_openai_python_sdk_against_wick_serve() {
-    let python = python();
     let expected = serde_json::json!({"prompt": PROMPT, "content": expected_content()});
     let server = Server::start(&["--api-key", API_KEY]);
     // /v1 needs the key; probes and metrics do not.
     assert_eq!(http_get(server.port, "/v1/models").map(|r| r.0), Some(401));
     assert_eq!(http_get(server.port, "/metrics").map(|r| r.0), Some(200));
-    let model_id = "SmolLM2-135M-Instruct.Q4_1";
-    let out = Command::new(python)
-        .arg(root().join("tests/e2e/test_openai_sdk.py"))
-        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
-        .env("WICK_MODEL_ID", model_id)
-        .env("WICK_EXPECTED", expected.to_string())
-        .env("WICK_API_KEY", API_KEY)
-        .output()
-        .expect("python runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    println!("{report}");
-    assert!(out.status.success(), "the openai SDK tests failed:\n{report}");
+    run_sdk_tests(
+        &server,
+        "test_openai_sdk.py",
+        "the openai SDK tests",
+        &[("WICK_EXPECTED", expected.to_string())],
+    );
     // Health and readiness are plain JSON.
     assert_eq!(http_get(server.port, "/health").map(|r| r.0), Some(200));
     assert_eq!(http_get(server.port, "/nope").map(|r| r.0), Some(404));
@@ -65,55 +75,26 @@ fn official_openai_python_sdk_against_wick_serve() {
 /// `response_format` (constrained decoding) through the SDK: tests/e2e/test_structured_outputs.py.
 #[test]
 fn structured_outputs_through_the_openai_python_sdk() {
-    let python = python();
     let server = Server::start(&["--api-key", API_KEY]);
-    let out = Command::new(python)
-        .arg(root().join("tests/e2e/test_structured_outputs.py"))
-        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
-        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
-        .env("WICK_API_KEY", API_KEY)
-        .output()
-        .expect("python runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    println!("{report}");
-    assert!(
-        out.status.success(),
-        "the structured output tests failed:\n{report}"
+    run_sdk_tests(
+        &server,
+        "test_structured_outputs.py",
+        "the structured output tests",
+        &[],
     );
 }
 
 /// Tool calling through the SDK: tests/e2e/test_tools.py.
 #[test]
 fn tool_calling_through_the_openai_python_sdk() {
-    let python = python();
     let server = Server::start(&["--api-key", API_KEY]);
-    let out = Command::new(python)
-        .arg(root().join("tests/e2e/test_tools.py"))
-        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
-        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
-        .env("WICK_API_KEY", API_KEY)
-        .output()
-        .expect("python runs");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    let report = String::from_utf8_lossy(&out.stderr);
-    println!("{report}");
-    assert!(out.status.success(), "the tool calling tests failed:\n{report}");
+    run_sdk_tests(&server, "test_tools.py", "the tool calling tests", &[]);
 }
 
 /// The Responses API through the SDK (create, stream, parse, previous_response_id, tools, the
 /// store and its errors): tests/e2e/test_responses.py.
 #[test]
 fn responses_api_through_the_openai_python_sdk() {
-    let python = python();
     let server = Server::start(&["--api-key", API_KEY]);
-    let out = Command::new(python)
-        .arg(root().join("tests/e2e/test_responses.py"))
-        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
-        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
-        .env("WICK_API_KEY", API_KEY)
-        .output()
-        .expect("python runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    println!("{report}");
-    assert!(out.status.success(), "the Responses API tests failed:\n{report}");
+    run_sdk_tests(&server, "test_responses.py", "the Responses API tests", &[]);
 }
