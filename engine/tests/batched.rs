@@ -244,11 +244,19 @@ fn check_model(
 /// worst. That is the f32 floor of this model, not an error of the kernel: a variant of the
 /// kernel accumulating in f64 still differed by 1.1e-4, and with the reference attending in f64
 /// the kernel differed by 1.2e-4 and the portable path (1e-4 below, against the f32 reference
-/// whose op order it shares) by 1.1e-4. (Dense f32 models are not bit-exact batched vs alone
-/// anyway: candle's gemm rounds a row differently depending on how many rows the matmul has.)
+/// whose op order it shares) by 1.1e-4.
 #[test]
 fn paged_batches_match_contiguous_f32() {
     check(Some(DType::F32), Reference::Contiguous, 2e-4);
+}
+
+/// Dense f32 weights run on wick's f32 kernel (`kernels::cpu::dense_f32`), which sums each output
+/// the same way whatever the number of rows: batched == alone to the bit, as for the quantized
+/// formats. (With candle's gemm it was not: gemm rounds a row differently depending on how many
+/// rows the matmul has.)
+#[test]
+fn paged_batches_match_paged_alone_f32_bit_exact() {
+    check(Some(DType::F32), Reference::PagedAlone, 0.0);
 }
 
 /// The serving invariant for the default (quantized) model: a sequence's logits do not depend

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
+use crate::kernels::cpu::dense_f32::DenseF32Matrix;
 use crate::kernels::cpu::matmul::quantize_input;
 use crate::kernels::cpu::q4_1::{self, Q41Matrix};
 use crate::kernels::cpu::q5_0::Q50Matrix;
@@ -24,6 +25,9 @@ pub enum Linear {
     Candle(QMatMul),
     /// A format with a kernel of ours on the CPU (faster than candle's; see `kernels::cpu`).
     Cpu(CpuMatrix),
+    /// Dense f32 on the CPU: our kernel, which never packs the weights and gives each row the
+    /// same result whatever the batch (`kernels::cpu::dense_f32`).
+    DenseF32(DenseF32Matrix),
 }
 
 impl Linear {
@@ -31,6 +35,18 @@ impl Linear {
         match self {
             Linear::Candle(m) => Ok(m.forward(x)?),
             Linear::Cpu(m) => m.forward(x),
+            Linear::DenseF32(m) => {
+                let k = m.k();
+                let dims = x.dims().to_vec();
+                let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let rows = data.len() / k.max(1);
+                let y = m.matmul(&data, rows)?;
+                let mut shape = dims;
+                if let Some(last) = shape.last_mut() {
+                    *last = m.n();
+                }
+                Ok(Tensor::from_vec(y, shape, x.device())?)
+            }
         }
     }
 
@@ -39,14 +55,14 @@ impl Linear {
     pub fn argmax(&self, x: &Tensor) -> Result<Option<Vec<u32>>> {
         match self {
             Linear::Cpu(m) => Ok(Some(m.matmul_argmax(&quantize_input(x)?)?)),
-            Linear::Candle(_) => Ok(None),
+            Linear::Candle(_) | Linear::DenseF32(_) => Ok(None),
         }
     }
 
     pub fn as_cpu(&self) -> Option<&CpuMatrix> {
         match self {
             Linear::Cpu(m) => Some(m),
-            Linear::Candle(_) => None,
+            Linear::Candle(_) | Linear::DenseF32(_) => None,
         }
     }
 }
@@ -360,6 +376,14 @@ impl Weights {
             }
             other => {
                 let w = self.dense(name, other.compute_dtype(), device)?;
+                if device.is_cpu() && w.dtype() == DType::F32 {
+                    if let Ok((n, k)) = w.dims2() {
+                        let data = w.flatten_all()?.to_vec1::<f32>()?;
+                        if let Some(m) = DenseF32Matrix::new(data, n, k) {
+                            return Ok(Linear::DenseF32(m));
+                        }
+                    }
+                }
                 Ok(Linear::Candle(QMatMul::Tensor(w)))
             }
         }

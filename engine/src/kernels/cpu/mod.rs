@@ -1,11 +1,13 @@
 //! CPU kernels: quantized matmuls ([`matmul`], with the weight formats [`q4_1`] (and Q4_K as Q4_1), [`q5_0`], [`q8_0`] and [`q6_k`] and
 //! the shared 8-bit activations of [`acts`]; SIMD, batch-independent results, fused epilogues)
-//! and [`attention`] (paged attention over the f32 KV pool); [`pool`], the thread pool they run in.
+//! [`dense_f32`] (f32 weights, no packing, batch-independent) and [`attention`] (paged
+//! attention over the f32 KV pool); [`pool`], the thread pool they run in.
 
 pub mod acts;
 mod argmax;
 pub mod attention;
 mod attention_rows;
+pub mod dense_f32;
 pub mod kv_write;
 pub mod matmul;
 pub mod pool;
