@@ -11,6 +11,7 @@
 //! - [`sample`]: sampling parameters, the sampler, constraints, stop handling;
 //! - [`sched`]: sequence state and the batching policy;
 //! - [`runner`]: one forward step for a batch over the paged pool;
+//! - [`spec`]: speculative decoding's proposers (prompt lookup, a draft model);
 //! - [`engine`]: the engine thread and the handle the server calls.
 
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod runner;
 pub mod sample;
 pub mod sched;
 pub mod source;
+pub mod spec;
 pub mod tokenizer;
 
 pub use candle_core::DType;

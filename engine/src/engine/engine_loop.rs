@@ -15,14 +15,16 @@ use candle_core::Tensor;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::logits_layout::LogitsLayout;
+use crate::engine::speculation::Speculator;
 use crate::engine::{Command, EngineEvent, EngineStats, GenerateRequest, Shared, TokenEvent, Usage};
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::pool::compute_pool;
 use crate::kv::block_manager::BlockManager;
 use crate::runner::{ModelRunner, SequenceChunk};
 use crate::sample::constraint::Constraint;
-use crate::sample::sampler::{sample_batch, SampledToken, SequenceSamplingState};
+use crate::sample::sampler::{SampledToken, SequenceSamplingState};
 use crate::sample::stop::FinishReason;
+use crate::sample::verify::{sample_and_verify, verify_greedy};
 use crate::sched::scheduler::Scheduler;
 use crate::sched::sequence::{RequestId, Sequence};
 use crate::tokenizer::Tokenizer;
@@ -46,6 +48,8 @@ pub(crate) struct EngineLoop {
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     requests: AHashMap<RequestId, RequestState>,
+    /// Speculative decoding, when configured.
+    spec: Option<Speculator>,
     prompt_tokens_total: u64,
     generation_tokens_total: u64,
     steps: u64,
@@ -70,10 +74,16 @@ impl EngineLoop {
             commands,
             shared,
             requests: AHashMap::new(),
+            spec: None,
             prompt_tokens_total: 0,
             generation_tokens_total: 0,
             steps: 0,
         }
+    }
+
+    pub fn with_speculator(mut self, spec: Speculator) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     pub fn run(mut self) {
@@ -203,6 +213,9 @@ impl EngineLoop {
     /// Removes a request and frees its blocks. Unknown ids are ignored.
     fn abort(&mut self, id: RequestId) {
         self.scheduler.remove_request(id, &mut self.blocks);
+        if let Some(spec) = &mut self.spec {
+            spec.retain(self.scheduler.running());
+        }
         if let Some(state) = self.requests.remove(&id) {
             if !state.admitted {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -244,7 +257,7 @@ impl EngineLoop {
 
     /// One forward step. Returns false when nothing could be scheduled.
     fn step(&mut self) -> Result<bool> {
-        let out = self.scheduler.schedule(&mut self.blocks)?;
+        let mut out = self.scheduler.schedule(&mut self.blocks)?;
         for &(id, cached) in &out.admitted {
             if let Some(state) = self.requests.get_mut(&id) {
                 if !state.admitted {
@@ -259,10 +272,25 @@ impl EngineLoop {
         if out.chunks.is_empty() {
             return Ok(false);
         }
+        if let Some(spec) = &mut self.spec {
+            let budget = self
+                .scheduler
+                .config()
+                .max_num_batched_tokens
+                .saturating_sub(out.num_tokens());
+            spec.propose(
+                self.scheduler.running_mut(),
+                &mut out.chunks,
+                &mut self.blocks,
+                &mut out.block_copies,
+                budget,
+            )?;
+        }
         self.runner.cache().copy_blocks(&out.block_copies)?;
 
-        // Run the chunks; the ones that reach the end of their sequence are sampled. Chunks of
-        // a prompt whose logprobs are wanted return every row's logits.
+        // Run the chunks; the ones that reach the end of their sequence are sampled (a chunk
+        // ending in proposals: from its last row before them on). Chunks of a prompt whose
+        // logprobs are wanted return every row's logits.
         let running = self.scheduler.running();
         let mut sampled = Vec::new();
         let mut layout = LogitsLayout::default();
@@ -280,7 +308,7 @@ impl EngineLoop {
                 tokens: &seq.tokens[start..end],
                 num_cached: start,
                 block_table: &seq.block_table,
-                logits: layout.add(c.seq, start, c.num_tokens, last, all),
+                logits: layout.add(c.seq, start, c.num_tokens, last, all, seq.spec.num_draft),
             });
         }
         // When every sampled row just takes the argmax of its logits, the head finds the
@@ -302,9 +330,17 @@ impl EngineLoop {
         let logits = logits
             .map(|l| layout.take_prompt_logprobs(l, self.scheduler.running_mut()))
             .transpose()?;
+        // Proposals come off the sequences until verified (only the token before them is
+        // known to be theirs); one entry per sampled sequence, in order.
+        let mut proposals: Vec<Vec<u32>> = Vec::with_capacity(sampled.len());
         for c in &out.chunks {
             let seq = &mut self.scheduler.running_mut()[c.seq];
-            seq.num_computed += c.num_tokens;
+            let drafts = std::mem::take(&mut seq.spec.num_draft);
+            let proposal = seq.tokens.split_off(seq.tokens.len() - drafts);
+            seq.num_computed += c.num_tokens - drafts;
+            if seq.num_computed == seq.tokens.len() {
+                proposals.push(proposal);
+            }
             self.blocks
                 .commit_full_blocks(&seq.block_table, &seq.tokens[..seq.num_computed])?;
             if seq.wants_prompt_logprobs() && seq.num_computed >= seq.prompt_len {
@@ -318,8 +354,12 @@ impl EngineLoop {
 
         // Siblings waiting for a prompt that is now computed share its blocks and its logits row.
         let mut forks = Vec::new();
-        let mut rows: Vec<u32> = (0..sampled.len() as u32).collect();
-        for (row, &i) in sampled.iter().enumerate() {
+        let num_rows: usize = proposals.iter().map(|p| p.len() + 1).sum();
+        let mut rows: Vec<u32> = (0..num_rows as u32).collect();
+        let mut row = 0;
+        for (&i, proposal) in sampled.iter().zip(&proposals) {
+            let lead_row = row;
+            row += proposal.len() + 1;
             let lead = &mut self.scheduler.running_mut()[i];
             for mut fork in std::mem::take(&mut lead.forks) {
                 fork.block_table = self.blocks.fork(&lead.block_table)?;
@@ -328,7 +368,7 @@ impl EngineLoop {
                 fork.num_computed = lead.num_computed;
                 fork.cached_prompt_tokens = lead.cached_prompt_tokens;
                 forks.push(fork);
-                rows.push(row as u32);
+                rows.push(lead_row as u32);
             }
         }
         let logits = match logits {
@@ -348,24 +388,53 @@ impl EngineLoop {
                 .map(|(_, s)| &mut s.sampling)
                 .collect();
             states.extend(forks.iter_mut().map(|f| &mut f.sampling));
+            let mut props: Vec<&[u32]> = proposals.iter().map(Vec::as_slice).collect();
+            props.resize(states.len(), &[]);
             match (&logits, greedy) {
-                (Some(logits), _) => sample_batch(logits, &mut states)?,
-                (None, Some(tokens)) => states
-                    .iter_mut()
-                    .zip(tokens)
-                    .map(|(s, t)| s.take_greedy(t))
-                    .collect(),
+                (Some(logits), _) => sample_and_verify(logits, &mut states, &props)?,
+                (None, Some(tokens)) => {
+                    let mut at = 0;
+                    let mut out = Vec::with_capacity(states.len());
+                    for (state, p) in states.iter_mut().zip(&props) {
+                        let rows = tokens.get(at..at + p.len() + 1).ok_or_else(|| {
+                            EngineError::InvalidBatch("fewer greedy tokens than rows".into())
+                        })?;
+                        out.push(verify_greedy(state, rows, p)?);
+                        at += p.len() + 1;
+                    }
+                    out
+                }
                 (None, None) => return Err(EngineError::InvalidBatch("a step without a head output".into())),
             }
         };
 
-        self.generation_tokens_total += samples.len() as u64;
         let mut samples = samples.into_iter();
         let mut finished = Vec::new();
-        for (&i, sample) in sampled.iter().zip(samples.by_ref()) {
+        for ((&i, tokens), proposal) in sampled.iter().zip(samples.by_ref()).zip(&proposals) {
             let seq = &mut self.scheduler.running_mut()[i];
-            if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
+            if let Some(spec) = &mut self.spec {
+                spec.record(&mut seq.spec, proposal.len(), tokens.len() - 1);
+            }
+            let num_tokens = tokens.len();
+            let mut done = false;
+            for (j, sample) in tokens.into_iter().enumerate() {
+                self.generation_tokens_total += 1;
+                if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
+                    done = true;
+                    break;
+                }
+                // An accepted proposal: its K/V were computed in this step.
+                if j + 1 < num_tokens {
+                    seq.num_computed += 1;
+                }
+            }
+            if done {
                 finished.push(i);
+            } else if !proposal.is_empty() {
+                self.blocks
+                    .commit_full_blocks(&seq.block_table, &seq.tokens[..seq.num_computed])?;
+                // Blocks taken for rejected proposals go back.
+                self.blocks.truncate(&mut seq.block_table, seq.tokens.len());
             }
         }
         for &i in finished.iter().rev() {
@@ -373,12 +442,20 @@ impl EngineLoop {
             self.finish_choice(seq.request_id);
         }
         for (mut fork, sample) in forks.into_iter().zip(samples) {
+            // Forks propose nothing in their first step: one token each.
+            let Some(sample) = sample.into_iter().next() else {
+                continue;
+            };
+            self.generation_tokens_total += 1;
             if emit(&self.tokenizer, &mut self.requests, &mut fork, sample)? {
                 self.blocks.free(&mut fork.block_table);
                 self.finish_choice(fork.request_id);
             } else {
                 self.scheduler.insert_running(fork);
             }
+        }
+        if let Some(spec) = &mut self.spec {
+            spec.retain(self.scheduler.running());
         }
         Ok(true)
     }
@@ -407,6 +484,9 @@ impl EngineLoop {
             prompt_tokens_total: self.prompt_tokens_total,
             generation_tokens_total: self.generation_tokens_total,
             steps: self.steps,
+            spec_draft_tokens_total: self.spec.as_ref().map_or(0, |s| s.draft_tokens_total),
+            spec_accepted_tokens_total: self.spec.as_ref().map_or(0, |s| s.accepted_tokens_total),
+            draft_used_blocks: self.spec.as_ref().map_or(0, Speculator::draft_used_blocks),
         };
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = stats;

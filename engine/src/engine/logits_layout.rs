@@ -7,18 +7,21 @@ use crate::runner::LogitsWanted;
 use crate::sample::sampler::{token_logprobs, PromptTokenLogprob};
 use crate::sched::sequence::Sequence;
 
-/// Which rows of a step's logits are whose: a sampled chunk contributes its last row, a chunk
-/// of a prompt whose logprobs are wanted all of its rows.
+/// Which rows of a step's logits are whose: a sampled chunk contributes its last row (a chunk
+/// verifying proposals, one row per proposal and one more), a chunk of a prompt whose logprobs
+/// are wanted all of its rows.
 #[derive(Default)]
 pub(super) struct LogitsLayout {
     rows: usize,
-    /// Row of each sampled sequence, in chunk order.
+    /// Rows of the sampled sequences, in chunk order (consecutive per sequence).
     sample_rows: Vec<u32>,
     /// `(running index, first position, rows, first row)` of chunks returning every row.
     pub(super) prompt_chunks: Vec<(usize, usize, usize, usize)>,
 }
 
 impl LogitsLayout {
+    /// `verified`: proposals at the end of the chunk, verified from its last `verified + 1`
+    /// rows (0 for a plain chunk; a chunk with proposals is a decode, never a prompt's).
     pub(super) fn add(
         &mut self,
         seq: usize,
@@ -26,8 +29,15 @@ impl LogitsLayout {
         len: usize,
         last: bool,
         all: bool,
+        verified: usize,
     ) -> LogitsWanted {
-        if all {
+        if verified > 0 && last && !all {
+            let first = self.rows + len - (verified + 1);
+            self.sample_rows
+                .extend((first..self.rows + len).map(|r| r as u32));
+            self.rows += len;
+            LogitsWanted::All
+        } else if all {
             self.prompt_chunks.push((seq, start, len, self.rows));
             self.rows += len;
             if last {

@@ -9,6 +9,7 @@
 mod engine_loop;
 pub mod generate;
 mod logits_layout;
+mod speculation;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -18,6 +19,7 @@ use candle_core::DType;
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::engine::engine_loop::EngineLoop;
+use crate::engine::speculation::Speculator;
 use crate::error::{EngineError, Result};
 use crate::kv::block_manager::BlockManager;
 use crate::kv::cache::PagedKvCache;
@@ -31,6 +33,8 @@ pub use crate::sample::sampler::PromptTokenLogprob;
 use crate::sample::stop::{FinishReason, StopMatch};
 use crate::sched::scheduler::{Scheduler, SchedulerConfig};
 use crate::sched::sequence::RequestId;
+use crate::spec::draft::DraftModel;
+use crate::spec::SpeculativeConfig;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -64,6 +68,9 @@ pub struct EngineConfig {
     /// pool's bytes per token (twice the tokens in the same budget, half the bytes attention
     /// reads); K and V are rounded to f16 as they are stored.
     pub kv_cache_dtype: Option<DType>,
+    /// Speculative decoding: n-gram proposals, or a draft model given with
+    /// [`Engine::with_draft`]. None: off.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +88,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             kv_cache_dtype: None,
             attention: AttentionImpl::Auto,
+            speculative: None,
         }
     }
 }
@@ -186,6 +194,12 @@ pub struct EngineStats {
     pub prompt_tokens_total: u64,
     pub generation_tokens_total: u64,
     pub steps: u64,
+    /// Speculative decoding: tokens proposed and verified, and how many the target accepted
+    /// (vLLM's `spec_decode_num_draft_tokens` / `..._accepted_tokens`).
+    pub spec_draft_tokens_total: u64,
+    pub spec_accepted_tokens_total: u64,
+    /// Blocks of the draft model's KV pool in use.
+    pub draft_used_blocks: usize,
 }
 
 pub(crate) enum Command {
@@ -231,6 +245,17 @@ pub struct Engine {
 impl Engine {
     /// Allocates the KV cache and starts the engine thread.
     pub fn new(loaded: LoadedModel, config: EngineConfig) -> Result<Self> {
+        Self::build(loaded, None, config)
+    }
+
+    /// As [`new`](Self::new), with a draft model proposing tokens for the target to verify
+    /// (`config.speculative` must ask for a draft model). The draft must share the target's
+    /// vocabulary; it gets a KV pool of its own, with as many blocks as the target's.
+    pub fn with_draft(loaded: LoadedModel, draft: LoadedModel, config: EngineConfig) -> Result<Self> {
+        Self::build(loaded, Some(draft), config)
+    }
+
+    fn build(loaded: LoadedModel, draft: Option<LoadedModel>, config: EngineConfig) -> Result<Self> {
         let model_cfg = loaded.config().clone();
         let kv_dtype = config.kv_cache_dtype.unwrap_or(loaded.model.dtype());
         let device = loaded.model.device().clone();
@@ -307,6 +332,24 @@ impl Engine {
             candle_core::Device::Cpu => model_cfg.attention_context() / 3,
             _ => model_cfg.attention_context(),
         };
+        let speculator = match config.speculative {
+            Some(spec) => {
+                let draft = draft
+                    .map(|d| draft_model(d, &model_cfg, num_blocks, config.block_size, config.attention))
+                    .transpose()?;
+                Some(Speculator::new(
+                    spec,
+                    draft,
+                    config.scheduler.max_num_batched_tokens,
+                )?)
+            }
+            None if draft.is_some() => {
+                return Err(EngineError::InvalidConfig(
+                    "a draft model was given but speculative decoding is not configured".into(),
+                ))
+            }
+            None => None,
+        };
         let scheduler = Scheduler::new(config.scheduler)?.with_attention_context(attention_context);
         let runner = ModelRunner::new(loaded.model, cache).with_attention(config.attention);
         let tokenizer = Arc::new(loaded.tokenizer);
@@ -325,7 +368,7 @@ impl Engine {
         );
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel();
-        let engine_loop = EngineLoop::new(
+        let mut engine_loop = EngineLoop::new(
             runner,
             blocks,
             scheduler,
@@ -334,6 +377,9 @@ impl Engine {
             rx,
             shared.clone(),
         );
+        if let Some(speculator) = speculator {
+            engine_loop = engine_loop.with_speculator(speculator);
+        }
         let thread = std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || engine_loop.run())?;
@@ -461,6 +507,35 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The draft model's runner over a pool of its own (`num_blocks` of the target's block size),
+/// after checking that it shares the target's vocabulary.
+fn draft_model(
+    draft: LoadedModel,
+    target: &crate::model::config::LlamaConfig,
+    num_blocks: usize,
+    block_size: usize,
+    attention: AttentionImpl,
+) -> Result<DraftModel> {
+    let cfg = draft.config().clone();
+    if cfg.vocab_size != target.vocab_size {
+        return Err(EngineError::InvalidConfig(format!(
+            "the draft model's vocabulary ({} tokens) differs from the target's ({} tokens): \
+             a draft must share the target's tokenizer",
+            cfg.vocab_size, target.vocab_size
+        )));
+    }
+    let dtype = draft.model.dtype();
+    let device = draft.model.device().clone();
+    let cache = PagedKvCache::new(kv_shape(&cfg), block_size, num_blocks, dtype, &device)?;
+    tracing::info!(
+        num_blocks,
+        mib = (num_blocks * PagedKvCache::bytes_per_block(kv_shape(&cfg), block_size, dtype)) >> 20,
+        "draft model KV cache"
+    );
+    let runner = ModelRunner::new(draft.model, cache).with_attention(attention);
+    DraftModel::new(runner, BlockManager::new(num_blocks, block_size)?)
 }
 
 impl Drop for Engine {

@@ -357,6 +357,17 @@ impl BlockManager {
         Ok(copies)
     }
 
+    /// Releases the blocks of `table` past those holding its first `num_tokens` tokens (as
+    /// [`free`](Self::free) would release them). Speculative decoding takes blocks for draft
+    /// tokens and gives back those that verification rejected.
+    pub fn truncate(&mut self, table: &mut BlockTable, num_tokens: usize) {
+        let keep = self.blocks_for(num_tokens);
+        if keep < table.num_blocks() {
+            let mut tail = BlockTable(table.0.split_off(keep));
+            self.free(&mut tail);
+        }
+    }
+
     /// Drops `table`'s references and empties it. Blocks nobody references any more become free,
     /// or evictable if they are cached; the table's last blocks are released first, so they are
     /// evicted before its (more shareable) first ones.

@@ -174,6 +174,15 @@ impl StopChecker {
         self.max_tokens
     }
 
+    /// Tokens the sequence may still generate before it ends by length (0 once finished).
+    pub fn tokens_left(&self) -> usize {
+        if self.finish.is_some() {
+            0
+        } else {
+            self.max_tokens.saturating_sub(self.num_tokens)
+        }
+    }
+
     fn end(&mut self, text: String, reason: FinishReason, m: Option<StopMatch>) -> StopStep {
         self.text.push_str(&text);
         self.finish = Some(reason);

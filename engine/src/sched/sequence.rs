@@ -44,6 +44,19 @@ pub struct Sequence {
     /// they are sent.
     pub prompt_logprobs: Vec<PromptTokenLogprob>,
     pub prompt_logprobs_sent: bool,
+    /// Speculative decoding: proposals in flight and how many to propose next.
+    pub spec: SpecState,
+}
+
+/// A sequence's speculative decoding state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecState {
+    /// Proposed tokens appended to `tokens` for this step's verification; 0 outside a step
+    /// (they are verified, and taken off again, within the step that ran them).
+    pub num_draft: usize,
+    /// How many tokens to propose next, adapted to recent acceptance; None before the first
+    /// proposal (the configured maximum then).
+    pub k: Option<usize>,
 }
 
 impl Sequence {
@@ -86,6 +99,7 @@ impl Sequence {
             num_preemptions: 0,
             prompt_logprobs: Vec::new(),
             prompt_logprobs_sent: false,
+            spec: SpecState::default(),
         }
     }
 

@@ -1,0 +1,322 @@
+//! Speculative decoding through the engine API: single-stream decode speed and acceptance for
+//! the target alone, with a draft model, and with prompt lookup (n-gram), on code,
+//! summarisation and chat prompts; then aggregate throughput at several stream counts. The
+//! three engines run side by side in alternating rounds (the machine is noisy: compare the
+//! means within one run). Greedy outputs are compared across modes: a difference is reported.
+//!
+//!     cargo bench -p wick-engine --bench speculative                 (pair a: default model)
+//!     WICK_BENCH_PAIR=qwen cargo bench -p wick-engine --bench speculative
+//!
+//! Pairs: `default`: the default model dequantized to f32 as the target, the same GGUF kept
+//! quantized (Q4_1) as its draft; `qwen`: Qwen2.5-Coder-1.5B-Instruct Q4_K_M with the 0.5B as
+//! its draft (`scripts/fetch-fallback-model` and `scripts/fetch-fallback-model --1.5b`).
+//! Knobs: WICK_BENCH_ROUNDS (3), WICK_BENCH_OUTPUT_TOKENS (128), WICK_BENCH_STREAMS ("4,16"),
+//! WICK_BENCH_K (num_speculative_tokens, 4), WICK_BENCH_MAX_BATCH (speculation's batch limit;
+//! default: the engine's), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wick_engine::engine::{EngineEvent, EngineStats};
+use wick_engine::model::loader::{self, LoadOptions, LoadedModel};
+use wick_engine::model::weights::WeightFormat;
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::source::ModelSource;
+use wick_engine::spec::SpeculativeConfig;
+use wick_engine::{DType, Engine, EngineConfig, GenerateRequest};
+
+const SUMMARY_SOURCE: &str = "The city council met on Tuesday to discuss the new public \
+library. The library will be built on the site of the old train station, next to the river. \
+Construction is expected to start in March and to take about two years. The council approved \
+a budget of twelve million dollars for the project. The new library will have a children's \
+wing, a makerspace with 3D printers, and a rooftop garden that is open to the public. Several \
+residents spoke in favour of the plan, saying the old library was too small and often crowded. \
+One resident raised concerns about parking near the river, and the council agreed to study the \
+traffic before construction begins.";
+
+fn prompts() -> Vec<(&'static str, String)> {
+    let code_edit = "Add type hints and a docstring to every function in this Python code, and \
+return the whole code:\n```python\ndef area(width, height):\n    return width * height\n\n\
+def perimeter(width, height):\n    return 2 * (width + height)\n\ndef is_square(width, height):\n\
+    return width == height\n```";
+    vec![
+        (
+            "code",
+            "Write a Python function merge_sorted(a, b) that merges two sorted lists into one sorted list."
+                .into(),
+        ),
+        ("code", code_edit.into()),
+        (
+            "summarisation",
+            format!(
+                "{SUMMARY_SOURCE}\n\nSummarize the text above in three sentences, quoting it where you can."
+            ),
+        ),
+        (
+            "summarisation",
+            format!("{SUMMARY_SOURCE}\n\nRewrite the text above as a bulleted list of facts."),
+        ),
+        ("chat", "What are three benefits of regular exercise?".into()),
+        (
+            "chat",
+            "Explain the difference between TCP and UDP to a beginner.".into(),
+        ),
+    ]
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn cache_file(name: &str) -> PathBuf {
+    let path = wick_engine::default_model_path().with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} missing: see the header of this bench",
+        path.display()
+    );
+    path
+}
+
+fn load(path: &Path, format: WeightFormat) -> LoadedModel {
+    let opts = LoadOptions {
+        format,
+        ..LoadOptions::default()
+    };
+    loader::load(&ModelSource::GgufFile(path.to_path_buf()), &opts).expect("model loads")
+}
+
+struct Mode {
+    name: &'static str,
+    engine: Engine,
+}
+
+/// One request's decode speed: tokens after the first over the time after the first.
+struct Decode {
+    tokens: Vec<u32>,
+    decode_time: Duration,
+}
+
+fn run_one(engine: &Engine, prompt: &[u32], max_tokens: usize) -> Decode {
+    let params = SamplingParams {
+        max_tokens: Some(max_tokens),
+        ..SamplingParams::greedy()
+    };
+    let mut stream = engine
+        .submit(GenerateRequest::new(prompt.to_vec(), params))
+        .expect("accepted");
+    let mut tokens = Vec::new();
+    let mut first = None;
+    let mut last = Instant::now();
+    while let Some(event) = stream.blocking_recv() {
+        match event {
+            EngineEvent::Token(t) => {
+                tokens.push(t.token);
+                last = Instant::now();
+                first.get_or_insert(last);
+            }
+            EngineEvent::Done(_) => break,
+            EngineEvent::Error(e) => panic!("engine error: {e}"),
+            _ => {}
+        }
+    }
+    Decode {
+        tokens,
+        decode_time: first.map_or(Duration::ZERO, |f| last - f),
+    }
+}
+
+fn spec_counts(s: &EngineStats) -> (u64, u64) {
+    (s.spec_draft_tokens_total, s.spec_accepted_tokens_total)
+}
+
+fn main() {
+    let pair = std::env::var("WICK_BENCH_PAIR").unwrap_or_else(|_| "default".into());
+    let rounds = env_usize("WICK_BENCH_ROUNDS", 3);
+    let max_tokens = env_usize("WICK_BENCH_OUTPUT_TOKENS", 128);
+    let k = env_usize("WICK_BENCH_K", SpeculativeConfig::DEFAULT_NUM_SPECULATIVE_TOKENS);
+    let max_batch = env_usize("WICK_BENCH_MAX_BATCH", SpeculativeConfig::DEFAULT_MAX_BATCH);
+    let streams: Vec<usize> = std::env::var("WICK_BENCH_STREAMS")
+        .unwrap_or_else(|_| "4,16".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    type Loader = Box<dyn Fn() -> LoadedModel>;
+    let (target, draft): (Loader, Loader) = match pair.as_str() {
+        "qwen" => {
+            let t = cache_file("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf");
+            let d = cache_file("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf");
+            (
+                Box::new(move || load(&t, WeightFormat::AsStored)),
+                Box::new(move || load(&d, WeightFormat::AsStored)),
+            )
+        }
+        _ => {
+            let p = wick_engine::default_model_path();
+            let q = p.clone();
+            (
+                Box::new(move || load(&p, WeightFormat::Dense(DType::F32))),
+                Box::new(move || load(&q, WeightFormat::AsStored)),
+            )
+        }
+    };
+    let config = |speculative: Option<SpeculativeConfig>| EngineConfig {
+        num_blocks: Some(1024),
+        speculative: speculative.map(|s| SpeculativeConfig {
+            num_speculative_tokens: k,
+            max_batch,
+            ..s
+        }),
+        ..EngineConfig::default()
+    };
+    let modes = [
+        Mode {
+            name: "target alone",
+            engine: Engine::new(target(), config(None)).expect("engine"),
+        },
+        Mode {
+            name: "draft model",
+            engine: Engine::with_draft(target(), draft(), config(Some(SpeculativeConfig::draft_model())))
+                .expect("engine"),
+        },
+        Mode {
+            name: "n-gram",
+            engine: Engine::new(target(), config(Some(SpeculativeConfig::ngram()))).expect("engine"),
+        },
+    ];
+    let prompts: Vec<(&str, Vec<u32>)> = prompts()
+        .into_iter()
+        .map(|(kind, text)| {
+            let chat = format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
+            (
+                kind,
+                modes[0]
+                    .engine
+                    .tokenizer()
+                    .encode(&chat, false)
+                    .expect("tokenizes"),
+            )
+        })
+        .collect();
+    let kinds = ["code", "summarisation", "chat"];
+    println!(
+        "pair {pair}: k = {k}, max_batch = {max_batch}, {max_tokens} output tokens, {rounds} rounds, {} threads",
+        rayon::current_num_threads()
+    );
+
+    if env_usize("WICK_BENCH_SINGLE", 1) != 0 {
+        // [mode][kind] -> (tokens, seconds, proposed, accepted)
+        let mut totals = vec![vec![(0usize, 0f64, 0u64, 0u64); kinds.len()]; modes.len()];
+        let mut mismatches = 0;
+        for round in 0..rounds {
+            for (kind, prompt) in &prompts {
+                let ki = kinds.iter().position(|k| k == kind).unwrap_or(0);
+                let mut reference: Option<Vec<u32>> = None;
+                // Alternate the order between rounds so no mode always runs first.
+                let order: Vec<usize> = if round % 2 == 0 {
+                    vec![0, 1, 2]
+                } else {
+                    vec![2, 1, 0]
+                };
+                for &m in &order {
+                    let before = spec_counts(&modes[m].engine.stats());
+                    let d = run_one(&modes[m].engine, prompt, max_tokens);
+                    let after = spec_counts(&modes[m].engine.stats());
+                    let t = &mut totals[m][ki];
+                    t.0 += d.tokens.len().saturating_sub(1);
+                    t.1 += d.decode_time.as_secs_f64();
+                    t.2 += after.0 - before.0;
+                    t.3 += after.1 - before.1;
+                    match &reference {
+                        None => reference = Some(d.tokens),
+                        Some(r) if *r != d.tokens => {
+                            mismatches += 1;
+                            eprintln!("greedy output of `{}` differs on a {kind} prompt", modes[m].name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        println!("\nsingle stream, decode tok/s (acceptance), mean over {rounds} rounds:");
+        println!("| mode | {} |", kinds.join(" | "));
+        println!("|---|{}", "---|".repeat(kinds.len()));
+        for (m, mode) in modes.iter().enumerate() {
+            let cells: Vec<String> = totals[m]
+                .iter()
+                .enumerate()
+                .map(|(ki, &(tok, secs, proposed, accepted))| {
+                    let rate = tok as f64 / secs.max(1e-9);
+                    let base = totals[0][ki].0 as f64 / totals[0][ki].1.max(1e-9);
+                    if m == 0 {
+                        format!("{rate:.1}")
+                    } else {
+                        format!(
+                            "{rate:.1} ({:.2}x; {:.0}% of {proposed})",
+                            rate / base,
+                            100.0 * accepted as f64 / proposed.max(1) as f64
+                        )
+                    }
+                })
+                .collect();
+            println!("| {} | {} |", mode.name, cells.join(" | "));
+        }
+        println!("greedy outputs differing from the target alone: {mismatches}");
+    }
+
+    if env_usize("WICK_BENCH_AGGREGATE", 1) != 0 {
+        println!("\naggregate tok/s (all prompts, every stream submitting back to back):");
+        println!(
+            "| mode | {} |",
+            streams
+                .iter()
+                .map(|c| format!("{c} streams"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        println!("|---|{}", "---|".repeat(streams.len()));
+        let mut rows = vec![vec![(0usize, 0f64); streams.len()]; modes.len()];
+        for round in 0..rounds {
+            for (si, &c) in streams.iter().enumerate() {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    vec![0, 1, 2]
+                } else {
+                    vec![2, 1, 0]
+                };
+                for &m in &order {
+                    let engine = &modes[m].engine;
+                    let start = Instant::now();
+                    let tokens: usize = std::thread::scope(|s| {
+                        let handles: Vec<_> = (0..c)
+                            .map(|i| {
+                                let prompt = &prompts[i % prompts.len()].1;
+                                s.spawn(move || run_one(engine, prompt, max_tokens / 2).tokens.len())
+                            })
+                            .collect();
+                        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+                    });
+                    rows[m][si].0 += tokens;
+                    rows[m][si].1 += start.elapsed().as_secs_f64();
+                }
+            }
+        }
+        for (m, mode) in modes.iter().enumerate() {
+            let cells: Vec<String> = rows[m]
+                .iter()
+                .enumerate()
+                .map(|(si, &(tok, secs))| {
+                    let rate = tok as f64 / secs.max(1e-9);
+                    let base = rows[0][si].0 as f64 / rows[0][si].1.max(1e-9);
+                    format!("{rate:.1} ({:.2}x)", rate / base)
+                })
+                .collect();
+            println!("| {} | {} |", mode.name, cells.join(" | "));
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! A draft model: a small model with the target's vocabulary proposes its greedy continuation.
+//!
+//! The draft keeps its own paged KV pool and block manager (prefix caching included), and per
+//! sequence a block table and how far it has computed. Each step it first catches up on the
+//! tokens the target committed since (the new token, the proposals that were accepted, or a whole
+//! prompt, spread over steps by a token budget), then runs one more position per proposed token:
+//! `k` forwards, batched over the sequences. Its K/V of proposals that the target rejected are
+//! simply overwritten later: the draft trusts only the tokens the sequence really has.
+
+use ahash::AHashMap;
+
+use crate::error::{EngineError, Result};
+use crate::kv::block_manager::BlockManager;
+use crate::kv::cache::BlockTable;
+use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
+
+/// A sequence: its request id and choice index.
+pub type DraftKey = (u64, usize);
+
+/// One sequence's request for proposals.
+#[derive(Debug, Clone, Copy)]
+pub struct DraftRequest<'a> {
+    pub key: DraftKey,
+    /// The sequence's tokens: prompt and output so far (the last one not yet in the target's
+    /// KV cache either).
+    pub tokens: &'a [u32],
+    /// Proposals wanted (0: none, but the draft still catches up).
+    pub k: usize,
+}
+
+struct DraftSequence {
+    table: BlockTable,
+    /// Positions whose K/V the draft holds: the sequence's `tokens[..base]`, then `proposed`.
+    num_computed: usize,
+    base: usize,
+    proposed: Vec<u32>,
+}
+
+pub struct DraftModel {
+    runner: ModelRunner,
+    blocks: BlockManager,
+    seqs: AHashMap<DraftKey, DraftSequence>,
+}
+
+impl DraftModel {
+    /// `blocks` must manage `runner`'s KV pool (same block count and size).
+    pub fn new(runner: ModelRunner, blocks: BlockManager) -> Result<Self> {
+        let cache = runner.cache();
+        if cache.num_blocks() != blocks.num_blocks() || cache.block_size() != blocks.block_size() {
+            return Err(EngineError::InvalidConfig(format!(
+                "the draft's block manager ({} x {}) does not match its KV pool ({} x {})",
+                blocks.num_blocks(),
+                blocks.block_size(),
+                cache.num_blocks(),
+                cache.block_size()
+            )));
+        }
+        Ok(Self {
+            runner,
+            blocks,
+            seqs: AHashMap::new(),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.runner.model().config().vocab_size
+    }
+
+    /// Blocks of the draft's pool held by sequences (0 once every sequence is gone).
+    pub fn used_blocks(&self) -> usize {
+        self.blocks.stats().used_blocks
+    }
+
+    /// Forgets the sequences `live` says are gone, giving their blocks back.
+    pub fn retain(&mut self, mut live: impl FnMut(DraftKey) -> bool) {
+        let blocks = &mut self.blocks;
+        self.seqs.retain(|&key, seq| {
+            let keep = live(key);
+            if !keep {
+                blocks.free(&mut seq.table);
+            }
+            keep
+        });
+    }
+
+    /// Up to `k` proposals per request, in request order (empty where the draft has nothing to
+    /// say yet: still catching up on a prompt, or out of KV blocks). `catch_up_budget` caps the
+    /// tokens run to catch up in this step, so a long prompt's draft prefill is spread over
+    /// steps instead of stalling one.
+    pub fn propose(
+        &mut self,
+        requests: &[DraftRequest<'_>],
+        catch_up_budget: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let Self { runner, blocks, seqs } = self;
+        let mut proposals = vec![Vec::new(); requests.len()];
+        // 1. Catch up: from what the draft holds of the sequence to its last token.
+        let mut budget = catch_up_budget;
+        let mut copies = Vec::new();
+        // (request, first position, tokens, reaches the last token)
+        let mut catch_up = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            if r.tokens.is_empty() || budget == 0 {
+                continue;
+            }
+            let Some(seq) = Self::sync(blocks, seqs, r)? else {
+                continue;
+            };
+            let start = seq.num_computed;
+            let n = (r.tokens.len() - start).min(budget);
+            match blocks.prepare_write(&mut seq.table, start, n) {
+                Ok(c) => copies.extend(c),
+                Err(EngineError::OutOfBlocks { .. }) => {
+                    // Its pool is full: this sequence goes without proposals for now.
+                    if let Some(mut gone) = seqs.remove(&r.key) {
+                        blocks.free(&mut gone.table);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            budget -= n;
+            catch_up.push((i, start, n, start + n == r.tokens.len()));
+        }
+        if catch_up.is_empty() {
+            return Ok(proposals);
+        }
+        runner.cache().copy_blocks(&copies)?;
+        let chunks: Vec<SequenceChunk<'_>> = catch_up
+            .iter()
+            .map(|&(i, start, n, last)| SequenceChunk {
+                tokens: &requests[i].tokens[start..start + n],
+                num_cached: start,
+                block_table: &seqs[&requests[i].key].table,
+                logits: if last && requests[i].k > 0 {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                },
+            })
+            .collect();
+        let first = greedy(runner, &chunks)?;
+        let mut drafting = Vec::new(); // requests still proposing
+        let mut first = first.into_iter();
+        for &(i, start, n, last) in &catch_up {
+            let r = &requests[i];
+            let seq = seqs.get_mut(&r.key).ok_or_else(|| missing(r.key))?;
+            seq.num_computed = start + n;
+            seq.base = seq.num_computed;
+            if last && r.k > 0 {
+                let token = first.next().ok_or_else(|| missing(r.key))?;
+                seq.proposed.push(token);
+                drafting.push(i);
+            }
+        }
+        // 2. One forward per further proposal, over the sequences that want it.
+        for round in 1.. {
+            drafting.retain(|&i| requests[i].k > round);
+            let mut copies = Vec::new();
+            let mut ready = Vec::with_capacity(drafting.len());
+            for &i in &drafting {
+                let seq = seqs
+                    .get_mut(&requests[i].key)
+                    .ok_or_else(|| missing(requests[i].key))?;
+                match blocks.prepare_write(&mut seq.table, seq.num_computed, 1) {
+                    Ok(c) => {
+                        copies.extend(c);
+                        ready.push(i);
+                    }
+                    // Out of blocks: this sequence proposes what it has.
+                    Err(EngineError::OutOfBlocks { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            drafting = ready;
+            if drafting.is_empty() {
+                break;
+            }
+            runner.cache().copy_blocks(&copies)?;
+            let chunks: Vec<SequenceChunk<'_>> = drafting
+                .iter()
+                .map(|&i| {
+                    let seq = &seqs[&requests[i].key];
+                    SequenceChunk {
+                        tokens: &seq.proposed[seq.proposed.len() - 1..],
+                        num_cached: seq.num_computed,
+                        block_table: &seq.table,
+                        logits: LogitsWanted::Last,
+                    }
+                })
+                .collect();
+            let next = greedy(runner, &chunks)?;
+            for (&i, token) in drafting.iter().zip(next) {
+                let seq = seqs
+                    .get_mut(&requests[i].key)
+                    .ok_or_else(|| missing(requests[i].key))?;
+                seq.num_computed += 1;
+                seq.proposed.push(token);
+            }
+        }
+        for (i, r) in requests.iter().enumerate() {
+            if let Some(seq) = seqs.get(&r.key) {
+                proposals[i] = seq.proposed.clone();
+            }
+        }
+        Ok(proposals)
+    }
+
+    /// The draft's state of `r`'s sequence, brought up to date with what the target accepted
+    /// (created, with prefix-cache hits, on first sight). None when the pool has no room.
+    fn sync<'s>(
+        blocks: &mut BlockManager,
+        seqs: &'s mut AHashMap<DraftKey, DraftSequence>,
+        r: &DraftRequest<'_>,
+    ) -> Result<Option<&'s mut DraftSequence>> {
+        let len = r.tokens.len();
+        if let Some(seq) = seqs.get_mut(&r.key) {
+            if len >= seq.base {
+                // Proposals the sequence now has are K/V the draft may keep.
+                let accepted = seq
+                    .proposed
+                    .iter()
+                    .zip(&r.tokens[seq.base..])
+                    .take_while(|(p, t)| p == t)
+                    .count();
+                // The last token must always be run: its output is the next proposal.
+                seq.num_computed = seq.num_computed.min(seq.base + accepted).min(len - 1);
+                seq.base = seq.num_computed;
+                seq.proposed.clear();
+                blocks.commit_full_blocks(&seq.table, &r.tokens[..seq.num_computed])?;
+                return Ok(seqs.get_mut(&r.key));
+            }
+            // Shorter than what the draft saw: not the same sequence any more; start over.
+            if let Some(mut stale) = seqs.remove(&r.key) {
+                blocks.free(&mut stale.table);
+            }
+        }
+        let (table, cached) = match blocks.allocate_prompt(r.tokens) {
+            Ok(allocated) => allocated,
+            Err(EngineError::OutOfBlocks { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        seqs.insert(
+            r.key,
+            DraftSequence {
+                table,
+                num_computed: cached,
+                base: cached,
+                proposed: Vec::new(),
+            },
+        );
+        Ok(seqs.get_mut(&r.key))
+    }
+}
+
+fn missing(key: DraftKey) -> EngineError {
+    EngineError::InvalidBatch(format!("draft state of sequence {key:?} vanished mid-step"))
+}
+
+/// Runs `chunks` and returns the greedy token of each row asked for: found by the output head
+/// where it can (no logits written), else the argmax of the logits (lowest id on ties).
+fn greedy(runner: &mut ModelRunner, chunks: &[SequenceChunk<'_>]) -> Result<Vec<u32>> {
+    let wanted = chunks.iter().any(|c| c.logits != LogitsWanted::None);
+    if wanted && runner.model().head_has_argmax() {
+        return runner.execute_argmax(chunks);
+    }
+    let logits = runner.execute(chunks)?;
+    let rows = logits.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let mut best = 0;
+            for (i, &x) in row.iter().enumerate() {
+                if x > row[best] || row[best].is_nan() && !x.is_nan() {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect())
+}

@@ -1,0 +1,57 @@
+//! Speculative decoding's proposers: what a sequence might say next, checked by the target model
+//! in one forward (the verification is the sampler's: [`crate::sample::verify`]).
+//!
+//! - [`ngram`]: prompt lookup. The tokens that followed the latest earlier occurrence of the
+//!   sequence's last n tokens; free, and right whenever the output quotes its context.
+//! - [`draft`]: a small model sharing the target's vocabulary, with its own paged KV pool,
+//!   proposing its greedy continuation.
+//!
+//! Both propose point masses (one token per position, no distribution), which is what lets the
+//! verification emit exactly the tokens plain decoding would.
+
+pub mod draft;
+pub mod ngram;
+
+/// Where proposals come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeculativeMethod {
+    /// Prompt lookup over prompt and output: the longest suffix of `max..=min` tokens found
+    /// earlier proposes what followed it.
+    Ngram { min: usize, max: usize },
+    /// A draft model, given to the engine beside the target
+    /// ([`Engine::with_draft`](crate::engine::Engine::with_draft)).
+    DraftModel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeculativeConfig {
+    pub method: SpeculativeMethod,
+    /// The most tokens proposed per sequence and step (vLLM's `num_speculative_tokens`); each
+    /// sequence proposes fewer while its proposals keep failing.
+    pub num_speculative_tokens: usize,
+    /// Speculation is off in a step decoding more sequences than this: a batch that large
+    /// already keeps the matmuls busy, and verifying proposals would only add rows.
+    pub max_batch: usize,
+}
+
+impl SpeculativeConfig {
+    /// Three proposals and the token before them are four rows: one group of the CPU kernels'
+    /// four-row activation blocks (`kernels::cpu::acts`), so a fifth row would start a second.
+    pub const DEFAULT_NUM_SPECULATIVE_TOKENS: usize = 3;
+    pub const DEFAULT_MAX_BATCH: usize = 8;
+
+    pub fn ngram() -> Self {
+        Self {
+            method: SpeculativeMethod::Ngram { min: 2, max: 4 },
+            num_speculative_tokens: Self::DEFAULT_NUM_SPECULATIVE_TOKENS,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+        }
+    }
+
+    pub fn draft_model() -> Self {
+        Self {
+            method: SpeculativeMethod::DraftModel,
+            ..Self::ngram()
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Speculative decoding end to end through `Engine::submit`: prompt lookup and draft models
+//! change how many forwards a request takes, never its tokens.
+//!
+//! Verification samples each row as plain decoding would (same processing, same RNG draws), so
+//! greedy and seeded outputs must equal the engine without speculation token for token, alone
+//! or batched, with stop strings, logprobs, grammars, `n > 1`, preemption and disconnects.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use wick_engine::engine::{EngineEvent, EngineStats};
+use wick_engine::model::loader::LoadedModel;
+use wick_engine::sample::constraint::ConstraintSpec;
+use wick_engine::sample::params::SamplingParams;
+use wick_engine::sample::stop::FinishReason;
+use wick_engine::sched::scheduler::SchedulerConfig;
+use wick_engine::spec::SpeculativeConfig;
+use wick_engine::{DType, Engine, EngineConfig, GenerateRequest, GenerationStream};
+
+const TEXTS: [&str; 16] = [
+    "Repeat this list exactly: apples, pears, plums, cherries, apples, pears, plums, cherries.",
+    "Write a Python function that returns the sum of a list of numbers.",
+    "Summarize: The cat sat on the mat. The cat was happy on the mat because the mat was warm.",
+    "What is the capital of France?",
+    "Count from one to twenty in words.",
+    "Write a haiku about the sea.",
+    "Explain what a hash map is in two sentences.",
+    "Translate to French: good morning, good evening, good night.",
+    "List the days of the week.",
+    "Write a SQL query that selects all rows from a table named users.",
+    "Give three tips for writing clear code.",
+    "What is 12 times 12?",
+    "Describe a rainbow to a child.",
+    "Write a JSON object with keys name and age for a person called Ana who is 30.",
+    "Name five planets of the solar system.",
+    "Write the alphabet in capital letters separated by commas.",
+];
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Choice {
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+    logprobs: Vec<f32>,
+}
+
+fn chat(engine: &Engine, text: &str) -> Vec<u32> {
+    let prompt = format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
+    engine.tokenizer().encode(&prompt, false).expect("tokenizes")
+}
+
+fn collect(mut stream: GenerationStream) -> Vec<Choice> {
+    let mut choices: Vec<Choice> = Vec::new();
+    while let Some(event) = stream.blocking_recv() {
+        let at = |choices: &mut Vec<Choice>, i: usize| {
+            if choices.len() <= i {
+                choices.resize(i + 1, Choice::default());
+            }
+        };
+        match event {
+            EngineEvent::Token(t) => {
+                at(&mut choices, t.index);
+                let c = &mut choices[t.index];
+                assert!(c.finish.is_none(), "a token after the finish");
+                c.tokens.push(t.token);
+                c.text.push_str(&t.text);
+                c.logprobs.extend(t.logprob);
+            }
+            EngineEvent::Finished {
+                index, reason, text, ..
+            } => {
+                at(&mut choices, index);
+                choices[index].text.push_str(&text);
+                choices[index].finish = Some(reason);
+            }
+            EngineEvent::Done(usage) => {
+                let generated: usize = choices.iter().map(|c| c.tokens.len()).sum();
+                assert_eq!(
+                    usage.completion_tokens, generated,
+                    "usage counts every token once"
+                );
+                return choices;
+            }
+            EngineEvent::PromptLogprobs(_) => {}
+            EngineEvent::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+/// Each request alone, one after another.
+fn alone(engine: &Engine, requests: &[GenerateRequest]) -> Vec<Vec<Choice>> {
+    requests
+        .iter()
+        .map(|r| collect(engine.submit(r.clone()).expect("accepted")))
+        .collect()
+}
+
+/// All requests at once.
+fn together(engine: &Engine, requests: &[GenerateRequest]) -> Vec<Vec<Choice>> {
+    let streams: Vec<GenerationStream> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).expect("accepted"))
+        .collect();
+    streams.into_iter().map(collect).collect()
+}
+
+fn settled(engine: &Engine) -> EngineStats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = engine.stats();
+        if stats.num_running == 0 && stats.num_waiting == 0 || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Speculation in every step (a batch of 16 included).
+fn config(speculative: Option<SpeculativeConfig>) -> EngineConfig {
+    EngineConfig {
+        num_blocks: Some(512),
+        speculative: speculative.map(|s| SpeculativeConfig { max_batch: 16, ..s }),
+        ..EngineConfig::default()
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(max_tokens),
+        ..SamplingParams::greedy()
+    }
+}
+
+fn seeded(seed: u64, max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(max_tokens),
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    }
+}
+
+fn acceptance(stats: &EngineStats) -> f64 {
+    stats.spec_accepted_tokens_total as f64 / stats.spec_draft_tokens_total.max(1) as f64
+}
+
+fn tokens(out: &[Vec<Choice>]) -> Vec<Vec<Vec<u32>>> {
+    out.iter()
+        .map(|cs| cs.iter().map(|c| c.tokens.clone()).collect())
+        .collect()
+}
+
+fn requests(engine: &Engine, params: impl Fn(usize) -> SamplingParams) -> Vec<GenerateRequest> {
+    TEXTS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| GenerateRequest::new(chat(engine, t), params(i)))
+        .collect()
+}
+
+#[test]
+fn ngram_speculation_gives_plain_decodings_tokens_greedy_and_seeded() {
+    let plain = Engine::new(common::load_default(None), config(None)).unwrap();
+    let spec = Engine::new(
+        common::load_default(None),
+        config(Some(SpeculativeConfig::ngram())),
+    )
+    .unwrap();
+    for (label, params) in [
+        (
+            "greedy",
+            Box::new(|_| greedy(64)) as Box<dyn Fn(usize) -> SamplingParams>,
+        ),
+        ("seeded", Box::new(|i| seeded(100 + i as u64, 64))),
+    ] {
+        let reqs = requests(&plain, params);
+        let expected = tokens(&alone(&plain, &reqs));
+        assert_eq!(tokens(&alone(&spec, &reqs)), expected, "{label}, alone");
+        assert_eq!(tokens(&together(&spec, &reqs)), expected, "{label}, 16 at once");
+    }
+    let stats = settled(&spec);
+    eprintln!(
+        "n-gram: {} proposed, {} accepted ({:.1}%)",
+        stats.spec_draft_tokens_total,
+        stats.spec_accepted_tokens_total,
+        100.0 * acceptance(&stats)
+    );
+    assert!(stats.spec_accepted_tokens_total > 0, "{stats:?}");
+    assert!(acceptance(&stats) < 1.0, "{stats:?}");
+    assert_eq!(stats.used_blocks, 0);
+}
+
+/// The draft is the target itself (same file, same kernels): every proposal is the target's own
+/// greedy choice, so all are accepted.
+#[test]
+fn a_draft_identical_to_the_target_has_every_proposal_accepted() {
+    let plain = Engine::new(common::load_default(None), config(None)).unwrap();
+    let spec = Engine::with_draft(
+        common::load_default(None),
+        common::load_default(None),
+        config(Some(SpeculativeConfig::draft_model())),
+    )
+    .unwrap();
+    let reqs = requests(&plain, |_| greedy(48));
+    let expected = tokens(&alone(&plain, &reqs[..8]));
+    assert_eq!(tokens(&alone(&spec, &reqs[..8])), expected);
+    let stats = settled(&spec);
+    eprintln!(
+        "identical draft: {} proposed, {} accepted",
+        stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total
+    );
+    assert!(stats.spec_draft_tokens_total > 0);
+    assert_eq!(stats.spec_accepted_tokens_total, stats.spec_draft_tokens_total);
+    assert_eq!((stats.used_blocks, stats.draft_used_blocks), (0, 0));
+}
+
+/// The pair: the default model dequantized to f32 as the target, the same GGUF kept
+/// quantized as its draft (same tokenizer; close, not identical).
+#[test]
+fn an_f32_target_with_its_quantized_draft_gives_the_targets_greedy_tokens() {
+    let f32_target = || common::load_default(Some(DType::F32));
+    let plain = Engine::new(f32_target(), config(None)).unwrap();
+    let spec = Engine::with_draft(
+        f32_target(),
+        common::load_default(None),
+        config(Some(SpeculativeConfig::draft_model())),
+    )
+    .unwrap();
+    let reqs = requests(&plain, |_| greedy(32));
+    let expected = tokens(&alone(&plain, &reqs));
+    assert_eq!(tokens(&alone(&spec, &reqs)), expected, "alone");
+    assert_eq!(tokens(&together(&spec, &reqs)), expected, "16 at once");
+    let stats = settled(&spec);
+    eprintln!(
+        "f32 target, Q4_1 draft: {} proposed, {} accepted ({:.1}%)",
+        stats.spec_draft_tokens_total,
+        stats.spec_accepted_tokens_total,
+        100.0 * acceptance(&stats)
+    );
+    let rate = acceptance(&stats);
+    assert!(rate > 0.0 && rate < 1.0, "acceptance {rate}");
+    assert_eq!((stats.used_blocks, stats.draft_used_blocks), (0, 0));
+}
+
+/// A draft whose vocabulary differs from the target's is refused at start-up, naming both.
+#[test]
+fn a_draft_with_another_vocabulary_is_refused() {
+    let err = Engine::with_draft(
+        common::load_default(None),
+        common::load_fallback(),
+        config(Some(SpeculativeConfig::draft_model())),
+    )
+    .err()
+    .expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("151936") && message.contains("49152"),
+        "{message}"
+    );
+}
+
+/// Stop strings, max_tokens, logprobs, a JSON schema and n = 2 under speculation: the same
+/// choices, text, finish reasons and logprobs as without.
+#[test]
+fn stops_limits_logprobs_grammars_and_n_are_unchanged_by_speculation() {
+    let plain = Engine::new(common::load_default(None), config(None)).unwrap();
+    let spec = Engine::new(
+        common::load_default(None),
+        config(Some(SpeculativeConfig::ngram())),
+    )
+    .unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"]
+    });
+    let cases: Vec<(&str, SamplingParams)> = vec![
+        ("max_tokens 3", greedy(3)),
+        ("max_tokens 1", greedy(1)),
+        (
+            "stop string",
+            SamplingParams {
+                stop: vec!["pears, plums".into()],
+                ..greedy(64)
+            },
+        ),
+        (
+            "logprobs",
+            SamplingParams {
+                logprobs: true,
+                top_logprobs: 3,
+                ..greedy(40)
+            },
+        ),
+        (
+            "json schema",
+            SamplingParams {
+                constraint: Some(ConstraintSpec::JsonSchema(schema)),
+                ..greedy(40)
+            },
+        ),
+        (
+            "n = 2, seeded",
+            SamplingParams {
+                n: 2,
+                ..seeded(7, 40)
+            },
+        ),
+        (
+            "ignore_eos, long",
+            SamplingParams {
+                ignore_eos: true,
+                ..greedy(120)
+            },
+        ),
+    ];
+    for text in [TEXTS[0], TEXTS[13], TEXTS[15]] {
+        for (label, params) in &cases {
+            let request = GenerateRequest::new(chat(&plain, text), params.clone());
+            let expected = collect(plain.submit(request.clone()).unwrap());
+            let got = collect(spec.submit(request).unwrap());
+            assert_eq!(got, expected, "{label} on {text:?}");
+            if let Some(max) = params.max_tokens {
+                assert!(
+                    got.iter().all(|c| c.tokens.len() <= max),
+                    "{label}: past max_tokens"
+                );
+            }
+        }
+    }
+    let stats = settled(&spec);
+    assert!(stats.spec_accepted_tokens_total > 0, "{stats:?}");
+    assert_eq!(stats.used_blocks, 0);
+}
+
+fn small(speculative: SpeculativeConfig) -> EngineConfig {
+    EngineConfig {
+        // 40 blocks of 16 cannot hold 16 sequences of ~100 tokens: preemption.
+        num_blocks: Some(40),
+        scheduler: SchedulerConfig {
+            max_num_seqs: 16,
+            max_num_batched_tokens: 128,
+        },
+        speculative: Some(SpeculativeConfig {
+            max_batch: 16,
+            ..speculative
+        }),
+        ..EngineConfig::default()
+    }
+}
+
+/// Preemption mid-proposal and clients that go away: the survivors' tokens are unchanged and
+/// every block of both pools comes back.
+fn blocks_come_back(spec: Engine, label: &str) {
+    let plain = Engine::new(common::load_default(None), config(None)).unwrap();
+    let reqs = requests(&plain, |i| SamplingParams {
+        ignore_eos: true,
+        ..greedy(60 + i)
+    });
+    let expected = tokens(&alone(&plain, &reqs));
+    let mut streams: Vec<Option<GenerationStream>> = reqs
+        .iter()
+        .map(|r| Some(spec.submit(r.clone()).unwrap()))
+        .collect();
+    // Every fourth client leaves after a few tokens.
+    for stream in streams.iter_mut().step_by(4) {
+        let mut s = stream.take().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(s.blocking_recv(), Some(EngineEvent::Token(_))));
+        }
+    }
+    for (i, stream) in streams.into_iter().enumerate() {
+        if let Some(s) = stream {
+            assert_eq!(tokens(&[collect(s)]), expected[i..=i], "{label}: request {i}");
+        }
+    }
+    let stats = settled(&spec);
+    eprintln!(
+        "{label}: {} preemptions, {} proposed, {} accepted",
+        stats.num_preemptions, stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total
+    );
+    assert!(
+        stats.num_preemptions > 0,
+        "{label}: the pool was meant to force preemption"
+    );
+    assert!(stats.spec_draft_tokens_total > 0, "{label}: {stats:?}");
+    assert_eq!(
+        (stats.used_blocks, stats.draft_used_blocks),
+        (0, 0),
+        "{label}: {stats:?}"
+    );
+}
+
+#[test]
+fn ngram_speculation_frees_every_block_after_disconnects_and_preemptions() {
+    let spec = Engine::new(common::load_default(None), small(SpeculativeConfig::ngram())).unwrap();
+    blocks_come_back(spec, "n-gram");
+}
+
+#[test]
+fn a_draft_model_frees_every_block_after_disconnects_and_preemptions() {
+    let draft: LoadedModel = common::load_default(None);
+    let spec = Engine::with_draft(
+        common::load_default(None),
+        draft,
+        small(SpeculativeConfig::draft_model()),
+    )
+    .unwrap();
+    blocks_come_back(spec, "draft model");
+}
