@@ -12,7 +12,8 @@
 //! its draft (`scripts/fetch-fallback-model` and `scripts/fetch-fallback-model --1.5b`).
 //! Knobs: WICK_BENCH_ROUNDS (3), WICK_BENCH_OUTPUT_TOKENS (128), WICK_BENCH_STREAMS ("4,16"),
 //! WICK_BENCH_K (num_speculative_tokens, 4), WICK_BENCH_MAX_BATCH (speculation's batch limit;
-//! default: the engine's), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
+//! default: the engine's), WICK_BENCH_MEASURE_PAYOFF (0: speculate in every step instead of
+//! where it is measured to pay), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -171,6 +172,7 @@ fn main() {
         speculative: speculative.map(|s| SpeculativeConfig {
             num_speculative_tokens: k,
             max_batch,
+            measure_payoff: env_usize("WICK_BENCH_MEASURE_PAYOFF", 1) != 0,
             ..s
         }),
         ..EngineConfig::default()
@@ -318,5 +320,22 @@ fn main() {
                 .collect();
             println!("| {} | {} |", mode.name, cells.join(" | "));
         }
+    }
+    for mode in &modes[1..] {
+        let estimates: Vec<String> = mode
+            .engine
+            .stats()
+            .spec_payoff
+            .iter()
+            .map(|e| {
+                let bucket = if e.max_decodes == usize::MAX {
+                    "more decodes".to_string()
+                } else {
+                    format!("<= {} decodes", e.max_decodes)
+                };
+                format!("{bucket}: {:.1} with, {:.1} without", e.with, e.without)
+            })
+            .collect();
+        println!("{} measured tok/s: {}", mode.name, estimates.join("; "));
     }
 }

@@ -4,6 +4,8 @@
 //! Verification samples each row as plain decoding would (same processing, same RNG draws), so
 //! greedy and seeded outputs must equal the engine without speculation token for token, alone
 //! or batched, with stop strings, logprobs, grammars, `n > 1`, preemption and disconnects.
+//! (Speculation runs in every eligible step here: `measure_payoff` off, so that the tests do
+//! not depend on this machine's speed.)
 
 mod common;
 
@@ -121,7 +123,11 @@ fn settled(engine: &Engine) -> EngineStats {
 fn config(speculative: Option<SpeculativeConfig>) -> EngineConfig {
     EngineConfig {
         num_blocks: Some(512),
-        speculative: speculative.map(|s| SpeculativeConfig { max_batch: 16, ..s }),
+        speculative: speculative.map(|s| SpeculativeConfig {
+            max_batch: 16,
+            measure_payoff: false,
+            ..s
+        }),
         ..EngineConfig::default()
     }
 }
@@ -346,6 +352,7 @@ fn small(speculative: SpeculativeConfig) -> EngineConfig {
         },
         speculative: Some(SpeculativeConfig {
             max_batch: 16,
+            measure_payoff: false,
             ..speculative
         }),
         ..EngineConfig::default()

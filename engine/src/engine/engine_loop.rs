@@ -257,6 +257,7 @@ impl EngineLoop {
 
     /// One forward step. Returns false when nothing could be scheduled.
     fn step(&mut self) -> Result<bool> {
+        let started = Instant::now();
         let mut out = self.scheduler.schedule(&mut self.blocks)?;
         for &(id, cached) in &out.admitted {
             if let Some(state) = self.requests.get_mut(&id) {
@@ -410,6 +411,7 @@ impl EngineLoop {
 
         let mut samples = samples.into_iter();
         let mut finished = Vec::new();
+        let mut emitted = 0;
         for ((&i, tokens), proposal) in sampled.iter().zip(samples.by_ref()).zip(&proposals) {
             let seq = &mut self.scheduler.running_mut()[i];
             if let Some(spec) = &mut self.spec {
@@ -419,6 +421,7 @@ impl EngineLoop {
             let mut done = false;
             for (j, sample) in tokens.into_iter().enumerate() {
                 self.generation_tokens_total += 1;
+                emitted += 1;
                 if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
                     done = true;
                     break;
@@ -456,6 +459,7 @@ impl EngineLoop {
         }
         if let Some(spec) = &mut self.spec {
             spec.retain(self.scheduler.running());
+            spec.observe_step(emitted, started.elapsed());
         }
         Ok(true)
     }
@@ -487,6 +491,7 @@ impl EngineLoop {
             spec_draft_tokens_total: self.spec.as_ref().map_or(0, |s| s.draft_tokens_total),
             spec_accepted_tokens_total: self.spec.as_ref().map_or(0, |s| s.accepted_tokens_total),
             draft_used_blocks: self.spec.as_ref().map_or(0, Speculator::draft_used_blocks),
+            spec_payoff: self.spec.as_ref().map_or_else(Vec::new, Speculator::payoff),
         };
         if let Ok(mut s) = self.shared.stats.lock() {
             *s = stats;

@@ -9,6 +9,7 @@
 mod engine_loop;
 pub mod generate;
 mod logits_layout;
+mod spec_payoff;
 mod speculation;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use candle_core::DType;
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::engine::engine_loop::EngineLoop;
+pub use crate::engine::spec_payoff::PayoffEstimate;
 use crate::engine::speculation::Speculator;
 use crate::error::{EngineError, Result};
 use crate::kv::block_manager::BlockManager;
@@ -200,6 +202,8 @@ pub struct EngineStats {
     pub spec_accepted_tokens_total: u64,
     /// Blocks of the draft model's KV pool in use.
     pub draft_used_blocks: usize,
+    /// Decode tokens per second with and without speculation, per batch size, as measured.
+    pub spec_payoff: Vec<PayoffEstimate>,
 }
 
 pub(crate) enum Command {

@@ -8,6 +8,9 @@
 //! token budget left after the scheduler's plan). Proposals never preempt anyone: a sequence
 //! whose pool has no blocks for them just decodes one token.
 
+use std::time::Duration;
+
+use crate::engine::spec_payoff::{Payoff, PayoffEstimate};
 use crate::error::{EngineError, Result};
 use crate::kv::block_manager::BlockManager;
 use crate::sched::scheduler::ScheduledChunk;
@@ -22,6 +25,9 @@ pub(crate) struct Speculator {
     catch_up_budget: usize,
     pub draft_tokens_total: u64,
     pub accepted_tokens_total: u64,
+    payoff: Payoff,
+    /// This step's decodes and whether it speculated, when it decodes and does nothing else.
+    measured_step: Option<(usize, bool)>,
 }
 
 impl Speculator {
@@ -50,6 +56,8 @@ impl Speculator {
             catch_up_budget: catch_up_budget.max(1),
             draft_tokens_total: 0,
             accepted_tokens_total: 0,
+            payoff: Payoff::default(),
+            measured_step: None,
         })
     }
 
@@ -78,7 +86,15 @@ impl Speculator {
             })
             .map(|(i, _)| i)
             .collect();
+        self.measured_step = None;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
+            return Ok(());
+        }
+        let speculate = !self.config.measure_payoff || self.payoff.choose(decodes.len());
+        if decodes.len() == chunks.len() {
+            self.measured_step = Some((decodes.len(), speculate));
+        }
+        if !speculate {
             return Ok(());
         }
         let per_seq = budget / decodes.len();
@@ -131,6 +147,20 @@ impl Speculator {
             chunks[i].num_tokens += seq.spec.num_draft;
         }
         Ok(())
+    }
+
+    /// Times a finished step that [`propose`](Self::propose) saw decoding and nothing else:
+    /// `tokens` emitted in `elapsed`.
+    pub fn observe_step(&mut self, tokens: usize, elapsed: Duration) {
+        if let Some((decodes, speculated)) = self.measured_step.take() {
+            self.payoff
+                .observe(decodes, speculated, tokens, elapsed.as_secs_f64());
+        }
+    }
+
+    /// Tokens per second with and without speculation, per batch size, as measured so far.
+    pub fn payoff(&self) -> Vec<PayoffEstimate> {
+        self.payoff.estimates()
     }
 
     /// Counts a verification and adapts the sequence's next `k`: one more after a full

@@ -32,19 +32,25 @@ pub struct SpeculativeConfig {
     /// Speculation is off in a step decoding more sequences than this: a batch that large
     /// already keeps the matmuls busy, and verifying proposals would only add rows.
     pub max_batch: usize,
+    /// Speculate only where it is measured to pay: per batch size, steps with and without
+    /// speculation are timed and the faster is followed (the engine's `spec_payoff`). Off:
+    /// every eligible step speculates (tests of the mechanism).
+    pub measure_payoff: bool,
 }
 
 impl SpeculativeConfig {
     /// Three proposals and the token before them are four rows: one group of the CPU kernels'
     /// four-row activation blocks (`kernels::cpu::acts`), so a fifth row would start a second.
     pub const DEFAULT_NUM_SPECULATIVE_TOKENS: usize = 3;
-    pub const DEFAULT_MAX_BATCH: usize = 8;
+    /// Above this many decodes no step speculates; below it, the measured payoff decides.
+    pub const DEFAULT_MAX_BATCH: usize = 16;
 
     pub fn ngram() -> Self {
         Self {
             method: SpeculativeMethod::Ngram { min: 2, max: 4 },
             num_speculative_tokens: Self::DEFAULT_NUM_SPECULATIVE_TOKENS,
             max_batch: Self::DEFAULT_MAX_BATCH,
+            measure_payoff: true,
         }
     }
 
