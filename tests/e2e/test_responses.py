@@ -212,6 +212,46 @@ class Conversation(unittest.TestCase):
         self.assertEqual(second.output_text, resent.output_text)
         self.assertGreater(second.usage.input_tokens, first.usage.input_tokens + 5)
 
+    def test_item_reference_is_the_stored_item(self):
+        first_q, second_q = "My name is Ada. Say hi to me.", "What is my name?"
+        first = create(input=first_q, max_output_tokens=24)
+        answer = first.output[0]
+        asked = client.responses.input_items.list(first.id).data[0]
+        # An output item and an input item of a stored response, named by id: the same
+        # conversation as the items sent whole.
+        referenced = create(input=[{"type": "item_reference", "id": asked.id},
+                                   {"type": "item_reference", "id": answer.id},
+                                   {"role": "user", "content": second_q}], max_output_tokens=24)
+        resent = create(input=[{"role": "user", "content": first_q},
+                               {"role": "assistant", "content": first.output_text},
+                               {"role": "user", "content": second_q}], max_output_tokens=24)
+        self.assertEqual(referenced.usage.input_tokens, resent.usage.input_tokens)
+        self.assertEqual(referenced.output_text, resent.output_text)
+        # The new response's input is the items themselves, ids kept.
+        items = client.responses.input_items.list(referenced.id, order="asc").data
+        self.assertEqual([i.id for i in items[:2]], [asked.id, answer.id])
+        self.assertEqual(items[1].content[0].text, first.output_text)
+        # A call item named by reference can be answered.
+        call = create(input=ASK, tools=TOOLS, tool_choice="required", max_output_tokens=200).output[0]
+        output = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+        done = create(input=[{"role": "user", "content": ASK}, {"type": "item_reference", "id": call.id}, output],
+                      tools=TOOLS, tool_choice="none", max_output_tokens=8)
+        self.assertEqual(done.output[0].type, "message")
+        # Unknown, or gone with its deleted response: OpenAI's 404 naming the item.
+        with self.assertRaises(openai.NotFoundError) as e:
+            create(input=[{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_nope"}])
+        self.assertEqual(e.exception.body["param"], "input[1].id")
+        self.assertIn("msg_nope", e.exception.body["message"])
+        lone = create(input="Hi", max_output_tokens=4)
+        client.responses.delete(lone.id)
+        with self.assertRaises(openai.NotFoundError) as e:
+            create(input=[{"type": "item_reference", "id": lone.output[0].id}], max_output_tokens=4)
+        self.assertEqual(e.exception.body["param"], "input[0].id")
+        # An item lives while a stored response has it: `referenced` has `answer` as input.
+        client.responses.delete(first.id)
+        again = create(input=[{"type": "item_reference", "id": answer.id}], max_output_tokens=4)
+        self.assertEqual(client.responses.input_items.list(again.id).data[0].id, answer.id)
+
     def test_function_call_round_trip(self):
         r = create(input=ASK, tools=TOOLS, tool_choice="required", max_output_tokens=200)
         self.assertEqual(r.status, "completed")

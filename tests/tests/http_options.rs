@@ -173,3 +173,79 @@ fn responses_store_bound_and_ttl_from_flags() {
     std::thread::sleep(std::time::Duration::from_millis(3100));
     assert_eq!(status(&ids[2]), Some(404), "expired past the TTL");
 }
+
+/// `--responses-store-max-bytes`: a response is charged its JSON (the object and its input
+/// items); past the byte bound the oldest are evicted though the count bound has room, so what
+/// is stored is always the newest responses that fit; one larger than the bound on its own is
+/// not stored and evicts nothing.
+#[test]
+fn responses_store_byte_bound_from_flags() {
+    const BOUND: usize = 8000;
+    let server = Server::start(&["--responses-store-max-bytes", &BOUND.to_string()]);
+    let model = "SmolLM2-135M-Instruct.Q4_1";
+    let get = |path: &str| {
+        let (status, text) = http_get(server.port, path).expect("the server answers");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (status, body)
+    };
+    // Creates a response and returns its id and what the store charges for it.
+    let create = |input: &str, instructions: &str| {
+        let reply = post_json(
+            server.port,
+            "/v1/responses",
+            &json!({"model": model, "input": input, "instructions": instructions, "max_output_tokens": 2}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let id = reply.json()["id"].as_str().expect("an id").to_string();
+        let (status, items) = get(&format!("/v1/responses/{id}/input_items"));
+        let item_bytes = if status == 200 {
+            let items: Value = serde_json::from_str(&items).expect("JSON");
+            items["data"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|i| i.to_string().len())
+                .sum()
+        } else {
+            0
+        };
+        (id, reply.body.len() + item_bytes, status == 200)
+    };
+    let mut created = Vec::new();
+    for word in ["one", "two", "three", "four", "five", "six", "seven"] {
+        let (id, bytes, stored) = create(word, "Be brief.");
+        assert!(stored, "{word}: a response that fits is stored");
+        assert!(
+            bytes < BOUND / 3,
+            "{word}: {bytes} bytes: the test needs several to fit"
+        );
+        created.push((id, bytes));
+    }
+    // The newest responses whose sizes sum to the bound at most, and only those.
+    let mut room = BOUND;
+    let mut kept = 0;
+    for (_, bytes) in created.iter().rev() {
+        if *bytes > room {
+            break;
+        }
+        room -= bytes;
+        kept += 1;
+    }
+    assert!(kept >= 3 && kept < created.len(), "{kept} of {}", created.len());
+    let stored = |id: &str| get(&format!("/v1/responses/{id}")).0 == 200;
+    let now: Vec<bool> = created.iter().map(|(id, _)| stored(id)).collect();
+    let want: Vec<bool> = (0..created.len()).map(|i| i >= created.len() - kept).collect();
+    assert_eq!(
+        now,
+        want,
+        "sizes {:?}",
+        created.iter().map(|c| c.1).collect::<Vec<_>>()
+    );
+    // Larger than the bound on its own (the instructions are echoed in it): not stored, and
+    // what was stored stays.
+    let (id, bytes, was_stored) = create("big", &"x".repeat(BOUND));
+    assert!(bytes > BOUND && !was_stored, "{bytes}");
+    assert!(!stored(&id));
+    let after: Vec<bool> = created.iter().map(|(id, _)| stored(id)).collect();
+    assert_eq!(after, want);
+}

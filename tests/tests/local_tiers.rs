@@ -2,10 +2,11 @@
 //! fallback model (Qwen2.5-Coder-0.5B) as `large`, each with its own engine, behind a route
 //! `auto` whose tiers are both local. Clients may name either model directly; the route
 //! escalates from one engine to the other in process; each model has its own metrics. Also:
-//! remote backends asked for by name, and pre-routing on what a tier's model lacks.
+//! remote backends asked for by name, pre-routing on what a tier's model lacks, and the
+//! Responses API through the same routes (escalation, failover, headers, streamed or not).
 
 use serde_json::{json, Value};
-use wick_tests::{fallback_model, free_port, http_get, post_json, Server};
+use wick_tests::{fallback_model, free_port, http_get, post_json, sse_events, Server};
 
 fn chat(model: &str, max_tokens: u32) -> Value {
     json!({"model": model, "max_tokens": max_tokens, "temperature": 0,
@@ -206,22 +207,98 @@ tiers = ["plain", "large"]
     assert_eq!(r.json()["error"]["code"], "model_not_found");
 
     // The Responses API serves any local model by name, through the chat planner (so the
-    // answer is chat's at temperature 0); a route is refused for now, naming `model`.
-    let responses = |model: &str| {
-        let body =
-            json!({"model": model, "input": "Name a colour.", "max_output_tokens": 6, "temperature": 0});
+    // answer is chat's at temperature 0), and a route through the router as a chat request:
+    // escalated in process, with the router's headers, under the name of the model that
+    // answered, streamed or not.
+    let responses = |model: &str, stream: bool| {
+        let body = json!({"model": model, "input": "Name a colour.", "max_output_tokens": 6,
+            "temperature": 0, "stream": stream});
         post_json(port, "/v1/responses", &body)
     };
-    let r = responses("large");
+    let large_text = &large.json()["choices"][0]["message"]["content"];
+    let r = responses("large", false);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["model"], "large");
+    assert_eq!(&r.json()["output"][0]["content"][0]["text"], large_text);
+    assert_eq!(r.header("x-wick-backend"), None, "a direct request is not routed");
+    let r = responses("auto", false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    let routed = r.json();
+    assert_eq!(routed["model"], "large");
+    assert_eq!(&routed["output"][0]["content"][0]["text"], large_text);
+    // Cut at 6 tokens or not, as `large`'s chat answer was.
+    let cut = large.json()["choices"][0]["finish_reason"] == "length";
+    let (status, last_event) = if cut {
+        ("incomplete", "response.incomplete")
+    } else {
+        ("completed", "response.completed")
+    };
+    assert_eq!(routed["status"], status, "{routed}");
+    assert_eq!(routed["incomplete_details"].is_null(), !cut, "{routed}");
     assert_eq!(
-        r.json()["output"][0]["content"][0]["text"],
-        large.json()["choices"][0]["message"]["content"]
+        routed["usage"]["input_tokens"],
+        large.json()["usage"]["prompt_tokens"]
     );
-    let r = responses("auto");
+    let (status, stored) = http_get(
+        port,
+        &format!("/v1/responses/{}", routed["id"].as_str().unwrap_or("")),
+    )
+    .expect("retrieve");
+    assert_eq!(status, 200, "a routed response is stored");
+    assert_eq!(body(&stored), routed);
+    let r = responses("auto", true);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-backend"), Some("large"));
+    assert_eq!(r.header("x-wick-escalation"), Some("small:length"));
+    let events = sse_events(&r.body);
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events[0].1["response"]["model"], "large");
+    let (last_kind, last) = events.last().expect("events");
+    assert_eq!(last_kind, last_event);
+    let deltas: String = events
+        .iter()
+        .filter(|(kind, _)| kind == "response.output_text.delta")
+        .filter_map(|(_, e)| e["delta"].as_str())
+        .collect();
+    assert_eq!(&json!(deltas), large_text);
+    assert_eq!(&last["response"]["output"][0]["content"][0]["text"], large_text);
+    // Failover: `spare`'s first tier is unreachable; `large` answers, and the headers say so.
+    for stream in [false, true] {
+        let r = responses("spare", stream);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-wick-backend"), Some("large"), "stream {stream}");
+        assert_eq!(
+            r.header("x-wick-failover"),
+            Some("remote:unreachable"),
+            "stream {stream}"
+        );
+    }
+    // A remote backend by name, unreachable: the router's 503, in OpenAI's shape.
+    let r = responses("remote", false);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert_eq!(r.header("x-wick-failover"), Some("remote:unreachable"));
+    // Pre-routing on what the request needs: logprobs (`include`) skip no tier here, tools
+    // skip `plain`; a request error is named as the Responses request names it.
+    let tools = json!({"model": "toolful", "input": "Weather in Paris?", "max_output_tokens": 24,
+        "temperature": 0, "tool_choice": "required",
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}}]});
+    let r = post_json(port, "/v1/responses", &tools);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-wick-escalation"), Some("plain:lacks_tools"));
+    let call = &r.json()["output"][0];
+    assert_eq!(
+        (&call["type"], &call["name"]),
+        (&json!("function_call"), &json!("get_weather"))
+    );
+    let mut refused = tools.clone();
+    refused["tools"][0]["parameters"] = json!("nope");
+    let r = post_json(port, "/v1/responses", &refused);
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"]["param"], "model");
+    assert_eq!(r.json()["error"]["param"], "tools[0].parameters", "{}", r.body);
 
     // Each engine has its own metrics, labelled with its name.
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");

@@ -2,12 +2,12 @@
 //! separate process reached over HTTP) behind a router wick that serves `small` (the default
 //! model) itself and the routes. Each escalation trigger, failover when the large process is killed, the breaker
 //! opening and recovering after a restart, streaming passthrough, and that `model` and the
-//! `x-wick-*` headers say who answered.
+//! `x-wick-*` headers say who answered. The Responses API through routes: router_responses.rs.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wick_tests::{fallback_model, free_port, http_get, post_json as post, Server};
+use wick_tests::{fallback_model, free_port, http_get, metric, post_json as post, Server};
 
 /// The content of a streamed chat answer, and the `model` of its chunks.
 fn streamed_content(body: &str) -> (String, Vec<String>) {
@@ -115,13 +115,6 @@ name = "only-large"
 tiers = ["large"]
 "#
     )
-}
-
-fn metric(port: u16, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(port, "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]

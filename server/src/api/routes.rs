@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api::errors::ApiError;
 use crate::api::model_list;
 use crate::api::openai::random_id;
+use crate::api::responses::routed::RouteChoice;
 use crate::api::responses::{self, InputItemsQuery};
 use crate::api::service::{self, Endpoint};
 use crate::api::state::AppState;
@@ -83,14 +84,13 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// A request for a route (or a remote backend by name) goes to the router; `None`: it is for a
-/// local model.
-async fn route_request(
-    state: &Arc<AppState>,
-    endpoint: Endpoint,
+/// The route a request's `model` names (a route or a remote backend by name), with the tier
+/// the client pinned, and the body as JSON; `None`: the request is for a local model.
+fn find_route<'a>(
+    state: &'a AppState,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Option<Response> {
+) -> Option<(RouteChoice<'a>, serde_json::Value)> {
     let router = state.router.as_ref()?;
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let model = value.get("model")?.as_str()?;
@@ -106,7 +106,37 @@ async fn route_request(
                 .as_str()
                 .map(str::to_string)
         });
-    Some(crate::router::dispatch(router, &state.models, route, endpoint, value, pinned.as_deref()).await)
+    Some((
+        RouteChoice {
+            router,
+            route,
+            pinned,
+        },
+        value,
+    ))
+}
+
+/// A request for a route (or a remote backend by name) goes to the router; `None`: it is for a
+/// local model.
+async fn route_request(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    let (choice, value) = find_route(state, headers, body)?;
+    let pinned = choice.pinned.as_deref();
+    Some(
+        crate::router::dispatch(
+            choice.router,
+            &state.models,
+            choice.route,
+            endpoint,
+            value,
+            pinned,
+        )
+        .await,
+    )
 }
 
 /// Where a request goes: a route (or a remote backend by name) to the router, else the local
@@ -144,28 +174,19 @@ async fn completions(
     serve_request(state, Endpoint::Completions, headers, body).await
 }
 
-/// `POST /v1/responses`: local models only for now (the router serves chat and completions).
+/// `POST /v1/responses`: a route (or a remote backend) through the router as a chat request,
+/// a local model through the chat planner.
 async fn create_response(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.check_not_draining()?;
     let body = body?;
-    if let Some(model) = routed_model(&state, &body) {
-        return Err(ApiError::invalid(
-            "model",
-            format!("`{model}` is a route; the Responses API serves local models only for now (use /v1/chat/completions)"),
-        ));
+    if let Some((choice, _)) = find_route(&state, &headers, &body) {
+        return responses::routed::create(choice, &state.models, &state.responses, &body).await;
     }
     responses::create(&state.models, &state.responses, &body).await
-}
-
-/// The request's `model` when it names a route or a remote backend rather than a local model.
-fn routed_model(state: &AppState, body: &Bytes) -> Option<String> {
-    let router = state.router.as_ref()?;
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let model = value.get("model")?.as_str()?;
-    (router.routes.contains_key(model) || router.direct.contains_key(model)).then(|| model.to_string())
 }
 
 async fn get_response(

@@ -1,13 +1,12 @@
-//! A Responses request as the chat request the local model service plans (`plan_chat_request`):
-//! function tools, `tool_choice` and `text.format` in chat's shapes, and the chat planner's
-//! errors renamed to the Responses fields they came from.
+//! A Responses request as a chat request body (JSON, `/v1/chat/completions`' shape): what the
+//! local model service plans (`plan_chat_request`) and what a route sends its tiers, local or
+//! remote, so both see the same request. Function tools, `tool_choice` and `text.format` in
+//! chat's shapes, and chat's errors renamed to the Responses fields they came from.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::api::errors::ApiError;
-use crate::api::openai::{
-    ChatCompletionRequest, ChatMessageIn, JsonSchemaFormat, ResponseFormat, SamplingFields,
-};
+use crate::api::responses::output::echo_f32;
 use crate::api::responses::request::ResponsesRequest;
 
 /// OpenAI's built-in (hosted) tools: refused by name, since this server runs none of them.
@@ -100,30 +99,27 @@ pub fn chat_tool_choice(choice: &Value) -> Result<Value, ApiError> {
 }
 
 /// `text.format` as chat's `response_format` (both JSON forms constrained alike).
-pub fn response_format(format: &Value) -> Result<ResponseFormat, ApiError> {
+pub fn response_format(format: &Value) -> Result<Value, ApiError> {
     let kind = format
         .get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("text.format.type", "text.format needs a `type`"))?;
     match kind {
-        "text" => Ok(ResponseFormat::Text),
-        "json_object" => Ok(ResponseFormat::JsonObject),
+        "text" | "json_object" => Ok(json!({"type": kind})),
         "json_schema" => {
-            let str_of = |f: &str| format.get(f).and_then(Value::as_str).map(str::to_string);
-            if str_of("name").is_none() {
+            if format.get("name").and_then(Value::as_str).is_none() {
                 return Err(ApiError::invalid(
                     "text.format.name",
                     "a json_schema format needs a `name`",
                 ));
             }
-            Ok(ResponseFormat::JsonSchema {
-                json_schema: JsonSchemaFormat {
-                    name: str_of("name"),
-                    description: str_of("description"),
-                    schema: format.get("schema").cloned(),
-                    strict: format.get("strict").and_then(Value::as_bool),
-                },
-            })
+            let mut schema = Map::new();
+            for field in ["name", "description", "schema", "strict"] {
+                if let Some(v) = format.get(field).filter(|v| !v.is_null()) {
+                    schema.insert(field.into(), v.clone());
+                }
+            }
+            Ok(json!({"type": "json_schema", "json_schema": schema}))
         }
         other => Err(ApiError::invalid(
             "text.format.type",
@@ -132,46 +128,64 @@ pub fn response_format(format: &Value) -> Result<ResponseFormat, ApiError> {
     }
 }
 
-/// The chat request (and its sampling fields) that answers `req` given its conversation as
-/// chat `messages`.
-pub fn chat_request(
-    req: &ResponsesRequest,
-    messages: Vec<ChatMessageIn>,
-) -> Result<(ChatCompletionRequest, SamplingFields), ApiError> {
-    let tools = match req.tools.as_deref() {
-        Some(tools) if !tools.is_empty() => Some(chat_tools(tools)?),
-        _ => None,
+/// The chat request body that answers `req` given its conversation as chat `messages`. Fields
+/// the client left out are left out (a tier applies its own defaults). With `stream`, the usage
+/// chunk is asked for: the final response carries `usage`.
+pub fn chat_body(req: &ResponsesRequest, messages: Vec<Value>) -> Result<Value, ApiError> {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model));
+    body.insert("messages".into(), Value::Array(messages));
+    let mut put = |key: &str, value: Value| {
+        body.insert(key.into(), value);
     };
-    let tool_choice = req.tool_choice.as_ref().map(chat_tool_choice).transpose()?;
-    let response_format = req
-        .text
-        .as_ref()
-        .and_then(|t| t.format.as_ref())
-        .filter(|f| !f.is_null())
-        .map(response_format)
-        .transpose()?;
-    let logprobs = req.wants_logprobs();
-    let chat = ChatCompletionRequest {
-        model: req.model.clone(),
-        messages,
-        max_completion_tokens: req.max_output_tokens,
-        logprobs: Some(logprobs),
-        top_logprobs: if logprobs { req.top_logprobs } else { None },
-        tools,
-        tool_choice,
-        parallel_tool_calls: req.parallel_tool_calls,
-        functions: None,
-        function_call: None,
-        audio: None,
-    };
-    let sampling = SamplingFields {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        stream: req.stream,
-        response_format,
-        ..SamplingFields::default()
-    };
-    Ok((chat, sampling))
+    // `max_tokens` rather than `max_completion_tokens`: every OpenAI-compatible server a
+    // route may send this to reads it.
+    if let Some(n) = req.max_output_tokens {
+        put("max_tokens", json!(n));
+    }
+    // As the client wrote them (0.9, not the f32 nearest it widened: 0.8999999761581421).
+    if let Some(t) = req.temperature {
+        put("temperature", echo_f32(t));
+    }
+    if let Some(p) = req.top_p {
+        put("top_p", echo_f32(p));
+    }
+    if req.wants_logprobs() {
+        put("logprobs", json!(true));
+        if let Some(n) = req.top_logprobs {
+            put("top_logprobs", json!(n));
+        }
+    }
+    if let Some(tools) = req.tools.as_deref().filter(|t| !t.is_empty()) {
+        put("tools", Value::Array(chat_tools(tools)?));
+    }
+    if let Some(choice) = &req.tool_choice {
+        put("tool_choice", chat_tool_choice(choice)?);
+    }
+    if let Some(parallel) = req.parallel_tool_calls {
+        put("parallel_tool_calls", json!(parallel));
+    }
+    let format = req.text.as_ref().and_then(|t| t.format.as_ref());
+    if let Some(format) = format.filter(|f| !f.is_null()) {
+        put("response_format", response_format(format)?);
+    }
+    if req.stream == Some(true) {
+        put("stream", json!(true));
+        put("stream_options", json!({"include_usage": true}));
+    }
+    Ok(Value::Object(body))
+}
+
+/// Whether a request forces a function call (`tool_choice` `required` or a named function):
+/// then an answer has no message item.
+pub fn forces_call(req: &ResponsesRequest) -> bool {
+    let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+    has_tools
+        && match &req.tool_choice {
+            Some(Value::String(s)) => s == "required",
+            Some(Value::Object(_)) => true,
+            _ => false,
+        }
 }
 
 /// An error from the chat planner, its `param` renamed to the Responses field it came from.
@@ -182,12 +196,17 @@ pub fn rename_param(mut e: ApiError) -> ApiError {
     e
 }
 
-fn responses_param(param: &str) -> String {
+/// A chat request field as the Responses field it comes from.
+pub fn responses_param(param: &str) -> String {
     if param == "messages" || param.starts_with("messages[") {
         return "input".into();
     }
     if param == "max_tokens" || param == "max_completion_tokens" {
         return "max_output_tokens".into();
+    }
+    // Logprobs are asked for by `include`.
+    if param == "logprobs" {
+        return "include".into();
     }
     if let Some(rest) = param.strip_prefix("response_format") {
         let rest = rest.strip_prefix(".json_schema").unwrap_or(rest);
@@ -255,13 +274,14 @@ mod tests {
         assert_eq!(e.body.error.param.as_deref(), Some("tool_choice.type"));
         let format =
             json!({"type": "json_schema", "name": "x", "schema": {"type": "object"}, "strict": true});
-        match response_format(&format).unwrap() {
-            ResponseFormat::JsonSchema { json_schema } => {
-                assert_eq!(json_schema.schema, Some(json!({"type": "object"})));
-                assert_eq!(json_schema.strict, Some(true));
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            response_format(&format).unwrap(),
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}})
+        );
+        assert_eq!(
+            response_format(&json!({"type": "json_object"})).unwrap(),
+            json!({"type": "json_object"})
+        );
         let e = response_format(&json!({"type": "json_schema", "schema": {}})).unwrap_err();
         assert_eq!(e.body.error.param.as_deref(), Some("text.format.name"));
     }

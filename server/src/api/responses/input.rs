@@ -1,6 +1,7 @@
 //! `input`: a string or a list of items, checked and normalized to the item shapes the API
-//! returns (each with an `id` and `status`, content as part lists), then turned into chat
-//! messages. A stored conversation is kept in the normalized shapes, so a follow-up's prefix and
+//! returns (each with an `id` and `status`, content as part lists; an `item_reference` replaced
+//! by the stored item it names), then turned into chat messages (JSON, as a chat request has
+//! them). A stored conversation is kept in the normalized shapes, so a follow-up's prefix and
 //! its new items go through the same conversion.
 
 use std::collections::HashSet;
@@ -8,7 +9,6 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use crate::api::errors::ApiError;
-use crate::api::openai::{ChatMessageIn, MessageContent};
 
 /// A fresh item or response id in OpenAI's form: `{prefix}_` and 32 hex digits.
 pub fn new_id(prefix: &str) -> String {
@@ -16,8 +16,12 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{n:032x}")
 }
 
-/// `input` as normalized items. A string is one user message.
-pub fn normalize(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+/// Finds a stored item by id, for `item_reference` (`ResponseStore::item`).
+pub type ItemLookup<'a> = &'a dyn Fn(&str) -> Option<Value>;
+
+/// `input` as normalized items. A string is one user message; an `item_reference` is the item
+/// `lookup` finds.
+pub fn normalize(input: Option<&Value>, lookup: ItemLookup) -> Result<Vec<Value>, ApiError> {
     match input {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(text)) => Ok(vec![message_item("user", vec![input_text(text)])]),
@@ -28,7 +32,7 @@ pub fn normalize(input: Option<&Value>) -> Result<Vec<Value>, ApiError> {
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| normalize_item(item, i))
+                .map(|(i, item)| normalize_item(item, i, lookup))
                 .collect()
         }
         Some(_) => Err(ApiError::invalid(
@@ -60,7 +64,7 @@ fn str_field<'a>(item: &'a Map<String, Value>, field: &str, param: &str) -> Resu
     })
 }
 
-fn normalize_item(item: &Value, index: usize) -> Result<Value, ApiError> {
+fn normalize_item(item: &Value, index: usize, lookup: ItemLookup) -> Result<Value, ApiError> {
     let param = format!("input[{index}]");
     let fields = item
         .as_object()
@@ -126,10 +130,17 @@ fn normalize_item(item: &Value, index: usize) -> Result<Value, ApiError> {
                 "output": output, "status": "completed",
             }))
         }
-        "item_reference" => Err(ApiError::invalid(
-            format!("{param}.type"),
-            "item references are not supported; send the item itself, or continue with previous_response_id",
-        )),
+        "item_reference" => {
+            let id = str_field(fields, "id", &param)?;
+            // OpenAI's answer to an id it does not have: a 404 naming the item.
+            lookup(id).ok_or_else(|| {
+                let mut e = ApiError::not_found(format!(
+                    "Item with id '{id}' not found: it is no item of a stored response (never was, expired, evicted or deleted)."
+                ));
+                e.body.error.param = Some(format!("{param}.id"));
+                e
+            })
+        }
         "reasoning" => Err(ApiError::invalid(
             format!("{param}.type"),
             "reasoning items are not supported: the models this server runs do not reason",
@@ -256,19 +267,19 @@ pub fn check_call_outputs(prefix: &[Value], items: &[Value]) -> Result<(), ApiEr
     Ok(())
 }
 
-/// Normalized items as chat messages: `instructions` first (a system message), then each
-/// message; consecutive function calls join the assistant message before them as its
-/// `tool_calls`, and each call's output becomes a `tool` message.
-pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMessageIn> {
-    let mut messages = Vec::with_capacity(items.len() + 1);
+/// Normalized items as chat messages (JSON, as a chat request has them): `instructions` first
+/// (a system message), then each message; consecutive function calls join the assistant
+/// message before them as its `tool_calls`, and each call's output becomes a `tool` message.
+pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> {
+    let mut messages: Vec<Value> = Vec::with_capacity(items.len() + 1);
     if let Some(text) = instructions {
-        messages.push(chat_message("system", Some(text.to_string())));
+        messages.push(json!({"role": "system", "content": text}));
     }
     for item in items {
         match item["type"].as_str() {
             Some("message") => {
                 let role = item["role"].as_str().unwrap_or("user");
-                messages.push(chat_message(role, Some(parts_text(&item["content"]))));
+                messages.push(json!({"role": role, "content": parts_text(&item["content"])}));
             }
             Some("function_call") => {
                 let call = json!({
@@ -277,16 +288,17 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMes
                 });
                 let open = messages
                     .last_mut()
-                    .filter(|m: &&mut ChatMessageIn| m.role == "assistant");
+                    .filter(|m| m["role"] == "assistant")
+                    .and_then(Value::as_object_mut);
                 match open {
-                    Some(m) => match &mut m.tool_calls {
-                        Some(Value::Array(calls)) => calls.push(call),
-                        _ => m.tool_calls = Some(Value::Array(vec![call])),
+                    Some(m) => match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                        Some(calls) => calls.push(call),
+                        None => {
+                            m.insert("tool_calls".into(), json!([call]));
+                        }
                     },
                     None => {
-                        let mut m = chat_message("assistant", None);
-                        m.tool_calls = Some(Value::Array(vec![call]));
-                        messages.push(m);
+                        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}))
                     }
                 }
             }
@@ -295,23 +307,11 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMes
                     Value::String(s) => s.clone(),
                     parts => parts_text(parts),
                 };
-                let mut m = chat_message("tool", Some(output));
-                m.tool_call_id = item["call_id"].as_str().map(str::to_string);
-                messages.push(m);
+                messages.push(json!({"role": "tool", "content": output, "tool_call_id": item["call_id"]}));
             }
             // Normalization admits nothing else.
             _ => {}
         }
     }
     messages
-}
-
-fn chat_message(role: &str, content: Option<String>) -> ChatMessageIn {
-    ChatMessageIn {
-        role: role.to_string(),
-        content: content.map(MessageContent::Text),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-    }
 }

@@ -1,16 +1,22 @@
-//! OpenAI's Responses API (`/v1/responses`) for local models. A request is checked
-//! ([`request`]), its input items normalized ([`input`]) and, after any stored conversation it
-//! continues (`previous_response_id`, [`store`]), turned into a chat request ([`convert`]) that
-//! the chat planner renders, tokenizes and constrains exactly as `/v1/chat/completions` would.
-//! The engine's output becomes output items ([`output`]), whole or streamed ([`stream`]).
+//! OpenAI's Responses API (`/v1/responses`). A request is checked ([`request`]), its input
+//! items normalized ([`input`]: `item_reference`s resolved from the [`store`]) and, after any
+//! stored conversation it continues (`previous_response_id`), turned into a chat request
+//! ([`convert`]). For a local model the chat planner renders, tokenizes and constrains it exactly
+//! as `/v1/chat/completions` would, and the engine's output becomes output items ([`output`]),
+//! whole or streamed ([`stream`], [`events`]). For a route ([`routed`]) the router serves the
+//! chat request as it serves `/v1/chat/completions`, and the chat answer or stream becomes the
+//! response or its events.
 //!
 //! Not supported (refused with a 400 naming the field): built-in tools, background mode,
 //! reasoning, conversations and prompt templates, `truncation: auto`, non-text input parts.
 
 pub mod convert;
+pub mod events;
 pub mod input;
 pub mod output;
 pub mod request;
+pub mod routed;
+mod routed_stream;
 pub mod store;
 pub mod stream;
 
@@ -26,23 +32,36 @@ use wick_engine::sample::stop::FinishReason;
 use crate::api::errors::ApiError;
 use crate::api::infer;
 use crate::api::local_model::LocalModels;
-use crate::api::openai::unix_now;
+use crate::api::openai::{unix_now, ChatCompletionRequest, SamplingFields};
 use crate::api::responses::convert::rename_param;
+use crate::api::responses::events::Save;
 use crate::api::responses::output::{output_items, usage, ResponseHead, Status};
 use crate::api::responses::request::ResponsesRequest;
 use crate::api::responses::store::{ResponseStore, StoredResponse};
 use crate::api::service::{blocking, plan_chat_request, ChatPlan};
 use crate::api::sse::chat_logprobs;
+use crate::api::validation::from_value;
 use crate::ops::metrics::RequestTimer;
 use crate::tools;
 
-/// A Responses request made ready for the engine.
-struct ResponsePlan {
-    chat: ChatPlan,
-    head: ResponseHead,
+/// A Responses request as the chat request that answers it, with what storing it takes.
+struct Prepared {
+    req: ResponsesRequest,
+    /// The chat request body (`convert::chat_body`).
+    chat: Value,
     input_items: Vec<Value>,
     previous: Option<Arc<StoredResponse>>,
-    store: bool,
+}
+
+impl Prepared {
+    /// Where the finished response goes (`None`: `store: false`).
+    fn save(&mut self, store: &Arc<ResponseStore>) -> Option<Save> {
+        self.req.store.unwrap_or(true).then(|| Save {
+            store: store.clone(),
+            input_items: std::mem::take(&mut self.input_items),
+            previous: self.previous.take(),
+        })
+    }
 }
 
 /// OpenAI's 404 for a response id that is not stored (never was, expired, evicted, deleted).
@@ -55,11 +74,8 @@ fn response_not_found(id: &str, param: Option<&str>) -> ApiError {
     e
 }
 
-/// Parsing, the conversation, and the chat planner's work (template, tokenizing, grammars): all
-/// CPU, run on the blocking pool.
-fn plan(models: &LocalModels, store: &ResponseStore, body: &Bytes) -> Result<ResponsePlan, ApiError> {
-    let req = ResponsesRequest::parse(body)?;
-    models.get(&req.model)?;
+/// The conversation (the stored one it continues, then its input items) as a chat request.
+fn prepare(req: ResponsesRequest, store: &ResponseStore) -> Result<Prepared, ApiError> {
     let previous = match req.previous_response_id.as_deref() {
         Some(id) => Some(
             store
@@ -68,7 +84,7 @@ fn plan(models: &LocalModels, store: &ResponseStore, body: &Bytes) -> Result<Res
         ),
         None => None,
     };
-    let input_items = input::normalize(req.input.as_ref())?;
+    let input_items = input::normalize(req.input.as_ref(), &|id| store.item(id))?;
     if input_items.is_empty() && previous.is_none() {
         return Err(ApiError::invalid(
             "input",
@@ -79,16 +95,34 @@ fn plan(models: &LocalModels, store: &ResponseStore, body: &Bytes) -> Result<Res
     input::check_call_outputs(&conversation, &input_items)?;
     conversation.extend(input_items.iter().cloned());
     let messages = input::chat_messages(req.instructions.as_deref(), &conversation);
-    let (chat_req, sampling) = convert::chat_request(&req, messages)?;
-    let chat = plan_chat_request(models, &chat_req, &sampling).map_err(rename_param)?;
-    let head = ResponseHead::new(&req, &chat.model.id, unix_now());
-    Ok(ResponsePlan {
+    let chat = convert::chat_body(&req, messages)?;
+    Ok(Prepared {
+        req,
         chat,
-        head,
         input_items,
         previous,
-        store: req.store.unwrap_or(true),
     })
+}
+
+/// A Responses request made ready for a local model's engine.
+struct ResponsePlan {
+    chat: ChatPlan,
+    head: ResponseHead,
+    prepared: Prepared,
+}
+
+/// Parsing, the conversation, and the chat planner's work (template, tokenizing, grammars): all
+/// CPU, run on the blocking pool.
+fn plan(models: &LocalModels, store: &ResponseStore, body: &Bytes) -> Result<ResponsePlan, ApiError> {
+    let req = ResponsesRequest::parse(body)?;
+    models.get(&req.model)?;
+    let prepared = prepare(req, store)?;
+    // The chat request as `/v1/chat/completions` would read it.
+    let chat_req: ChatCompletionRequest = from_value(&prepared.chat).map_err(rename_param)?;
+    let sampling: SamplingFields = from_value(&prepared.chat).map_err(rename_param)?;
+    let chat = plan_chat_request(models, &chat_req, &sampling).map_err(rename_param)?;
+    let head = ResponseHead::new(&prepared.req, &chat.model.id, unix_now());
+    Ok(ResponsePlan { chat, head, prepared })
 }
 
 /// `POST /v1/responses` for a local model.
@@ -101,9 +135,7 @@ pub async fn create(
     let ResponsePlan {
         chat,
         head,
-        input_items,
-        previous,
-        store: keep,
+        mut prepared,
     } = blocking(move || plan(&models_c, &store_c, &body_c)).await?;
     let ChatPlan {
         model,
@@ -124,11 +156,7 @@ pub async fn create(
         "input",
     )
     .map_err(rename_param)?;
-    let save = keep.then(|| stream::Save {
-        store: store.clone(),
-        input_items,
-        previous,
-    });
+    let save = prepared.save(store);
     if stream {
         let setup = stream::StreamSetup {
             head,
@@ -156,20 +184,19 @@ pub async fn create(
         }
         None => (Some(choice.text), Vec::new(), false),
     };
-    let logprobs = if params.logprobs {
-        chat_logprobs(model.engine.tokenizer(), &choice.tokens, &choice.logprobs).content
+    let logprobs: Vec<Value> = if params.logprobs {
+        chat_logprobs(model.engine.tokenizer(), &choice.tokens, &choice.logprobs)
+            .content
+            .iter()
+            .map(|l| json!(l))
+            .collect()
     } else {
         Vec::new()
     };
     let output = output_items(text, &logprobs, calls, forced, status);
     let object = head.object(status, output, Some(usage(engine_usage)), Some(unix_now()));
     if let Some(save) = save {
-        let stored = StoredResponse {
-            response: object.clone(),
-            input_items: save.input_items,
-            previous: save.previous,
-        };
-        store.insert(head.id.clone(), Arc::new(stored));
+        save.keep(&head.id, &object);
     }
     Ok(Json(object).into_response())
 }

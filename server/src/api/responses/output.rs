@@ -5,7 +5,6 @@
 use serde_json::{json, Value};
 use wick_engine::engine::Usage as EngineUsage;
 
-use crate::api::openai::TokenLogprob;
 use crate::api::responses::input::new_id;
 use crate::api::responses::request::ResponsesRequest;
 
@@ -57,6 +56,12 @@ impl ResponseHead {
         }
     }
 
+    /// The model that answers: a route's response names the backend that answered it, known
+    /// only once it has.
+    pub fn set_model(&mut self, model: &str) {
+        self.settings["model"] = json!(model);
+    }
+
     /// The response object in `status`; `incomplete` adds OpenAI's reason (the only one here:
     /// `max_output_tokens` cut the output).
     pub fn object(
@@ -86,7 +91,7 @@ impl ResponseHead {
 
 /// An f32 setting as the client wrote it: through its shortest decimal form, so that 0.9 is
 /// echoed as 0.9 and not as the f64 nearest the f32 (0.8999999761581421).
-fn echo_f32(v: f32) -> Value {
+pub fn echo_f32(v: f32) -> Value {
     v.to_string().parse::<f64>().map_or(Value::Null, |f| json!(f))
 }
 
@@ -109,17 +114,36 @@ impl Status {
 
 /// Responses' `usage` from the engine's.
 pub fn usage(u: EngineUsage) -> Value {
+    usage_of(
+        u.prompt_tokens as u64,
+        u.cached_prompt_tokens as u64,
+        u.completion_tokens as u64,
+    )
+}
+
+/// Responses' `usage` from a chat answer's (`prompt_tokens`, `completion_tokens`,
+/// `prompt_tokens_details.cached_tokens`); a count the backend left out is 0.
+pub fn usage_from_chat(u: &Value) -> Value {
+    let count = |path: &str| u.pointer(path).and_then(Value::as_u64).unwrap_or(0);
+    usage_of(
+        count("/prompt_tokens"),
+        count("/prompt_tokens_details/cached_tokens"),
+        count("/completion_tokens"),
+    )
+}
+
+fn usage_of(input: u64, cached: u64, output: u64) -> Value {
     json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_prompt_tokens, "cache_write_tokens": 0},
-        "output_tokens": u.completion_tokens,
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "total_tokens": input + output,
     })
 }
 
 /// An `output_text` part (`logprobs` as chat's token logprobs, which have the same shape).
-pub fn text_part(text: &str, logprobs: &[TokenLogprob]) -> Value {
+pub fn text_part(text: &str, logprobs: &[Value]) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
 }
 
@@ -145,7 +169,7 @@ pub fn has_message(text: &str, calls: usize, forced: bool) -> bool {
 /// `(call_id, name, arguments)`. A message cut by `max_output_tokens` is `incomplete`.
 pub fn output_items(
     text: Option<String>,
-    logprobs: &[TokenLogprob],
+    logprobs: &[Value],
     calls: Vec<(String, String, String)>,
     forced: bool,
     status: Status,
