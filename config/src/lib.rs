@@ -79,8 +79,8 @@ pub fn load_str(
     };
     let file = file.map(|(path, _)| path);
     let mut origins = Vec::new();
-    env.apply(&mut cfg, Layer::Env, &mut origins);
-    cli.apply(&mut cfg, Layer::Flag, &mut origins);
+    let mut unapplied = env.apply(&mut cfg, Layer::Env, &mut origins);
+    unapplied.extend(cli.apply(&mut cfg, Layer::Flag, &mut origins));
     if cfg.models.is_empty() {
         cfg.models.push(ModelConfig {
             id: DEFAULT_MODEL_ID.into(),
@@ -88,13 +88,13 @@ pub fn load_str(
         });
     }
     let findings = validate::validate(&cfg);
-    if findings.is_empty() {
+    if findings.is_empty() && unapplied.is_empty() {
         return Ok(cfg);
     }
     let locator = locate::Locator::new(src);
-    let problems = findings
+    let problems = unapplied
         .into_iter()
-        .map(|(field, message, suggestion)| {
+        .chain(findings.into_iter().map(|(field, message, suggestion)| {
             // The last layer that set the field is where the bad value came from.
             let set_by = origins
                 .iter()
@@ -121,7 +121,7 @@ pub fn load_str(
                 message,
                 suggestion,
             }
-        })
+        }))
         .collect();
     Err(ConfigError::Invalid(problems))
 }
@@ -131,18 +131,28 @@ pub fn env_overrides() -> Result<Overrides, ConfigError> {
     Overrides::from_env(|k| std::env::var(k).ok()).map_err(ConfigError::Invalid)
 }
 
-/// Which `[[models]]` entry this process serves: `server.model`, else the only local model.
+/// Which `[[models]]` entry this process serves: `server.model`, else the only local model that
+/// is not another's draft.
 pub fn served_model_index(cfg: &Config) -> Option<usize> {
     match &cfg.server.model {
         Some(id) => cfg.models.iter().position(|m| &m.id == id && !m.is_remote()),
         None => {
-            let mut local = cfg.models.iter().enumerate().filter(|(_, m)| !m.is_remote());
+            let mut local = cfg
+                .models
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.is_remote() && !is_draft(cfg, &m.id));
             match (local.next(), local.next()) {
                 (Some((i, _)), None) => Some(i),
                 _ => None,
             }
         }
     }
+}
+
+/// Whether some model names `id` as its `draft`.
+pub fn is_draft(cfg: &Config, id: &str) -> bool {
+    cfg.models.iter().any(|m| m.draft.as_deref() == Some(id))
 }
 
 impl Config {
@@ -154,6 +164,8 @@ impl Config {
     /// Every local model this process runs, each with its own engine: the served model first,
     /// then each other local model a route names as a tier, in the order routes name them.
     /// Empty when no model is served (an ambiguous `server.model`, reported by validation).
+    /// A draft runs inside its target's engine ([`Config::draft_of`]) and is not listed unless
+    /// it is served or a tier too.
     pub fn local_models(&self) -> Vec<&ModelConfig> {
         let Some(first) = self.served_model() else {
             return Vec::new();
@@ -167,6 +179,12 @@ impl Config {
             }
         }
         out
+    }
+
+    /// The `[[models]]` entry that drafts for `model`, if it has one.
+    pub fn draft_of(&self, model: &ModelConfig) -> Option<&ModelConfig> {
+        let id = model.draft.as_deref()?;
+        self.models.iter().find(|m| m.id == id)
     }
 
     /// The configuration as TOML, secrets masked ([`Secret`] serializes as a mask).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::{Origin, Problem};
-use crate::schema::{Config, LogFormat, ModelConfig, Secret};
+use crate::schema::{Config, LogFormat, ModelConfig, Secret, Speculative};
 
 /// Settings given outside the file. `None`: not given, the layer below decides.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +17,17 @@ pub struct Overrides {
     pub model: Option<String>,
     pub served_model_name: Option<String>,
     pub chat_template: Option<PathBuf>,
+    /// `--draft-model`: a draft model's source for the served model; the draft gets a
+    /// `[[models]]` entry of its own (id `draft`) unless the served model names one already,
+    /// whose source it then replaces.
+    pub draft_model: Option<String>,
+    /// `--draft-dtype`: the draft's `dtype`. With `--draft-model` and without this: `auto` (as
+    /// stored), so that a dense `--dtype` for the target leaves the draft quantized.
+    pub draft_dtype: Option<String>,
+    /// `--speculative`: the served model's `speculative`.
+    pub speculative: Option<Speculative>,
+    /// `--num-speculative-tokens`: the served model's `num_speculative_tokens`.
+    pub num_speculative_tokens: Option<usize>,
     pub host: Option<String>,
     pub port: Option<u16>,
     /// `--api-key`: comma-separated.
@@ -27,6 +38,7 @@ pub struct Overrides {
     pub max_tools: Option<usize>,
     pub max_schema_bytes: Option<usize>,
     pub responses_store_max: Option<usize>,
+    pub responses_store_max_bytes: Option<usize>,
     pub responses_store_ttl_secs: Option<u64>,
     pub drain_delay_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
@@ -110,11 +122,32 @@ impl Overrides {
                 None
             }
         };
+        let speculative = match parsed("speculative").as_deref() {
+            None => None,
+            Some("ngram") => Some(Speculative::Ngram),
+            Some(other) => {
+                problems.push(Problem {
+                    origin: Layer::Env.origin("speculative"),
+                    field: String::new(),
+                    message: format!("`{other}`: expected `ngram`"),
+                    suggestion: None,
+                });
+                None
+            }
+        };
         let o = Overrides {
             model_id: parsed("model_id"),
             model: parsed("model"),
             served_model_name: parsed("served_model_name"),
             chat_template: parsed("chat_template").map(PathBuf::from),
+            draft_model: parsed("draft_model"),
+            draft_dtype: parsed("draft_dtype"),
+            speculative,
+            num_speculative_tokens: num(
+                "num_speculative_tokens",
+                parsed("num_speculative_tokens"),
+                &mut problems,
+            ),
             host: parsed("host"),
             port: num("port", parsed("port"), &mut problems),
             api_keys: parsed("api_key").map(|v| comma_list(&v).into_iter().map(Secret::new).collect()),
@@ -125,6 +158,11 @@ impl Overrides {
             responses_store_max: num(
                 "responses_store_max",
                 parsed("responses_store_max"),
+                &mut problems,
+            ),
+            responses_store_max_bytes: num(
+                "responses_store_max_bytes",
+                parsed("responses_store_max_bytes"),
                 &mut problems,
             ),
             responses_store_ttl_secs: num(
@@ -159,8 +197,9 @@ impl Overrides {
     }
 
     /// Sets what this layer gives. `origins` records, per field path, which flag or variable set
-    /// it, so a later validation problem names that instead of a file line.
-    pub fn apply(&self, cfg: &mut Config, layer: Layer, origins: &mut Vec<(String, Origin)>) {
+    /// it, so a later validation problem names that instead of a file line. The problems are
+    /// settings that had nothing to apply to (`--draft-dtype` without a draft model).
+    pub fn apply(&self, cfg: &mut Config, layer: Layer, origins: &mut Vec<(String, Origin)>) -> Vec<Problem> {
         let mut set = |name: &str, path: &str| origins.push((path.to_string(), layer.origin(name)));
         macro_rules! put {
             ($field:ident, $target:expr, $path:literal) => {
@@ -189,6 +228,11 @@ impl Overrides {
             responses_store_max,
             cfg.server.responses_store_max,
             "server.responses_store_max"
+        );
+        put!(
+            responses_store_max_bytes,
+            cfg.server.responses_store_max_bytes,
+            "server.responses_store_max_bytes"
         );
         put!(
             responses_store_ttl_secs,
@@ -226,8 +270,12 @@ impl Overrides {
             set("api_key", "server.api_keys");
         }
         let (model, name, template) = (&self.model, &self.served_model_name, &self.chat_template);
-        if model.is_none() && name.is_none() && template.is_none() {
-            return;
+        let speculation = self.draft_model.is_some()
+            || self.draft_dtype.is_some()
+            || self.speculative.is_some()
+            || self.num_speculative_tokens.is_some();
+        if model.is_none() && name.is_none() && template.is_none() && !speculation {
+            return Vec::new();
         }
         // Model settings apply to the served model; with no `[[models]]` that is the default one.
         if cfg.models.is_empty() {
@@ -238,7 +286,7 @@ impl Overrides {
         }
         // An ambiguous choice is left alone here and reported by validation.
         let Some(i) = crate::served_model_index(cfg) else {
-            return;
+            return Vec::new();
         };
         let entry = &mut cfg.models[i];
         let path = |field: &str| format!("models[{i}].{field}");
@@ -255,5 +303,99 @@ impl Overrides {
             entry.chat_template = Some(t.clone());
             set("chat_template", &path("chat_template"));
         }
+        if !speculation {
+            return Vec::new();
+        }
+        self.apply_speculation(cfg, i, layer, &mut set)
+    }
+
+    /// The speculation settings, on the served model `cfg.models[i]` and its draft. A later
+    /// layer's draft model replaces an earlier `speculative` and the other way round; both in
+    /// one layer are left for validation to report.
+    fn apply_speculation(
+        &self,
+        cfg: &mut Config,
+        i: usize,
+        layer: Layer,
+        set: &mut impl FnMut(&str, &str),
+    ) -> Vec<Problem> {
+        let path = |i: usize, field: &str| format!("models[{i}].{field}");
+        let served_id = cfg.models[i].id.clone();
+        if let Some(method) = self.speculative {
+            let entry = &mut cfg.models[i];
+            entry.speculative = Some(method);
+            if self.draft_model.is_none() && entry.draft.take().is_some() {
+                // The entry that drafted is an ordinary local model now: keep serving this one.
+                cfg.server.model.get_or_insert(served_id.clone());
+            }
+            set("speculative", &path(i, "speculative"));
+        }
+        if let Some(k) = self.num_speculative_tokens {
+            cfg.models[i].num_speculative_tokens = Some(k);
+            set("num_speculative_tokens", &path(i, "num_speculative_tokens"));
+        }
+        // The served model's draft entry, whose source `--draft-model` replaces (never the
+        // served entry itself, which validation reports as drafting for itself).
+        let existing = cfg.models[i]
+            .draft
+            .as_ref()
+            .and_then(|id| cfg.models.iter().position(|m| &m.id == id))
+            .filter(|&d| d != i);
+        if let Some(source) = &self.draft_model {
+            let d = match existing {
+                Some(d) => d,
+                None => {
+                    let id = (1..)
+                        .map(|n| {
+                            if n == 1 {
+                                "draft".to_string()
+                            } else {
+                                format!("draft-{n}")
+                            }
+                        })
+                        .find(|id| cfg.models.iter().all(|m| &m.id != id))
+                        .unwrap_or_else(|| "draft".into());
+                    cfg.models.push(ModelConfig {
+                        id: id.clone(),
+                        ..ModelConfig::default()
+                    });
+                    cfg.models[i].draft = Some(id);
+                    set("draft_model", &path(i, "draft"));
+                    cfg.models.len() - 1
+                }
+            };
+            let draft = &mut cfg.models[d];
+            draft.source = Some(source.clone());
+            draft.url = None;
+            draft.dtype.get_or_insert_with(|| "auto".into());
+            set("draft_model", &path(d, "source"));
+            if self.speculative.is_none() {
+                cfg.models[i].speculative = None;
+            }
+        }
+        if let Some(dtype) = &self.draft_dtype {
+            let draft = cfg.models[i]
+                .draft
+                .as_ref()
+                .and_then(|id| cfg.models.iter().position(|m| &m.id == id));
+            match draft {
+                Some(d) => {
+                    cfg.models[d].dtype = Some(dtype.clone());
+                    set("draft_dtype", &path(d, "dtype"));
+                }
+                None => {
+                    return vec![Problem {
+                        origin: layer.origin("draft_dtype"),
+                        field: path(i, "draft"),
+                        message: format!(
+                            "`{served_id}` has no draft model for this dtype (give one with \
+                             --draft-model or `draft`)"
+                        ),
+                        suggestion: None,
+                    }]
+                }
+            }
+        }
+        Vec::new()
     }
 }

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Stored responses (`/v1/responses` with `store`, the default) kept in memory at most; the
     /// oldest is evicted past it. They live in this process only.
     pub responses_store_max: usize,
+    /// The stored responses' size at most, in bytes of JSON (a response counts with the
+    /// conversation it continues, which it keeps in memory); the oldest are evicted past it.
+    pub responses_store_max_bytes: usize,
     /// A stored response is forgotten this long after it was created.
     pub responses_store_ttl_secs: u64,
     /// On SIGTERM: keep the listener open (answering 503) this long so load balancers notice.
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             max_tools: 128,
             max_schema_bytes: 64 << 10,
             responses_store_max: 1024,
+            responses_store_max_bytes: 64 << 20,
             responses_store_ttl_secs: 3600,
             drain_delay_secs: 5,
             drain_grace_secs: 60,
@@ -80,7 +84,7 @@ pub struct EngineConfig {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Load weights dequantized (`f32`, `f16`, `bf16`) or re-quantized (`q8_0`, `q4_0`);
-    /// unset keeps GGUF weights as stored.
+    /// unset or `auto` keeps GGUF weights as stored. A model's own `dtype` overrides it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
     /// KV cache budget (K and V, all layers) in MiB; the block count follows from it. Unset:
@@ -155,6 +159,29 @@ pub struct ModelConfig {
     /// How tool calls are parsed from the output (issue #6).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_parser: Option<ToolCallParser>,
+    /// Local: how this model's weights are held, overriding `engine.dtype` (the same values,
+    /// and `auto`: GGUF weights as stored). A draft usually stays quantized under a dense target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Local: speculative decoding with a draft model, the id of another local `[[models]]`
+    /// entry sharing this model's vocabulary. The draft runs inside this model's engine; it is
+    /// not served on its own unless a route or `server.model` names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
+    /// Local: speculative decoding without a draft model (`ngram`: prompt lookup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<Speculative>,
+    /// With `draft` or `speculative`: the most tokens proposed per sequence and step, 1 to
+    /// [`MAX_NUM_SPECULATIVE_TOKENS`]. Unset: wick-engine's default
+    /// (`SpeculativeConfig::DEFAULT_NUM_SPECULATIVE_TOKENS`, 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_speculative_tokens: Option<usize>,
+    /// With `draft` or `speculative`: speculation is off in a step decoding more sequences than
+    /// this (a batch that large keeps the matmuls busy already); at most this many, the engine
+    /// speculates where it measures that it pays. Unset: wick-engine's default
+    /// (`SpeculativeConfig::DEFAULT_MAX_BATCH`, 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative_max_batch: Option<usize>,
     /// Routes: what a million prompt tokens cost on this model (any currency, e.g. USD), for
     /// the router's cost metrics.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,7 +254,33 @@ impl ModelConfig {
     pub fn is_remote(&self) -> bool {
         self.url.is_some()
     }
+
+    /// Whether this model speculates (with a draft model or `speculative`).
+    pub fn speculates(&self) -> bool {
+        self.draft.is_some() || self.speculative.is_some()
+    }
 }
+
+/// Speculative decoding without a draft model (`[[models]] speculative`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speculative {
+    /// Prompt lookup: the tokens that followed the latest earlier occurrence of the last few
+    /// tokens (free; right whenever the output quotes its context).
+    Ngram,
+}
+
+impl Speculative {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ngram => "ngram",
+        }
+    }
+}
+
+/// The most `num_speculative_tokens` takes: every proposed token is one more row per sequence
+/// in the target's forward, and a longer run is rarely accepted whole.
+pub const MAX_NUM_SPECULATIVE_TOKENS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,6 +3,8 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+mod speculative;
+
 const FILE: &str = "wick.toml";
 
 fn load_text(src: &str, env: &[(&str, &str)], cli: &Overrides) -> Result<Config, ConfigError> {
@@ -345,6 +347,69 @@ fn responses_store_bounds_default_layer_and_must_be_positive() {
 }
 
 #[test]
+fn responses_store_byte_bound_defaults_to_64_mib_layers_and_must_be_positive() {
+    let cfg = load_text("", &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.server.responses_store_max_bytes, 64 << 20);
+    let src = "[server]\nresponses_store_max_bytes = 1000\n";
+    assert_eq!(
+        load_text(src, &[], &Overrides::default())
+            .unwrap()
+            .server
+            .responses_store_max_bytes,
+        1000
+    );
+    let env = [("WICK_RESPONSES_STORE_MAX_BYTES", "2000")];
+    assert_eq!(
+        load_text(src, &env, &Overrides::default())
+            .unwrap()
+            .server
+            .responses_store_max_bytes,
+        2000
+    );
+    let cli = Overrides {
+        responses_store_max_bytes: Some(3000),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        load_text(src, &env, &cli)
+            .unwrap()
+            .server
+            .responses_store_max_bytes,
+        3000
+    );
+    let err = load_text(
+        "[server]\nresponses_store_max_bytes = 0\n",
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("server.responses_store_max_bytes: must be greater than 0"),
+        "{err}"
+    );
+    let err = load_text(
+        "",
+        &[("WICK_RESPONSES_STORE_MAX_BYTES", "lots")],
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.problems()[0].origin,
+        Origin::Env("WICK_RESPONSES_STORE_MAX_BYTES".into())
+    );
+    let cli = Overrides {
+        responses_store_max_bytes: Some(0),
+        ..Overrides::default()
+    };
+    let err = load_text("", &[], &cli).unwrap_err();
+    assert_eq!(
+        err.problems()[0].origin,
+        Origin::Flag("--responses-store-max-bytes".into())
+    );
+}
+
+#[test]
 fn secrets_are_masked_in_print_and_debug() {
     let src = "[server]\napi_keys = [\"sk-from-file\"]\n";
     let cfg = load_text(src, &[], &Overrides::default()).unwrap();
@@ -381,7 +446,12 @@ fn every_example_is_valid() {
     names.sort();
     assert_eq!(
         names,
-        ["cascade.toml", "cpu-default.toml", "gpu-llama3.1-8b.toml"]
+        [
+            "cascade.toml",
+            "cpu-default.toml",
+            "gpu-llama3.1-8b.toml",
+            "speculative.toml"
+        ]
     );
 }
 

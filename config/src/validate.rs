@@ -5,10 +5,12 @@
 use std::collections::HashSet;
 
 use crate::error::did_you_mean;
-use crate::schema::{Capability, Config};
+use crate::schema::{Capability, Config, MAX_NUM_SPECULATIVE_TOKENS};
 
-/// The weight formats the loader accepts (`WeightFormat::parse` in wick-engine).
-pub const DTYPES: &[&str] = &["f32", "f16", "bf16", "q8_0", "q4_0"];
+/// The weight formats the loader accepts (`WeightFormat::parse` in wick-engine), and `auto`:
+/// as stored (the loader's default, which a model's `dtype` may ask for under a dense
+/// `engine.dtype`).
+pub const DTYPES: &[&str] = &["auto", "f32", "f16", "bf16", "q8_0", "q4_0"];
 /// What `engine.kv_cache_dtype` takes.
 pub const KV_CACHE_DTYPES: &[&str] = &["auto", "f32", "f16"];
 
@@ -37,6 +39,12 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
     }
     if s.responses_store_max == 0 {
         bad("server.responses_store_max", "must be greater than 0".into());
+    }
+    if s.responses_store_max_bytes == 0 {
+        bad(
+            "server.responses_store_max_bytes",
+            "must be greater than 0".into(),
+        );
     }
     if s.responses_store_ttl_secs == 0 {
         bad("server.responses_store_ttl_secs", "must be greater than 0".into());
@@ -101,6 +109,7 @@ pub fn validate(cfg: &Config) -> Vec<Finding> {
     }
 
     check_models(cfg, &mut out);
+    check_speculation(cfg, &mut out);
     check_routes(cfg, &mut out);
     out
 }
@@ -202,6 +211,12 @@ fn check_models(cfg: &Config, out: &mut Vec<Finding>) {
         .filter(|m| !m.is_remote())
         .map(|m| m.id.as_str())
         .collect();
+    // A model that only drafts for another is not a candidate for serving (`served_model_index`).
+    let servable: Vec<&str> = local
+        .iter()
+        .copied()
+        .filter(|id| !crate::is_draft(cfg, id))
+        .collect();
     match &cfg.server.model {
         Some(id) => match cfg.models.iter().find(|m| &m.id == id) {
             None if !cfg.models.is_empty() => out.push((
@@ -216,15 +231,107 @@ fn check_models(cfg: &Config, out: &mut Vec<Finding>) {
             )),
             _ => {}
         },
-        None if local.len() > 1 => out.push((
+        None if servable.len() > 1 => out.push((
             "server.model".into(),
             format!(
                 "several local models ({}): say which this process serves (`server.model` or --model-id)",
-                local.join(", ")
+                servable.join(", ")
             ),
             None,
         )),
         None => {}
+    }
+}
+
+/// Per-model `dtype` and speculative decoding: `draft` names another local model that does not
+/// speculate itself, `speculative` is not given beside it, and the tuning keys come with one
+/// of the two.
+fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
+    for (i, m) in cfg.models.iter().enumerate() {
+        let at = |f: &str| format!("models[{i}].{f}");
+        if m.is_remote() {
+            for (field, set) in [
+                ("dtype", m.dtype.is_some()),
+                ("draft", m.draft.is_some()),
+                ("speculative", m.speculative.is_some()),
+                ("num_speculative_tokens", m.num_speculative_tokens.is_some()),
+                ("speculative_max_batch", m.speculative_max_batch.is_some()),
+            ] {
+                if set {
+                    out.push((at(field), "only applies to a local model (`source`)".into(), None));
+                }
+            }
+            continue;
+        }
+        if let Some(dtype) = &m.dtype {
+            if !DTYPES.contains(&dtype.as_str()) {
+                out.push((
+                    at("dtype"),
+                    format!("unknown dtype `{dtype}`; expected one of {}", DTYPES.join(", ")),
+                    did_you_mean(dtype, DTYPES.iter().copied()),
+                ));
+            }
+        }
+        if let (Some(_), Some(method)) = (&m.draft, m.speculative) {
+            out.push((
+                at("speculative"),
+                format!(
+                    "`draft` and `speculative = \"{}\"` together: speculate with a draft model or \
+                     without one, not both",
+                    method.as_str()
+                ),
+                None,
+            ));
+        }
+        if let Some(id) = &m.draft {
+            let found = cfg.models.iter().find(|d| &d.id == id);
+            let problem = match found {
+                _ if id == &m.id => Some((
+                    format!("`{id}` is this model; a draft is another, smaller model with its vocabulary"),
+                    None,
+                )),
+                None => {
+                    let others = cfg
+                        .models
+                        .iter()
+                        .filter(|d| !d.is_remote() && d.id != m.id)
+                        .map(|d| d.id.as_str());
+                    Some((format!("no model has id `{id}`"), did_you_mean(id, others)))
+                }
+                Some(d) if d.is_remote() => Some((
+                    format!("`{id}` is remote (`url`); a draft runs in this process, beside its target"),
+                    None,
+                )),
+                // Drafts of drafts would need an engine inside the draft's engine.
+                Some(d) if d.speculates() => Some((
+                    format!("`{id}` speculates itself (`draft` or `speculative`); a draft model cannot"),
+                    None,
+                )),
+                Some(_) => None,
+            };
+            if let Some((message, suggestion)) = problem {
+                out.push((at("draft"), message, suggestion));
+            }
+        }
+        let needs = "only applies with `draft` or `speculative`";
+        if let Some(k) = m.num_speculative_tokens {
+            if !m.speculates() {
+                out.push((at("num_speculative_tokens"), needs.into(), None));
+            } else if !(1..=MAX_NUM_SPECULATIVE_TOKENS).contains(&k) {
+                out.push((
+                    at("num_speculative_tokens"),
+                    format!("must be between 1 and {MAX_NUM_SPECULATIVE_TOKENS}"),
+                    None,
+                ));
+            }
+        }
+        if let Some(b) = m.speculative_max_batch {
+            if !m.speculates() {
+                out.push((at("speculative_max_batch"), needs.into(), None));
+            } else if b == 0 {
+                out.push((at("speculative_max_batch"), "must be greater than 0".into(), None));
+            }
+        }
     }
 }
 

@@ -6,19 +6,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use wick_engine::model::loader::{self, LoadOptions};
-use wick_engine::Engine;
-use wick_server::api::chat_template::ChatTemplate;
 use wick_server::api::responses::store::ResponseStore;
 use wick_server::api::routes;
 use wick_server::api::state::AppState;
 use wick_server::cli;
 use wick_server::cli::config::{ConfigCommand, ServeArgs};
-use wick_server::cli::model::{chat_template, load_options, resolve_model};
 use wick_server::ops::auth::ApiKeys;
 use wick_server::ops::drain;
 use wick_server::router::RouterState;
-use wick_server::tools::{self, RequestLimits};
+use wick_server::tools::RequestLimits;
 
 /// Forward passes allocate and free megabyte buffers many times per step; mimalloc reuses them
 /// where glibc's malloc would map fresh pages each time (docs/engine.md, "Memory").
@@ -53,72 +49,18 @@ enum Command {
     RouteEval(cli::route_eval::RouteEvalArgs),
 }
 
-/// One local model, loaded (weights on the device; no engine yet).
-struct LoadedLocal {
-    /// The config's id (routes name it) and the name clients use.
-    config_id: String,
-    model_id: String,
-    loaded: wick_engine::model::loader::LoadedModel,
-    template: Option<ChatTemplate>,
-    tool_format: Option<wick_server::tools::parser::ToolCallFormat>,
-}
-
-fn load_local(model: &wick_config::ModelConfig, opts: &LoadOptions) -> Result<LoadedLocal> {
-    let source = resolve_model(model.source.as_deref())?;
-    let model_id = model.served_name.clone().unwrap_or_else(|| source.display_name());
-    tracing::info!(model = %model_id, "loading");
-    let loaded = loader::load(&source, opts).with_context(|| format!("loading model `{}`", model.id))?;
-    let template = chat_template(model.chat_template.as_ref(), &loaded.tokenizer)?;
-    if template.is_none() {
-        tracing::warn!(model = %model_id, "the model has no chat template: /v1/chat/completions will answer 400");
-    }
-    let tool_format = model.tool_call_parser.map(cli::config::tool_call_format);
-    if let (Some(format), Some(t)) = (tool_format, &template) {
-        if tools::template_format(t, Some(format)).is_none() {
-            tracing::warn!(
-                model = %model_id,
-                %format,
-                "tool_call_parser is not used: the chat template does not render tools, so tool \
-                 requests get the generic prompt and its Hermes markup"
-            );
-        }
-    }
-    Ok(LoadedLocal {
-        config_id: model.id.clone(),
-        model_id,
-        loaded,
-        template,
-        tool_format,
-    })
-}
-
 fn serve(cfg: wick_config::Config) -> Result<()> {
-    // wick-config validated that one local model is the served one; routes may name more.
-    let models = cfg.local_models();
-    anyhow::ensure!(!models.is_empty(), "no local model to serve");
-    let (engine_cfg, server_cfg) = (&cfg.engine, &cfg.server);
-    let opts = load_options(&engine_cfg.device, engine_cfg.dtype.as_deref())?;
-    // Every model's weights first, then the engines: on a GPU each engine's KV pool takes its
-    // share of the memory left once all weights are in.
-    let loaded = models
-        .iter()
-        .map(|m| load_local(m, &opts))
-        .collect::<Result<Vec<_>>>()?;
+    let server_cfg = &cfg.server;
+    // Weights (drafts included), then engines; the served model first.
+    let models = cli::local_models::start(&cfg)?;
     let mut state: Option<AppState> = None;
     let mut local_ids = std::collections::HashMap::new();
-    let count = loaded.len();
-    for (i, m) in loaded.into_iter().enumerate() {
-        let mut engine_config = cli::config::engine_config(engine_cfg);
-        engine_config.gpu_memory_share = 1.0 / (count - i) as f64;
-        let engine = Arc::new(
-            Engine::new(m.loaded, engine_config)
-                .with_context(|| format!("starting the engine of `{}`", m.config_id))?,
-        );
+    for m in models {
         local_ids.insert(m.config_id.clone(), m.model_id.clone());
         match &mut state {
-            None => state = Some(AppState::new(engine, m.model_id, m.template, m.tool_format)),
+            None => state = Some(AppState::new(m.engine, m.model_id, m.template, m.tool_format)),
             Some(s) => s
-                .add_model(engine, m.model_id, m.template, m.tool_format)
+                .add_model(m.engine, m.model_id, m.template, m.tool_format)
                 .map_err(anyhow::Error::msg)?,
         }
     }

@@ -89,6 +89,19 @@ impl Server {
     }
 }
 
+/// The model `wick serve` serves with no model flags (scripts/fetch-default-model's).
+pub const DEFAULT_MODEL_ID: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// What the SDK test files (tests/e2e, tests/e2e-node) read to reach `server`: its base URL,
+/// the default model, and `api_key`.
+pub fn sdk_env(server: &Server, api_key: &str) -> [(&'static str, String); 3] {
+    [
+        ("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port)),
+        ("WICK_MODEL_ID", DEFAULT_MODEL_ID.to_string()),
+        ("WICK_API_KEY", api_key.to_string()),
+    ]
+}
+
 /// `GET path` → (status, whole response text), or None if the connection failed.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     request(port, "GET", path, None)
@@ -175,12 +188,44 @@ pub fn dechunk(mut rest: &str) -> String {
     out
 }
 
+/// The value of the first `/metrics` sample line that starts with `line_start` (a metric name
+/// and its labels, as Prometheus' text format writes them).
+pub fn metric(port: u16, line_start: &str) -> Option<f64> {
+    let (_, text) = http_get(port, "/metrics")?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// An SSE body (a Responses stream) as (event name, data) pairs; events without data (keep-alive
+/// comments) are left out.
+pub fn sse_events(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter_map(|e| {
+            let field = |name: &str| e.lines().find_map(|l| l.strip_prefix(name));
+            let data = serde_json::from_str(field("data: ")?).unwrap_or_else(|err| panic!("{err}: {e}"));
+            Some((field("event: ").unwrap_or_default().to_string(), data))
+        })
+        .collect()
+}
+
 /// The fallback model's path, from scripts/fetch-fallback-model (idempotent; it fetches the
 /// model if it is missing).
 pub fn fallback_model() -> String {
-    let out = Command::new(root().join("scripts/fetch-fallback-model"))
+    fetched_model("scripts/fetch-fallback-model")
+}
+
+/// The default model's path (the file `wick serve` serves with no model flags), from
+/// scripts/fetch-default-model (idempotent), for tests that name it as a source.
+pub fn default_model() -> String {
+    fetched_model("scripts/fetch-default-model")
+}
+
+/// The path a fetch script prints (it fetches the model if it is missing).
+fn fetched_model(script: &str) -> String {
+    let out = Command::new(root().join(script))
         .output()
-        .expect("scripts/fetch-fallback-model runs");
+        .unwrap_or_else(|e| panic!("{script} runs: {e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("a path").trim().to_string()
 }

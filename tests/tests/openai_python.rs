@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use wick_tests::{http_get, root, wick_binary, Server};
+use wick_tests::{http_get, root, sdk_env, wick_binary, Server};
 
 const API_KEY: &str = "e2e-test-key";
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
@@ -42,9 +42,7 @@ fn expected_content() -> String {
 fn run_sdk_tests(server: &Server, file: &str, what: &str, env: &[(&str, String)]) {
     let out = Command::new(python())
         .arg(root().join("tests/e2e").join(file))
-        .env("WICK_BASE_URL", format!("http://127.0.0.1:{}/v1", server.port))
-        .env("WICK_MODEL_ID", "SmolLM2-135M-Instruct.Q4_1")
-        .env("WICK_API_KEY", API_KEY)
+        .envs(sdk_env(server, API_KEY))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("python runs");
@@ -97,4 +95,77 @@ fn tool_calling_through_the_openai_python_sdk() {
 fn responses_api_through_the_openai_python_sdk() {
     let server = Server::start(&["--api-key", API_KEY]);
     run_sdk_tests(&server, "test_responses.py", "the Responses API tests", &[]);
+}
+
+/// Greedy chats for the speculative test: output that repeats its prompt (where n-gram lookup
+/// proposes well) and free text.
+const SPECULATIVE_PROMPTS: [&str; 4] = [
+    "Repeat this list exactly: apples, pears, plums, cherries, apples, pears, plums, cherries.",
+    "Count from one to twenty in words.",
+    "Write the alphabet in capital letters separated by commas.",
+    "Write a Python function that returns the sum of a list of numbers.",
+];
+const SPECULATIVE_MAX_TOKENS: &str = "32";
+
+/// Speculative decoding through the SDK (tests/e2e/test_speculative.py): the default model
+/// dequantized to f32 verifies proposals from the same GGUF kept quantized (`--draft-model`,
+/// its `--draft-dtype` left at `auto`), then from n-gram lookup (`--speculative ngram`). Every
+/// answer must be plain greedy decoding's (`wick generate --dtype f32`, no speculation), and
+/// /metrics must count accepted proposals (vLLM's spec-decode counters).
+#[test]
+fn speculative_decoding_through_the_openai_python_sdk() {
+    let expected: Vec<serde_json::Value> = SPECULATIVE_PROMPTS
+        .iter()
+        .map(|prompt| {
+            let out = Command::new(wick_binary())
+                .args(["generate", "--chat", "--dtype", "f32", "--prompt", prompt])
+                .args(["--max-tokens", SPECULATIVE_MAX_TOKENS])
+                .output()
+                .expect("wick generate runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).expect("utf-8 output");
+            let content = text.strip_suffix('\n').unwrap_or(&text).to_string();
+            serde_json::json!({"prompt": prompt, "content": content})
+        })
+        .collect();
+    let env = [
+        ("WICK_EXPECTED", serde_json::Value::from(expected).to_string()),
+        ("WICK_MAX_TOKENS", SPECULATIVE_MAX_TOKENS.to_string()),
+    ];
+    let draft = wick_tests::default_model();
+    for (method, flags) in [
+        ("draft model", ["--draft-model", draft.as_str()]),
+        ("ngram", ["--speculative", "ngram"]),
+    ] {
+        // JSON logs: the start-up line's fields, without the text format's colours; `k` is the
+        // default, wick-engine's `SpeculativeConfig::DEFAULT_NUM_SPECULATIVE_TOKENS`.
+        let common = ["--api-key", API_KEY, "--dtype", "f32", "--log-format", "json"];
+        let server = Server::start(&[&common[..], &flags].concat());
+        let log = std::fs::read_to_string(Server::log_path(server.port)).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(r#""message":"speculative decoding on""#)
+                    && l.contains(&format!(r#""method":"{method}""#))
+                    && l.contains(r#""k":3"#)),
+            "{log}"
+        );
+        run_sdk_tests(
+            &server,
+            "test_speculative.py",
+            &format!("the speculative decoding tests ({method})"),
+            &env,
+        );
+        // Over the run (the engine speculates in the first steps of each batch size at least).
+        let counter = |name: &str| {
+            let line = format!("{name}{{model_name=\"{}\"}} ", wick_tests::DEFAULT_MODEL_ID);
+            wick_tests::metric(server.port, &line).unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let proposed = counter("vllm:spec_decode_num_draft_tokens_total");
+        let accepted = counter("vllm:spec_decode_num_accepted_tokens_total");
+        println!("{method}: {proposed} proposed, {accepted} accepted");
+        assert!(
+            accepted > 0.0 && accepted <= proposed,
+            "{method}: {proposed} proposed, {accepted} accepted"
+        );
+    }
 }

@@ -105,6 +105,19 @@ fn a_real_prometheus_scrapes_wick_and_answers_queries() {
     assert_eq!(up, Some(1.0));
     let ttft = query(prom_port, "vllm:time_to_first_token_seconds_count").map(|(_, v)| v);
     assert_eq!(ttft, Some(1.0));
+    // vLLM's speculative decoding counters are there for every model, 0 where it does not
+    // speculate (tests/tests/speculative.rs has them count under a draft model).
+    for name in [
+        "vllm:spec_decode_num_draft_tokens_total",
+        "vllm:spec_decode_num_accepted_tokens_total",
+    ] {
+        let (labels, value) = query(prom_port, name).unwrap_or_else(|| panic!("{name} not scraped"));
+        assert_eq!(value, 0.0, "{name}");
+        assert!(
+            labels.contains(r#""model_name":"SmolLM2-135M-Instruct.Q4_1""#),
+            "{labels}"
+        );
+    }
 }
 
 /// A scratch directory removed when dropped (declared before Prometheus, so it outlives it).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::tools::parser::ToolCallFormat;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use wick_config::{Config, ConfigError, LogFormat, Overrides, Secret};
+use wick_config::{Config, ConfigError, LogFormat, Overrides, Secret, Speculative};
 use wick_engine::sched::scheduler::SchedulerConfig;
 
 /// `wick serve`'s flags. None has a default here: unset flags leave the value to the layers
@@ -35,9 +35,26 @@ pub struct ServeArgs {
     /// A Jinja chat template file overriding the model's own.
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
-    /// Load GGUF weights dequantized (f32, f16, bf16) or re-quantized (q8_0, q4_0).
+    /// Load GGUF weights dequantized (f32, f16, bf16) or re-quantized (q8_0, q4_0); auto: as
+    /// stored. [default: auto]
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Speculative decoding with a draft model (a source, as --model takes it) that shares the
+    /// served model's vocabulary: it proposes tokens, the served model verifies them in one
+    /// forward, and the output is the served model's own.
+    #[arg(long)]
+    pub draft_model: Option<String>,
+    /// The draft model's weights, as --dtype takes them. [default: auto, as stored]
+    #[arg(long)]
+    pub draft_dtype: Option<String>,
+    /// Speculative decoding without a draft model: `ngram` proposes what followed the latest
+    /// earlier occurrence of the last few tokens (prompt lookup).
+    #[arg(long, value_parser = ["ngram"])]
+    pub speculative: Option<String>,
+    /// With --draft-model or --speculative: the most tokens proposed per sequence and step
+    /// (1 to 16). [default: 3]
+    #[arg(long)]
+    pub num_speculative_tokens: Option<usize>,
     /// `cpu`, or `cuda:N` in a build with the `cuda` feature. [default: cpu]
     #[arg(long)]
     pub device: Option<String>,
@@ -77,6 +94,10 @@ pub struct ServeArgs {
     /// [default: 1024]
     #[arg(long)]
     pub responses_store_max: Option<usize>,
+    /// Stored responses' size at most, in bytes of JSON (a response counts with the
+    /// conversation it continues); the oldest are evicted past it. [default: 67108864]
+    #[arg(long)]
+    pub responses_store_max_bytes: Option<usize>,
     /// Stored responses are forgotten this many seconds after they were created. [default: 3600]
     #[arg(long)]
     pub responses_store_ttl_secs: Option<u64>,
@@ -105,6 +126,11 @@ impl ServeArgs {
             model: self.model.clone(),
             served_model_name: self.served_model_name.clone(),
             chat_template: self.chat_template.clone(),
+            draft_model: self.draft_model.clone(),
+            draft_dtype: self.draft_dtype.clone(),
+            // clap allows `ngram` only.
+            speculative: self.speculative.as_ref().map(|_| Speculative::Ngram),
+            num_speculative_tokens: self.num_speculative_tokens,
             host: self.host.clone(),
             port: self.port,
             api_keys: list(&self.api_key).map(|keys| keys.into_iter().map(Secret::new).collect()),
@@ -113,6 +139,7 @@ impl ServeArgs {
             max_tools: self.max_tools,
             max_schema_bytes: self.max_schema_bytes,
             responses_store_max: self.responses_store_max,
+            responses_store_max_bytes: self.responses_store_max_bytes,
             responses_store_ttl_secs: self.responses_store_ttl_secs,
             drain_delay_secs: self.drain_delay_secs,
             drain_grace_secs: self.drain_grace_secs,

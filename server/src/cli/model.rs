@@ -28,15 +28,17 @@ pub fn resolve_model(spec: Option<&str>) -> Result<ModelSource> {
     }
 }
 
-/// `--device` and `--dtype` as the loader takes them (shared by `serve` and `generate`).
+/// `--device` and `--dtype` as the loader takes them (shared by `serve` and `generate`). `auto`
+/// (or none) keeps GGUF weights as stored: a model's `dtype = "auto"` undoes a dense
+/// `engine.dtype` for it (a quantized draft under an f32 target).
 pub fn load_options(device: &str, dtype: Option<&str>) -> Result<LoadOptions> {
     let opts = LoadOptions {
         device: wick_engine::device_from_spec(device)?,
         ..Default::default()
     };
     Ok(match dtype {
+        Some("auto") | None => opts,
         Some(format) => opts.with_format(format)?,
-        None => opts,
     })
 }
 

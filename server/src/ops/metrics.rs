@@ -42,6 +42,8 @@ pub struct ModelMetrics {
     preemptions: IntCounter,
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
+    spec_draft_tokens: IntCounter,
+    spec_accepted_tokens: IntCounter,
     ttft: HistogramVec,
     itl: HistogramVec,
     e2e: HistogramVec,
@@ -154,6 +156,15 @@ impl Metrics {
             )?,
             prompt_tokens: r.counter("vllm:prompt_tokens_total", "Prompt tokens of admitted requests")?,
             generation_tokens: r.counter("vllm:generation_tokens_total", "Generated tokens")?,
+            // 0 for a model that does not speculate (`draft` or `speculative` unset).
+            spec_draft_tokens: r.counter(
+                "vllm:spec_decode_num_draft_tokens_total",
+                "Speculative decoding: tokens proposed and verified",
+            )?,
+            spec_accepted_tokens: r.counter(
+                "vllm:spec_decode_num_accepted_tokens_total",
+                "Speculative decoding: proposed tokens the model accepted",
+            )?,
             ttft: r.histogram(
                 "vllm:time_to_first_token_seconds",
                 "Time to the first token",
@@ -226,6 +237,16 @@ impl ModelMetrics {
                 &self.generation_tokens,
                 stats.generation_tokens_total,
                 last.generation_tokens_total,
+            );
+            advance(
+                &self.spec_draft_tokens,
+                stats.spec_draft_tokens_total,
+                last.spec_draft_tokens_total,
+            );
+            advance(
+                &self.spec_accepted_tokens,
+                stats.spec_accepted_tokens_total,
+                last.spec_accepted_tokens_total,
             );
             *last = stats.clone();
         }
@@ -309,4 +330,53 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        let prefix = format!("{name}{{model_name=\"m\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn speculative_counters_follow_the_engines_totals() {
+        let metrics = Metrics::new("m").unwrap();
+        let model = metrics.add_model("m").unwrap();
+        let (draft, accepted) = (
+            "vllm:spec_decode_num_draft_tokens_total",
+            "vllm:spec_decode_num_accepted_tokens_total",
+        );
+        // Registered before any speculation, at 0.
+        let text = metrics.render();
+        assert_eq!(
+            (sample(&text, draft), sample(&text, accepted)),
+            (Some(0.0), Some(0.0))
+        );
+        let mut stats = EngineStats {
+            spec_draft_tokens_total: 12,
+            spec_accepted_tokens_total: 5,
+            ..EngineStats::default()
+        };
+        model.observe(&stats);
+        // Scraped twice without new steps: unchanged, not counted again.
+        model.observe(&stats);
+        let text = metrics.render();
+        assert_eq!(
+            (sample(&text, draft), sample(&text, accepted)),
+            (Some(12.0), Some(5.0))
+        );
+        stats.spec_draft_tokens_total = 20;
+        stats.spec_accepted_tokens_total = 9;
+        model.observe(&stats);
+        let text = metrics.render();
+        assert_eq!(
+            (sample(&text, draft), sample(&text, accepted)),
+            (Some(20.0), Some(9.0))
+        );
+    }
 }

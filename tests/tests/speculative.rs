@@ -1,0 +1,184 @@
+//! Speculative decoding in `wick serve` configured by a file: a draft entry runs inside its
+//! target's engine (served on its own only where a route names it), vLLM's spec-decode counters
+//! on /metrics count its proposals, and a draft with another vocabulary stops start-up with both
+//! sizes named. The SDK-level checks (answers equal plain decoding) are in openai_python.rs.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wick_tests::{
+    default_model, fallback_model, free_port, http_get, metric, post_json, wick_binary, Server,
+};
+
+const DRAFT: &str = "vllm:spec_decode_num_draft_tokens_total";
+const ACCEPTED: &str = "vllm:spec_decode_num_accepted_tokens_total";
+
+/// The default model dequantized to f32 (`target`), drafted for by the same file kept as stored
+/// (`small`), with JSON logs; `extra` is appended.
+fn config(extra: &str) -> String {
+    let source = default_model();
+    let text = format!(
+        r#"
+[engine]
+dtype = "f32"
+
+[[models]]
+id = "target"
+source = "{source}"
+served_name = "target"
+draft = "small"
+num_speculative_tokens = 5
+
+[[models]]
+id = "small"
+source = "{source}"
+served_name = "small"
+dtype = "auto"
+
+[logging]
+format = "json"
+{extra}"#
+    );
+    let path = std::env::temp_dir().join(format!(
+        "wick-speculative-{}-{}.toml",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&path, text).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+/// `name`'s sample for `model`, as /metrics shows it now.
+fn counter(port: u16, name: &str, model: &str) -> Option<f64> {
+    metric(port, &format!("{name}{{model_name=\"{model}\"}} "))
+}
+
+fn model_ids(port: u16) -> Vec<String> {
+    let (status, text) = http_get(port, "/v1/models").expect("models");
+    assert_eq!(status, 200, "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let models: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let data = models["data"].as_array().expect("a list");
+    data.iter()
+        .filter_map(|m| m["id"].as_str().map(String::from))
+        .collect()
+}
+
+fn chat(port: u16, model: &str) -> serde_json::Value {
+    let r = post_json(
+        port,
+        "/v1/chat/completions",
+        &json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Count from one to twenty in words."}],
+            "temperature": 0,
+            "max_tokens": 32,
+        }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn a_draft_from_the_file_speculates_inside_its_target_and_metrics_count_it() {
+    let server = Server::start(&["--config", &config("")]);
+    let port = server.port;
+    // `small` only drafts: not a model of its own, and the only servable model is `target`
+    // although the file names no `server.model`.
+    assert_eq!(model_ids(port), ["target"]);
+    let log = std::fs::read_to_string(Server::log_path(port)).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""message":"speculative decoding on""#)
+                && l.contains(r#""method":"draft model""#)
+                && l.contains(r#""k":5"#)),
+        "{log}"
+    );
+    // The counters exist from the start, at 0, labelled like the other per-model metrics.
+    assert_eq!(counter(port, DRAFT, "target"), Some(0.0));
+    assert_eq!(counter(port, ACCEPTED, "target"), Some(0.0));
+    assert_eq!(
+        counter(port, DRAFT, "small"),
+        None,
+        "the draft has no metrics of its own"
+    );
+
+    let answer = chat(port, "target");
+    assert!(
+        answer["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 1),
+        "{answer}"
+    );
+    let (proposed, accepted) = (
+        counter(port, DRAFT, "target").expect("draft tokens"),
+        counter(port, ACCEPTED, "target").expect("accepted tokens"),
+    );
+    // The engine speculates in the first decode steps of a batch size before it measures
+    // whether speculation pays, so the first request's proposals are counted.
+    assert!(
+        accepted > 0.0 && accepted <= proposed,
+        "{proposed} proposed, {accepted} accepted"
+    );
+}
+
+#[test]
+fn a_draft_a_route_names_is_served_too_without_speculating() {
+    let routes =
+        "\n[server]\nmodel = \"target\"\n\n[[routes]]\nname = \"auto\"\ntiers = [\"small\", \"target\"]\n";
+    let server = Server::start(&["--config", &config(routes)]);
+    let port = server.port;
+    let ids = model_ids(port);
+    for id in ["target", "small", "auto"] {
+        assert!(ids.iter().any(|m| m == id), "{id} not in {ids:?}");
+    }
+    // `small` answers with an engine of its own, which does not speculate.
+    chat(port, "small");
+    assert_eq!(counter(port, DRAFT, "small"), Some(0.0));
+    assert!(counter(port, "vllm:generation_tokens_total", "small").is_some_and(|n| n > 0.0));
+}
+
+/// The Qwen fallback model (151936 tokens) cannot draft for the default model (49152): start-up
+/// fails, non-zero, naming both sizes and the model whose engine could not start.
+#[test]
+fn a_draft_with_another_vocabulary_stops_serve() {
+    let port = free_port();
+    let log = Server::log_path(port);
+    let child = Command::new(wick_binary())
+        .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "64"])
+        .args(["--draft-model", &fallback_model()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("wick starts");
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wick serve still running with a mismatched draft (answers /ready: {:?})",
+            http_get(port, "/ready").map(|r| r.0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(&log).expect("log");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("starting the engine of `default`"), "{err}");
+    assert!(
+        err.contains("vocabulary (151936 tokens)") && err.contains("(49152 tokens)"),
+        "{err}"
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
