@@ -254,7 +254,8 @@ impl Engine {
 
     /// As [`new`](Self::new), with a draft model proposing tokens for the target to verify
     /// (`config.speculative` must ask for a draft model). The draft must share the target's
-    /// vocabulary; it gets a KV pool of its own, with as many blocks as the target's.
+    /// vocabulary; it gets a KV pool of its own, with as many blocks as the target's, the two
+    /// pools together within `kv_cache_bytes` (or the GPU memory the engine may take).
     pub fn with_draft(loaded: LoadedModel, draft: LoadedModel, config: EngineConfig) -> Result<Self> {
         Self::build(loaded, Some(draft), config)
     }
@@ -272,8 +273,17 @@ impl Engine {
         let num_blocks = match config.num_blocks {
             Some(n) => n,
             None => {
+                // A draft model's pool has as many blocks as the target's, out of the same
+                // budget: a block of the budget pays for one block of each.
                 let block_bytes =
-                    PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), kv_dtype);
+                    PagedKvCache::bytes_per_block(kv_shape(&model_cfg), config.block_size.max(1), kv_dtype)
+                        + draft.as_ref().map_or(0, |d| {
+                            PagedKvCache::bytes_per_block(
+                                kv_shape(d.config()),
+                                config.block_size.max(1),
+                                d.model.dtype(),
+                            )
+                        });
                 let budget = crate::model::device::kv_cache_budget(
                     crate::model::device::gpu_memory(&device)?,
                     config.kv_cache_bytes,
@@ -281,12 +291,7 @@ impl Engine {
                     config.gpu_memory_share,
                     block_bytes,
                 )?;
-                PagedKvCache::blocks_for_budget(
-                    kv_shape(&model_cfg),
-                    config.block_size.max(1),
-                    kv_dtype,
-                    budget,
-                )
+                budget / block_bytes.max(1)
             }
         };
         if !(0.0..1.0).contains(&config.watermark) {
