@@ -16,16 +16,15 @@
 //! logit_bias thus reports how likely the model found it, not 0.
 //!
 //! Everything runs on the CPU over plain `f32` rows: for a 49k vocabulary that is a few passes
-//! of 200 KB per row, small beside a forward; rows run in parallel (rayon). Nothing sorts:
+//! of 200 KB per row, small beside a forward; rows run in parallel (rayon, in `verify`). Nothing sorts:
 //! top_k and top_p use selection (quickselect), top_logprobs a 20-entry buffer.
 
 use ahash::{AHashMap, AHashSet};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::sample::constraint::Constraint;
 use crate::sample::params::{SamplingParams, LOGIT_BIAS_LIMIT};
 
@@ -258,35 +257,12 @@ impl SequenceSamplingState {
 }
 
 /// Samples one token per row of `logits` (`(rows, vocab)`, any float dtype, any device) for the
-/// sequence of the same index, and records it in that sequence's state.
+/// sequence of the same index, and records it in that sequence's state: verification
+/// ([`sample_and_verify`](crate::sample::verify::sample_and_verify)) with nothing proposed.
 pub fn sample_batch(logits: &Tensor, seqs: &mut [&mut SequenceSamplingState]) -> Result<Vec<SampledToken>> {
-    let (rows, vocab) = logits.dims2().map_err(|_| {
-        EngineError::InvalidBatch(format!(
-            "logits of shape {:?}, expected (rows, vocab)",
-            logits.dims()
-        ))
-    })?;
-    if rows != seqs.len() {
-        return Err(EngineError::InvalidBatch(format!(
-            "{rows} rows of logits for {} sequences",
-            seqs.len()
-        )));
-    }
-    if rows == 0 {
-        return Ok(Vec::new());
-    }
-    if vocab == 0 {
-        return Err(EngineError::InvalidBatch(
-            "logits with an empty vocabulary".into(),
-        ));
-    }
-    // One host copy for the whole batch; each row is then the scratch space of its sequence.
-    let mut data = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(data
-        .par_chunks_mut(vocab)
-        .zip(seqs.par_iter_mut())
-        .map(|(row, seq)| seq.sample(row))
-        .collect())
+    let nothing: Vec<&[u32]> = vec![&[]; seqs.len()];
+    let rows = crate::sample::verify::sample_and_verify(logits, seqs, &nothing)?;
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// The raw distribution's log-normaliser and top entries, taken before any processing.

@@ -1,5 +1,6 @@
 use super::*;
-use candle_core::Device;
+use crate::error::EngineError;
+use candle_core::{DType, Device};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
