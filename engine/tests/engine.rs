@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wick_engine::engine::{EngineEvent, EngineStats, Usage};
+use wick_engine::engine::{EngineEvent, Usage};
 use wick_engine::sample::params::SamplingParams;
 use wick_engine::sample::stop::{FinishReason, StopMatch};
 use wick_engine::sched::scheduler::SchedulerConfig;
@@ -104,18 +104,6 @@ fn random_prompt(rng: &mut StdRng, len: usize) -> Vec<u32> {
     (0..len).map(|_| rng.random_range(17..49_000)).collect()
 }
 
-/// Waits until the engine has nothing running or waiting, and returns its stats then.
-fn settled(engine: &Engine) -> EngineStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = engine.stats();
-        if stats.num_running == 0 && stats.num_waiting == 0 || Instant::now() > deadline {
-            return stats;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn batched_with_preemption_and_chunked_prefill_equals_alone() {
     let mut rng = StdRng::seed_from_u64(7);
@@ -136,7 +124,7 @@ fn batched_with_preemption_and_chunked_prefill_equals_alone() {
         .map(|r| engine.submit(r.clone()).unwrap())
         .collect();
     let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
-    let stats = settled(&engine);
+    let stats = common::settled(&engine);
 
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(
@@ -184,7 +172,7 @@ fn shared_prefix_is_reported_cached_and_output_is_unchanged() {
         "12 full blocks of the 200-token prefix"
     );
     assert_eq!(b.choices, want.choices);
-    let stats = settled(&cached);
+    let stats = common::settled(&cached);
     assert!(stats.prefix_hit_tokens >= 192);
 }
 
@@ -213,7 +201,7 @@ fn n_choices_share_the_prompt_and_each_equals_its_own_seeded_request() {
         together.choices[0].tokens, together.choices[1].tokens,
         "children drew the same tokens"
     );
-    assert_eq!(settled(&engine).used_blocks, 0);
+    assert_eq!(common::settled(&engine).used_blocks, 0);
 }
 
 #[test]
@@ -328,7 +316,7 @@ fn dropping_or_aborting_a_stream_frees_every_block() {
         kept.usage.completion_tokens, 30,
         "the other request is unaffected"
     );
-    let stats = settled(&engine);
+    let stats = common::settled(&engine);
     assert_eq!(
         (stats.num_running, stats.num_waiting, stats.used_blocks),
         (0, 0, 0),

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use wick_engine::engine::{EngineEvent, EngineStats};
 use wick_engine::model::loader::LoadedModel;
 use wick_engine::sample::constraint::ConstraintSpec;
@@ -108,17 +106,6 @@ fn together(engine: &Engine, requests: &[GenerateRequest]) -> Vec<Vec<Choice>> {
     streams.into_iter().map(collect).collect()
 }
 
-fn settled(engine: &Engine) -> EngineStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = engine.stats();
-        if stats.num_running == 0 && stats.num_waiting == 0 || Instant::now() > deadline {
-            return stats;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Speculation in every step (a batch of 16 included).
 fn config(speculative: Option<SpeculativeConfig>) -> EngineConfig {
     EngineConfig {
@@ -187,7 +174,7 @@ fn ngram_speculation_gives_plain_decodings_tokens_greedy_and_seeded() {
         assert_eq!(tokens(&alone(&spec, &reqs)), expected, "{label}, alone");
         assert_eq!(tokens(&together(&spec, &reqs)), expected, "{label}, 16 at once");
     }
-    let stats = settled(&spec);
+    let stats = common::settled(&spec);
     eprintln!(
         "n-gram: {} proposed, {} accepted ({:.1}%)",
         stats.spec_draft_tokens_total,
@@ -213,7 +200,7 @@ fn a_draft_identical_to_the_target_has_every_proposal_accepted() {
     let reqs = requests(&plain, |_| greedy(48));
     let expected = tokens(&alone(&plain, &reqs[..8]));
     assert_eq!(tokens(&alone(&spec, &reqs[..8])), expected);
-    let stats = settled(&spec);
+    let stats = common::settled(&spec);
     eprintln!(
         "identical draft: {} proposed, {} accepted",
         stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total
@@ -239,7 +226,7 @@ fn an_f32_target_with_its_quantized_draft_gives_the_targets_greedy_tokens() {
     let expected = tokens(&alone(&plain, &reqs));
     assert_eq!(tokens(&alone(&spec, &reqs)), expected, "alone");
     assert_eq!(tokens(&together(&spec, &reqs)), expected, "16 at once");
-    let stats = settled(&spec);
+    let stats = common::settled(&spec);
     eprintln!(
         "f32 target, Q4_1 draft: {} proposed, {} accepted ({:.1}%)",
         stats.spec_draft_tokens_total,
@@ -337,7 +324,7 @@ fn stops_limits_logprobs_grammars_and_n_are_unchanged_by_speculation() {
             }
         }
     }
-    let stats = settled(&spec);
+    let stats = common::settled(&spec);
     assert!(stats.spec_accepted_tokens_total > 0, "{stats:?}");
     assert_eq!(stats.used_blocks, 0);
 }
@@ -384,7 +371,7 @@ fn blocks_come_back(spec: Engine, label: &str) {
             assert_eq!(tokens(&[collect(s)]), expected[i..=i], "{label}: request {i}");
         }
     }
-    let stats = settled(&spec);
+    let stats = common::settled(&spec);
     eprintln!(
         "{label}: {} preemptions, {} proposed, {} accepted",
         stats.num_preemptions, stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total

@@ -447,7 +447,8 @@ impl EngineLoop {
         for (mut fork, sample) in forks.into_iter().zip(samples) {
             // Forks propose nothing in their first step: one token each.
             let Some(sample) = sample.into_iter().next() else {
-                continue;
+                self.blocks.free(&mut fork.block_table);
+                return Err(EngineError::InvalidBatch("a fork without a sampled token".into()));
             };
             self.generation_tokens_total += 1;
             if emit(&self.tokenizer, &mut self.requests, &mut fork, sample)? {

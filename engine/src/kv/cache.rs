@@ -53,11 +53,6 @@ impl PagedKvCache {
         2 * shape.layers * block_size * shape.kv_heads * shape.head_dim * dtype.size_in_bytes()
     }
 
-    /// How many blocks fit in `budget_bytes`.
-    pub fn blocks_for_budget(shape: KvShape, block_size: usize, dtype: DType, budget_bytes: usize) -> usize {
-        budget_bytes / Self::bytes_per_block(shape, block_size, dtype).max(1)
-    }
-
     pub fn new(
         kv: KvShape,
         block_size: usize,

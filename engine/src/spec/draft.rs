@@ -13,6 +13,7 @@ use crate::error::{EngineError, Result};
 use crate::kv::block_manager::BlockManager;
 use crate::kv::cache::BlockTable;
 use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
+use crate::sample::sampler::argmax;
 
 /// A sequence: its request id and choice index.
 pub type DraftKey = (u64, usize);
@@ -265,17 +266,15 @@ fn greedy(runner: &mut ModelRunner, chunks: &[SequenceChunk<'_>]) -> Result<Vec<
         return runner.execute_argmax(chunks);
     }
     let logits = runner.execute(chunks)?;
-    let rows = logits.to_vec2::<f32>()?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let mut best = 0;
-            for (i, &x) in row.iter().enumerate() {
-                if x > row[best] || row[best].is_nan() && !x.is_nan() {
-                    best = i;
-                }
-            }
-            best as u32
+    Ok(logits
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(|mut row| {
+            // The sampler's argmax takes NaN-free rows (NaN counts as impossible there too).
+            row.iter_mut()
+                .filter(|x| x.is_nan())
+                .for_each(|x| *x = f32::NEG_INFINITY);
+            argmax(&row)
         })
         .collect())
 }

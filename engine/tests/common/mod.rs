@@ -97,3 +97,16 @@ pub const LAYER_PARTS: [(&str, &str); 9] = [
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
 ];
+
+/// Waits until the engine has nothing running or waiting (10 s at most), and returns its stats
+/// then.
+pub fn settled(engine: &wick_engine::Engine) -> wick_engine::engine::EngineStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = engine.stats();
+        if stats.num_running == 0 && stats.num_waiting == 0 || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
