@@ -108,6 +108,47 @@ fn bench(format: &str, batches: &[usize]) {
         let decode = (b * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64();
         println!("| {format:5} | {b:5} | {prefill:8.0} | {decode:8.1} |");
     }
+    verify_probe(&mut runner, &tables[0], prompt_tokens);
+}
+
+/// WICK_BENCH_VERIFY=1,2,4,5: one sequence's chunk of R new tokens with logits for every row,
+/// as speculative verification runs it (the token before and R-1 proposals), after the prompt.
+/// Best and mean milliseconds per forward over WICK_BENCH_VERIFY_REPS (20) repetitions, the
+/// same slots rewritten; the cost of R rows against one row is what speculation must beat.
+fn verify_probe(runner: &mut ModelRunner, table: &BlockTable, prompt_tokens: usize) {
+    let Ok(spec) = std::env::var("WICK_BENCH_VERIFY") else {
+        return;
+    };
+    let rows: Vec<usize> = spec.split(',').filter_map(|r| r.trim().parse().ok()).collect();
+    let reps = env_usize("WICK_BENCH_VERIFY_REPS").unwrap_or(20).max(1);
+    println!("| verify rows | best ms | mean ms | best / 1 row |");
+    println!("|---|---|---|---|");
+    let mut one_row = None;
+    for &r in &rows {
+        let tokens: Vec<u32> = (0..r as u32).map(|i| 500 + i * 31).collect();
+        let chunk = [SequenceChunk {
+            tokens: &tokens,
+            num_cached: prompt_tokens,
+            block_table: table,
+            logits: LogitsWanted::All,
+        }];
+        runner.execute(&chunk).unwrap();
+        let mut best = f64::MAX;
+        let mut total = 0.0;
+        for _ in 0..reps {
+            let t = Instant::now();
+            runner.execute(&chunk).unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            best = best.min(ms);
+            total += ms;
+        }
+        let base = *one_row.get_or_insert(best);
+        println!(
+            "| {r:4} | {best:7.2} | {:7.2} | {:5.2} |",
+            total / reps as f64,
+            best / base
+        );
+    }
 }
 
 fn main() {

@@ -5,7 +5,7 @@
 //!
 //!     cargo bench -p wick-engine --bench kernels [-- FORMAT...]
 //!
-//! FORMAT: q4_1, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
+//! FORMAT: q4_1, q4_k, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
 //! projections; 576x576 is the default model's). Rows: WICK_BENCH_ROWS=1,8,64,512.
 //!
 //! `attention` (not in the default set): one layer's paged attention in the default model's
@@ -35,6 +35,7 @@ fn matrix(format: &str, n: usize, k: usize) -> CpuMatrix {
         "q5_0" => GgmlDType::Q5_0,
         "q8_0" => GgmlDType::Q8_0,
         "q6_k" => GgmlDType::Q6K,
+        "q4_k" => GgmlDType::Q4K,
         other => panic!("unknown format {other}"),
     };
     let t = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
@@ -61,7 +62,7 @@ fn best_of(budget: Duration, mut f: impl FnMut()) -> Duration {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let formats: Vec<&str> = if args.is_empty() {
-        vec!["q4_1", "q5_0", "q8_0", "q6_k"]
+        vec!["q4_1", "q4_k", "q5_0", "q8_0", "q6_k"]
     } else {
         args.iter().map(|s| s.as_str()).collect()
     };

@@ -14,7 +14,8 @@ use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::dense_f32::DenseF32Matrix;
 use crate::kernels::cpu::matmul::quantize_input;
-use crate::kernels::cpu::q4_1::{self, Q41Matrix};
+use crate::kernels::cpu::q4_1::Q41Matrix;
+use crate::kernels::cpu::q4_k::{self, Q4KMatrix};
 use crate::kernels::cpu::q5_0::Q50Matrix;
 use crate::kernels::cpu::q6_k::{self, Q6KMatrix};
 use crate::kernels::cpu::q8_0::Q80Matrix;
@@ -69,9 +70,10 @@ impl Linear {
 
 /// A matrix in one of the formats the CPU kernels take; all of them read the same quantized
 /// activations, so one quantization of a layer input serves every matrix that reads it.
-#[allow(non_camel_case_types)] // GGML's names: Q4_1, Q8_0, Q5_0, Q6_K
+#[allow(non_camel_case_types)] // GGML's names: Q4_1, Q8_0, Q5_0, Q4_K, Q6_K
 pub enum CpuMatrix {
     Q4_1(Q41Matrix),
+    Q4_K(Q4KMatrix),
     Q8_0(Q80Matrix),
     Q5_0(Q50Matrix),
     Q6_K(Q6KMatrix),
@@ -81,6 +83,7 @@ macro_rules! each_format {
     ($m:expr, $x:ident => $e:expr) => {
         match $m {
             CpuMatrix::Q4_1($x) => $e,
+            CpuMatrix::Q4_K($x) => $e,
             CpuMatrix::Q8_0($x) => $e,
             CpuMatrix::Q5_0($x) => $e,
             CpuMatrix::Q6_K($x) => $e,
@@ -100,7 +103,7 @@ impl CpuMatrix {
             GgmlDType::Q4_1 => CpuMatrix::Q4_1(Q41Matrix::from_qtensor(q)?),
             GgmlDType::Q8_0 => CpuMatrix::Q8_0(Q80Matrix::from_qtensor(q)?),
             GgmlDType::Q5_0 => CpuMatrix::Q5_0(Q50Matrix::from_qtensor(q)?),
-            GgmlDType::Q4K if k.is_multiple_of(256) => CpuMatrix::Q4_1(q4_1::from_q4_k(q)?),
+            GgmlDType::Q4K if k.is_multiple_of(256) => CpuMatrix::Q4_K(q4_k::from_q4_k(q)?),
             GgmlDType::Q6K if k.is_multiple_of(256) => CpuMatrix::Q6_K(q6_k::from_q6_k(q)?),
             _ => return Ok(None),
         }))
@@ -135,33 +138,32 @@ impl CpuMatrix {
         match self {
             CpuMatrix::Q8_0(m) => Some(m.convert()),
             CpuMatrix::Q5_0(m) => Some(m.convert()),
-            CpuMatrix::Q4_1(_) | CpuMatrix::Q6_K(_) => None,
+            CpuMatrix::Q4_1(_) | CpuMatrix::Q4_K(_) | CpuMatrix::Q6_K(_) => None,
         }
     }
 
     /// q, k and v as one matrix, when all three share a format (else None). Q5_0 and Q8_0 mix
     /// (Qwen2's Q4_K_M has Q5_0 q/k and a Q8_0 v in half its layers) as Q8_0 groups.
     pub fn concat(parts: &[&CpuMatrix]) -> Option<CpuMatrix> {
-        let q4: Option<Vec<&Q41Matrix>> = parts
-            .iter()
-            .map(|p| match p {
-                CpuMatrix::Q4_1(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        if let Some(ms) = q4 {
-            return Q41Matrix::concat(&ms).map(CpuMatrix::Q4_1);
+        // All in one format with its own kernel: concatenated as they are.
+        macro_rules! all_in {
+            ($variant:ident, $matrix:ty) => {
+                let same: Option<Vec<&$matrix>> = parts
+                    .iter()
+                    .map(|p| match p {
+                        CpuMatrix::$variant(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(ms) = same {
+                    return <$matrix>::concat(&ms).map(CpuMatrix::$variant);
+                }
+            };
         }
-        let q5: Option<Vec<&Q50Matrix>> = parts
-            .iter()
-            .map(|p| match p {
-                CpuMatrix::Q5_0(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        if let Some(ms) = q5 {
-            return Q50Matrix::concat(&ms).map(CpuMatrix::Q5_0);
-        }
+        all_in!(Q4_1, Q41Matrix);
+        all_in!(Q4_K, Q4KMatrix);
+        all_in!(Q5_0, Q50Matrix);
+        all_in!(Q6_K, Q6KMatrix);
         let q8: Vec<Q80Matrix> = parts.iter().map(|p| p.to_q8_0()).collect::<Option<_>>()?;
         Q80Matrix::concat(&q8.iter().collect::<Vec<_>>()).map(CpuMatrix::Q8_0)
     }
@@ -170,6 +172,8 @@ impl CpuMatrix {
     pub fn interleave(gate: &CpuMatrix, up: &CpuMatrix) -> Option<CpuMatrix> {
         match (gate, up) {
             (CpuMatrix::Q4_1(g), CpuMatrix::Q4_1(u)) => Q41Matrix::interleave(g, u).map(CpuMatrix::Q4_1),
+            (CpuMatrix::Q4_K(g), CpuMatrix::Q4_K(u)) => Q4KMatrix::interleave(g, u).map(CpuMatrix::Q4_K),
+            (CpuMatrix::Q6_K(g), CpuMatrix::Q6_K(u)) => Q6KMatrix::interleave(g, u).map(CpuMatrix::Q6_K),
             (CpuMatrix::Q8_0(g), CpuMatrix::Q8_0(u)) => Q80Matrix::interleave(g, u).map(CpuMatrix::Q8_0),
             (CpuMatrix::Q5_0(g), CpuMatrix::Q5_0(u)) => Q50Matrix::interleave(g, u).map(CpuMatrix::Q5_0),
             (g, u) => Q80Matrix::interleave(&g.to_q8_0()?, &u.to_q8_0()?).map(CpuMatrix::Q8_0),

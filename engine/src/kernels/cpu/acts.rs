@@ -22,6 +22,9 @@ pub struct ActGroup {
     pub qu: [[u8; QK]; 4],
     /// The exact sum of `qs`, for weights stored with an offset (Q5_0's `q - 16`).
     pub isum: [i32; 4],
+    /// 32 times the exact sums of the first and the last 16 of `qs`: Q6_K's weights are stored
+    /// unsigned (`q`, not `q - 32`), and its scales apply per 16 values.
+    pub half32: [[i32; 2]; 4],
 }
 
 impl Default for ActGroup {
@@ -32,6 +35,7 @@ impl Default for ActGroup {
             qs: [[0; QK]; 4],
             qu: [[128; QK]; 4],
             isum: [0; 4],
+            half32: [[0; 2]; 4],
         }
     }
 }
@@ -122,6 +126,8 @@ fn quantize_block(block: &[f32], g: &mut ActGroup, lane: usize) {
         sum += *q as i32;
     }
     g.isum[lane] = sum;
+    let first: i32 = g.qs[lane][..QK / 2].iter().map(|&q| q as i32).sum();
+    g.half32[lane] = [32 * first, 32 * (sum - first)];
     g.d[lane] = dh.to_f32();
     g.s[lane] = (f16::from_f32(sum as f32) * dh).to_f32();
 }

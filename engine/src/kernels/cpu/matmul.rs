@@ -18,13 +18,17 @@ use rayon::prelude::*;
 use super::acts::{ActRows, QuantizedActs, QK};
 use crate::error::{EngineError, Result};
 
-/// One 32-value block of `ROWS` consecutive weight rows, in a kernel's own layout.
+/// One block of `ROWS` consecutive weight rows, in a kernel's own layout: `BLOCKS` 32-value
+/// activation blocks long (1, or 8 for a K-quant super-block of 256 values, whose scales are
+/// then kept once per super-block as the file keeps them).
 pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
     const DTYPE: GgmlDType;
     /// Bytes of one GGML block of this type.
     const BLOCK_BYTES: usize;
     /// Weight rows per group (output columns a group computes).
     const ROWS: usize;
+    /// 32-value blocks per group element.
+    const BLOCKS: usize = 1;
     /// Sets lane `lane` (row `ROWS g + lane`) from a GGML block.
     fn set_lane(&mut self, lane: usize, block: &[u8]);
     /// The group's `ROWS` weight rows (`w`: its blocks) against every activation row, row-major:
@@ -37,8 +41,8 @@ pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
 const ROW_BLOCK: usize = 64;
 
 pub struct GroupMatrix<W> {
-    /// `ceil(n / ROWS)` groups of rows, each `k / 32` interleaved blocks; missing rows of the last
-    /// group are zeros (computed and dropped).
+    /// `ceil(n / ROWS)` groups of rows, each `k / (32 BLOCKS)` interleaved elements; missing rows
+    /// of the last group are zeros (computed and dropped).
     groups: Vec<W>,
     n: usize,
     k: usize,
@@ -55,9 +59,9 @@ impl<W: WeightGroup> GroupMatrix<W> {
             )));
         }
         let (n, k) = q.shape().dims2()?;
-        if !k.is_multiple_of(2 * QK) {
+        if W::BLOCKS != 1 || !k.is_multiple_of(2 * QK) {
             return Err(EngineError::InvalidConfig(format!(
-                "{:?} rows of {k} are not a multiple of 64",
+                "{:?} rows of {k} are not a multiple of 64 (or the format has super-blocks)",
                 W::DTYPE
             )));
         }
@@ -77,17 +81,18 @@ impl<W: WeightGroup> GroupMatrix<W> {
         Ok(Self { groups, n, k })
     }
 
-    /// From any per-row source of 32-value blocks: `fill(row, block, group, lane)` sets lane
-    /// `lane` of `group` to block `block` of row `row` (formats whose GGML blocks are larger
-    /// than 32 values, converted exactly).
+    /// From any per-row source of blocks: `fill(row, block, group, lane)` sets lane `lane` of
+    /// `group` to element `block` (of `32 BLOCKS` values) of row `row` (formats whose GGML
+    /// blocks are larger than 32 values, converted exactly).
     pub fn from_blocks(n: usize, k: usize, fill: impl Fn(usize, usize, &mut W, usize)) -> Result<Self> {
-        if !k.is_multiple_of(2 * QK) {
+        if !k.is_multiple_of(2 * QK) || !k.is_multiple_of(QK * W::BLOCKS) {
             return Err(EngineError::InvalidConfig(format!(
-                "{:?} rows of {k} are not a multiple of 64",
-                W::DTYPE
+                "{:?} rows of {k} are not a multiple of 64 and of {}",
+                W::DTYPE,
+                QK * W::BLOCKS
             )));
         }
-        let kb = k / QK;
+        let kb = Self::elems(k);
         let mut groups = vec![W::default(); n.div_ceil(W::ROWS) * kb];
         for row in 0..n {
             for b in 0..kb {
@@ -101,9 +106,14 @@ impl<W: WeightGroup> GroupMatrix<W> {
         self.n
     }
 
+    /// Elements per row group for rows of `k` values.
+    const fn elems(k: usize) -> usize {
+        k / (QK * W::BLOCKS)
+    }
+
     /// The blocks of weight group `g`.
     pub fn groups_of(&self, g: usize) -> &[W] {
-        let kb = self.k / QK;
+        let kb = Self::elems(self.k);
         &self.groups[g * kb..(g + 1) * kb]
     }
 
@@ -142,7 +152,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
         if a.n != b.n || a.k != b.k || !a.n.is_multiple_of(W::ROWS) {
             return None;
         }
-        let kb = a.k / QK;
+        let kb = Self::elems(a.k);
         let mut groups = Vec::with_capacity(a.groups.len() * 2);
         for (ga, gb) in a.groups.chunks(kb).zip(b.groups.chunks(kb)) {
             groups.extend_from_slice(ga);
@@ -175,7 +185,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
         let n_blocks = m.div_ceil(ROW_BLOCK).max(1);
         let tasks = n_units * n_blocks;
         let per_task = (tasks / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
-        let kb = self.k / QK;
+        let kb = Self::elems(self.k);
         (0..tasks).into_par_iter().with_min_len(per_task).for_each_init(
             || vec![0f32; unit_groups * W::ROWS * m.min(ROW_BLOCK)],
             |buf, t| {

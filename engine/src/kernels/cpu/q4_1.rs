@@ -55,64 +55,16 @@ impl WeightGroup for Q41Group {
     }
 }
 
+#[cfg(test)]
 impl Q41Group {
     /// Lane `lane` from dequantization parameters (`value = d q + m`) and Q4_1's 16 bytes.
-    fn set_lane_parts(&mut self, lane: usize, d: f32, m: f32, bytes: &[u8; 16]) {
+    pub(super) fn set_lane_parts(&mut self, lane: usize, d: f32, m: f32, bytes: &[u8; 16]) {
         self.d[lane] = d;
         self.m[lane] = m;
         for c in 0..4 {
             self.qs[c][4 * lane..4 * lane + 4].copy_from_slice(&bytes[4 * c..4 * c + 4]);
         }
     }
-}
-
-/// Q4_K as Q4_1, exactly: each 32-value sub-block of a Q4_K super-block dequantizes as
-/// `d sc q - dmin m`, which is Q4_1's `d' q + m'` with `d' = d sc` and `m' = -(dmin m)`: an f16
-/// times a 6-bit integer, exact in f32. So the dequantized weights are the same; the arithmetic
-/// is this kernel's (8-bit activations per 32 values, where candle's Q4_K kernel quantizes per
-/// 256), and a row's result does not depend on the batch (candle's does, for some formats).
-pub fn from_q4_k(q: &candle_core::quantized::QTensor) -> crate::error::Result<Q41Matrix> {
-    use crate::error::EngineError;
-    const SB: usize = 144;
-    let (n, k) = q.shape().dims2()?;
-    if q.dtype() != GgmlDType::Q4K || !k.is_multiple_of(256) {
-        return Err(EngineError::InvalidConfig(format!(
-            "expected Q4_K rows of 256s, got {:?} x {k}",
-            q.dtype()
-        )));
-    }
-    let data = q.data()?;
-    if data.len() != n * (k / 256) * SB {
-        return Err(EngineError::InvalidConfig(
-            "Q4_K tensor has the wrong byte length".into(),
-        ));
-    }
-    Q41Matrix::from_blocks(n, k, |row, b, g, lane| {
-        let sb = &data[(row * (k / 256) + b / 8) * SB..][..SB];
-        let j = b % 8;
-        let d = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
-        let dmin = f16::from_le_bytes([sb[2], sb[3]]).to_f32();
-        let sc = &sb[4..16];
-        let (scale, min) = if j < 4 {
-            (sc[j] & 63, sc[j + 4] & 63)
-        } else {
-            (
-                (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4),
-                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
-            )
-        };
-        // Sub-block j: the low (j even) or high nibbles of the 32 bytes of 64-value chunk j / 2.
-        let bytes = &sb[16 + 32 * (j / 2)..][..32];
-        let v = |i: usize| {
-            if j % 2 == 0 {
-                bytes[i] & 0x0F
-            } else {
-                bytes[i] >> 4
-            }
-        };
-        let packed: [u8; 16] = std::array::from_fn(|i| v(i) | (v(i + 16) << 4));
-        g.set_lane_parts(lane, d * scale as f32, -(dmin * min as f32), &packed);
-    })
 }
 
 /// The SIMD body, once per integer-dot implementation (`vpdpbusd`, or `maddubs` + `madd`: the
@@ -139,8 +91,10 @@ macro_rules! q4_1_dot {
                 }
                 (lo, hi)
             };
-            // More than one row group (prefill): unpack every block once for all of them.
-            let unpacked: Vec<_> = if m > 4 { w.iter().map(unpack).collect() } else { Vec::new() };
+            // Past two row groups (prefill): unpack every block once for all of them. Up to
+            // eight rows (a speculative verification), unpacking again per row group is cheaper
+            // than the buffer (5 rows took 2.3x the time of 4 with it).
+            let unpacked: Vec<_> = if m > 8 { w.iter().map(unpack).collect() } else { Vec::new() };
             for rg in 0..m.div_ceil(4) {
                 let a = acts.row_group(rg);
                 let rows = (m - rg * 4).min(4);
