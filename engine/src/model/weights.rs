@@ -15,9 +15,9 @@ use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::dense_f32::DenseF32Matrix;
 use crate::kernels::cpu::matmul::quantize_input;
 use crate::kernels::cpu::q4_1::Q41Matrix;
-use crate::kernels::cpu::q4_k::{self, Q4KMatrix};
+use crate::kernels::cpu::q4_k::Q4KMatrix;
 use crate::kernels::cpu::q5_0::Q50Matrix;
-use crate::kernels::cpu::q6_k::{self, Q6KMatrix};
+use crate::kernels::cpu::q6_k::Q6KMatrix;
 use crate::kernels::cpu::q8_0::Q80Matrix;
 
 /// A linear layer `y = x W^T`, quantized (GGUF kept as is) or dense.
@@ -103,8 +103,8 @@ impl CpuMatrix {
             GgmlDType::Q4_1 => CpuMatrix::Q4_1(Q41Matrix::from_qtensor(q)?),
             GgmlDType::Q8_0 => CpuMatrix::Q8_0(Q80Matrix::from_qtensor(q)?),
             GgmlDType::Q5_0 => CpuMatrix::Q5_0(Q50Matrix::from_qtensor(q)?),
-            GgmlDType::Q4K if k.is_multiple_of(256) => CpuMatrix::Q4_K(q4_k::from_q4_k(q)?),
-            GgmlDType::Q6K if k.is_multiple_of(256) => CpuMatrix::Q6_K(q6_k::from_q6_k(q)?),
+            GgmlDType::Q4K if k.is_multiple_of(256) => CpuMatrix::Q4_K(Q4KMatrix::from_qtensor(q)?),
+            GgmlDType::Q6K if k.is_multiple_of(256) => CpuMatrix::Q6_K(Q6KMatrix::from_qtensor(q)?),
             _ => return Ok(None),
         }))
     }

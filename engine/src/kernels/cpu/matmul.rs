@@ -29,7 +29,7 @@ pub trait WeightGroup: Copy + Default + Send + Sync + 'static {
     const ROWS: usize;
     /// 32-value blocks per group element.
     const BLOCKS: usize = 1;
-    /// Sets lane `lane` (row `ROWS g + lane`) from a GGML block.
+    /// Sets lane `lane` (row `ROWS g + lane`) from a GGML block (of `32 BLOCKS` values).
     fn set_lane(&mut self, lane: usize, block: &[u8]);
     /// The group's `ROWS` weight rows (`w`: its blocks) against every activation row, row-major:
     /// `out[r * ROWS + lane]`, `out` of `m * ROWS` (each row's outputs one contiguous run, so the
@@ -59,14 +59,16 @@ impl<W: WeightGroup> GroupMatrix<W> {
             )));
         }
         let (n, k) = q.shape().dims2()?;
-        if W::BLOCKS != 1 || !k.is_multiple_of(2 * QK) {
+        if !k.is_multiple_of(2 * QK) || !k.is_multiple_of(QK * W::BLOCKS) {
             return Err(EngineError::InvalidConfig(format!(
-                "{:?} rows of {k} are not a multiple of 64 (or the format has super-blocks)",
-                W::DTYPE
+                "{:?} rows of {k} are not a multiple of 64 and of {}",
+                W::DTYPE,
+                QK * W::BLOCKS
             )));
         }
         let data = q.data()?;
-        let kb = k / QK;
+        // One GGML block per element: 32 values, or a K-quant's 256-value super-block.
+        let kb = Self::elems(k);
         if data.len() != n * kb * W::BLOCK_BYTES {
             return Err(EngineError::InvalidConfig(format!(
                 "{:?} tensor has the wrong byte length",

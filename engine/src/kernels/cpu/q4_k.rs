@@ -15,12 +15,11 @@
 //! results are bit for bit those of Q4_K held as Q4_1; a row's result does not depend on the
 //! batch.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use super::acts::ActRows;
 use super::matmul::{GroupMatrix, WeightGroup};
-use crate::error::{EngineError, Result};
 
 const ROWS: usize = 8;
 /// Bytes of a GGML Q4_K super-block (256 values).
@@ -63,8 +62,20 @@ impl WeightGroup for Q4KGroup {
     const ROWS: usize = ROWS;
     const BLOCKS: usize = SUB;
 
-    /// Not used: see [`from_q4_k`].
-    fn set_lane(&mut self, _lane: usize, _block: &[u8]) {}
+    /// Lane `lane` from a GGML super-block.
+    fn set_lane(&mut self, lane: usize, sb: &[u8]) {
+        self.d[lane] = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
+        self.neg_dmin[lane] = -f16::from_le_bytes([sb[2], sb[3]]).to_f32();
+        for j in 0..SUB {
+            let (scale, min) = scale_min(&sb[4..16], j);
+            self.sc[j][lane] = scale;
+            self.mn[j][lane] = min;
+            let packed = sub_block_bytes(sb, j);
+            for c in 0..4 {
+                self.qs[j][c][4 * lane..4 * lane + 4].copy_from_slice(&packed[4 * c..4 * c + 4]);
+            }
+        }
+    }
 
     fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
         super::simd::dispatch_dot!(w, acts, out)
@@ -96,43 +107,6 @@ pub(super) fn sub_block_bytes(sb: &[u8], j: usize) -> [u8; 16] {
         }
     };
     std::array::from_fn(|i| v(i) | (v(i + 16) << 4))
-}
-
-impl Q4KGroup {
-    /// Lane `lane` from a GGML super-block.
-    fn set_lane_from(&mut self, lane: usize, sb: &[u8]) {
-        self.d[lane] = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
-        self.neg_dmin[lane] = -f16::from_le_bytes([sb[2], sb[3]]).to_f32();
-        for j in 0..SUB {
-            let (scale, min) = scale_min(&sb[4..16], j);
-            self.sc[j][lane] = scale;
-            self.mn[j][lane] = min;
-            let packed = sub_block_bytes(sb, j);
-            for c in 0..4 {
-                self.qs[j][c][4 * lane..4 * lane + 4].copy_from_slice(&packed[4 * c..4 * c + 4]);
-            }
-        }
-    }
-}
-
-/// A Q4_K tensor of shape `(n, k)`, `k` a multiple of 256.
-pub fn from_q4_k(q: &QTensor) -> Result<Q4KMatrix> {
-    let (n, k) = q.shape().dims2()?;
-    if q.dtype() != GgmlDType::Q4K || !k.is_multiple_of(256) {
-        return Err(EngineError::InvalidConfig(format!(
-            "expected Q4_K rows of 256s, got {:?} x {k}",
-            q.dtype()
-        )));
-    }
-    let data = q.data()?;
-    if data.len() != n * (k / 256) * SB {
-        return Err(EngineError::InvalidConfig(
-            "Q4_K tensor has the wrong byte length".into(),
-        ));
-    }
-    Q4KMatrix::from_blocks(n, k, |row, e, g, lane| {
-        g.set_lane_from(lane, &data[(row * (k / 256) + e) * SB..][..SB]);
-    })
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -297,6 +271,7 @@ mod tests {
     use crate::kernels::cpu::acts::QuantizedActs;
     use crate::kernels::cpu::q4_1::{Q41Group, Q41Matrix};
     use crate::kernels::cpu::test_data::random;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
     /// Q4_K as the Q4_1 groups it was held as before: `d' = d sc`, `m' = -(dmin mn)` per block.
@@ -326,7 +301,7 @@ mod tests {
         let (n, k) = (24, 768);
         let w = Tensor::from_vec(random(n * k, 5), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        let ours = from_q4_k(&q).unwrap();
+        let ours = Q4KMatrix::from_qtensor(&q).unwrap();
         let reference = as_q4_1(&q);
         for m in [1, 2, 3, 4, 5, 7, 8, 9, 13] {
             let x = random(m * k, 30 + m as u64);
@@ -357,6 +332,6 @@ mod tests {
     #[test]
     fn rejects_other_formats_and_widths() {
         let w = Tensor::from_vec(random(8 * 256, 1), (8, 256), &Device::Cpu).unwrap();
-        assert!(from_q4_k(&QTensor::quantize(&w, GgmlDType::Q6K).unwrap()).is_err());
+        assert!(Q4KMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K).unwrap()).is_err());
     }
 }

@@ -23,14 +23,13 @@
 //! the first tile); at four rows the kernel runs ~2.4x the one-row time for 4x the work, where
 //! the i8 layout's took 3.4x.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use super::acts::ActRows;
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 use super::simd::{dpbusd, store_rows};
-use crate::error::{EngineError, Result};
 
 const ROWS: usize = 8;
 /// Bytes of a GGML Q6_K super-block (256 values).
@@ -67,17 +66,8 @@ impl WeightGroup for Q6KGroup {
     const ROWS: usize = ROWS;
     const BLOCKS: usize = SUB;
 
-    /// Not used: see [`from_q6_k`].
-    fn set_lane(&mut self, _lane: usize, _block: &[u8]) {}
-
-    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
-        super::simd::dispatch_dot!(w, acts, out)
-    }
-}
-
-impl Q6KGroup {
     /// Lane `lane` from a GGML super-block.
-    fn set_lane_from(&mut self, lane: usize, sb: &[u8]) {
+    fn set_lane(&mut self, lane: usize, sb: &[u8]) {
         let (q, sc, d) = unpack_super_block(sb);
         self.d[lane] = d;
         for j in 0..SUB {
@@ -92,6 +82,12 @@ impl Q6KGroup {
         }
     }
 
+    fn dot(w: &[Self], acts: &ActRows<'_>, out: &mut [f32]) {
+        super::simd::dispatch_dot!(w, acts, out)
+    }
+}
+
+impl Q6KGroup {
     /// Row `lane`'s value `i` of sub-block `j`, `q` (0..63).
     #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
     fn q(&self, j: usize, lane: usize, i: usize) -> i32 {
@@ -115,26 +111,6 @@ fn unpack_super_block(sb: &[u8]) -> ([u8; 256], [i8; 16], f32) {
         }
     }
     (v, std::array::from_fn(|i| sc[i] as i8), d)
-}
-
-/// A Q6_K tensor of shape `(n, k)`, `k` a multiple of 256.
-pub fn from_q6_k(q: &QTensor) -> Result<Q6KMatrix> {
-    let (n, k) = q.shape().dims2()?;
-    if q.dtype() != GgmlDType::Q6K || !k.is_multiple_of(256) {
-        return Err(EngineError::InvalidConfig(format!(
-            "expected Q6_K rows of 256s, got {:?} x {k}",
-            q.dtype()
-        )));
-    }
-    let data = q.data()?;
-    if data.len() != n * (k / 256) * SB {
-        return Err(EngineError::InvalidConfig(
-            "Q6_K tensor has the wrong byte length".into(),
-        ));
-    }
-    Q6KMatrix::from_blocks(n, k, |row, e, g, lane| {
-        g.set_lane_from(lane, &data[(row * (k / 256) + e) * SB..][..SB]);
-    })
 }
 
 /// Rows `first .. first + R` (one row group, `R` <= 4) of the run against every super-block of
@@ -270,7 +246,8 @@ fn reference_dot(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::kernels::cpu::acts::{QuantizedActs, QK};
-    use crate::kernels::cpu::q4_k::{from_q4_k, Q4KMatrix};
+    use crate::kernels::cpu::q4_k::Q4KMatrix;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -329,7 +306,7 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let m6 = from_q6_k(&q6).unwrap();
+        let m6 = Q6KMatrix::from_qtensor(&q6).unwrap();
         let q4 = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
         let deq4 = q4
             .dequantize(&Device::Cpu)
@@ -338,7 +315,7 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let m4: Q4KMatrix = from_q4_k(&q4).unwrap();
+        let m4 = Q4KMatrix::from_qtensor(&q4).unwrap();
         for m in [1, 3, 5] {
             let x = random(m * k, 7 + m as u64);
             let acts = QuantizedActs::quantize(&x, m, k);
@@ -379,7 +356,7 @@ mod tests {
     fn kernels_equal_the_scalar_reference_bit_for_bit() {
         let (n, k) = (16, 768);
         let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
-        let m6 = from_q6_k(&QTensor::quantize(&w, GgmlDType::Q6K).unwrap()).unwrap();
+        let m6 = Q6KMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K).unwrap()).unwrap();
         for m in 1..=12 {
             let x = random(m * k, 20 + m as u64);
             let acts = QuantizedActs::quantize(&x, m, k);
