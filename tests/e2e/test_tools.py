@@ -264,6 +264,8 @@ class ToolCalling(unittest.TestCase):
         # 128 tools (the default max_tools) with tool_choice "required": a ~5.5k-token prompt
         # whose prefill takes tens of seconds on 2 cores. Short chats sent meanwhile must each
         # answer in a fraction of that: they used to wait for the whole prefill (29 s of 29).
+        # The server needs KV room for both (openai_python.rs gives it 512 MiB): when the long
+        # prompt's blocks fill the pool, a short request rightly waits for them to come back.
         salt = uuid.uuid4().hex[:8]  # no prefix-cache hit from an earlier run
         tools = [{"type": "function", "function": {
             "name": f"f{salt}_{i}", "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}}

@@ -54,7 +54,8 @@ impl Server {
         std::env::temp_dir().join(format!("wick-e2e-{port}.log"))
     }
 
-    /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`.
+    /// Starts `wick serve` on a free port with `extra` arguments and waits until `/ready`. The
+    /// KV cache is 256 MiB unless `extra` names `--kv-cache-mib`.
     pub fn start(extra: &[&str]) -> Server {
         let port = free_port();
         // A log left by another run on this port (earlier test runs on this machine) is not
@@ -70,8 +71,14 @@ impl Server {
             .append(true)
             .open(Self::log_path(port))
             .expect("log file");
+        let kv: &[&str] = if extra.contains(&"--kv-cache-mib") {
+            &[]
+        } else {
+            &["--kv-cache-mib", "256"]
+        };
         let child = Command::new(wick_binary())
-            .args(["serve", "--port", &port.to_string(), "--kv-cache-mib", "256"])
+            .args(["serve", "--port", &port.to_string()])
+            .args(kv)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
