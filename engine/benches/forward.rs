@@ -115,6 +115,8 @@ fn bench(format: &str, batches: &[usize]) {
 /// as speculative verification runs it (the token before and R-1 proposals), after the prompt.
 /// Best and mean milliseconds per forward over WICK_BENCH_VERIFY_REPS (20) repetitions, the
 /// same slots rewritten; the cost of R rows against one row is what speculation must beat.
+/// WICK_BENCH_VERIFY_ARGMAX=1: each row's greedy token from the head instead of its logits, as
+/// a greedy verification runs it.
 fn verify_probe(runner: &mut ModelRunner, table: &BlockTable, prompt_tokens: usize) {
     let Ok(spec) = std::env::var("WICK_BENCH_VERIFY") else {
         return;
@@ -132,12 +134,20 @@ fn verify_probe(runner: &mut ModelRunner, table: &BlockTable, prompt_tokens: usi
             block_table: table,
             logits: LogitsWanted::All,
         }];
-        runner.execute(&chunk).unwrap();
+        let argmax = std::env::var_os("WICK_BENCH_VERIFY_ARGMAX").is_some();
+        let run = |runner: &mut ModelRunner| {
+            if argmax {
+                runner.execute_argmax(&chunk).map(drop).unwrap()
+            } else {
+                runner.execute(&chunk).map(drop).unwrap()
+            }
+        };
+        run(runner);
         let mut best = f64::MAX;
         let mut total = 0.0;
         for _ in 0..reps {
             let t = Instant::now();
-            runner.execute(&chunk).unwrap();
+            run(runner);
             let ms = t.elapsed().as_secs_f64() * 1e3;
             best = best.min(ms);
             total += ms;

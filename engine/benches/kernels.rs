@@ -7,6 +7,8 @@
 //!
 //! FORMAT: q4_1, q4_k, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
 //! projections; 576x576 is the default model's). Rows: WICK_BENCH_ROWS=1,8,64,512.
+//! WICK_BENCH_COPIES=N cycles through N copies of the matrix, one per call: with N copies
+//! larger than the last-level cache, the weights come from memory, as in a decode step.
 //!
 //! `attention` (not in the default set): one layer's paged attention in the default model's
 //! shape (9 query heads, 3 KV heads, head dim 64, f32 pool) for a 256-row prefill chunk ending
@@ -86,13 +88,21 @@ fn main() {
     if formats.contains(&"attention") {
         attention();
     }
+    let copies: usize = std::env::var("WICK_BENCH_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     for f in formats.into_iter().filter(|&f| f != "attention") {
-        let w = matrix(f, n, k);
+        let ws: Vec<CpuMatrix> = (0..copies).map(|_| matrix(f, n, k)).collect();
+        let w = &ws[0];
         for &m in &rows {
             let x = random(m * k, 2);
             let acts = QuantizedActs::quantize(&x, m, k);
+            let mut next = 0;
             let t = best_of(Duration::from_secs(1), || {
-                std::hint::black_box(w.matmul_split(&acts, &[n]).unwrap());
+                next = (next + 1) % copies;
+                std::hint::black_box(ws[next].matmul_split(&acts, &[n]).unwrap());
             });
             let gmac = (m * n * k) as f64 / t.as_secs_f64() / 1e9;
             println!("| {f:6} | {m:4} | {gmac:6.1} | {:9.1} |", t.as_secs_f64() * 1e6);
