@@ -182,6 +182,12 @@ pub struct ModelConfig {
     /// (`SpeculativeConfig::DEFAULT_MAX_BATCH`, 16).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculative_max_batch: Option<usize>,
+    /// With `draft`: the draft proposes only among the first this many token ids (and the
+    /// added tokens: end of turn, tool-call markers), so its output head reads that share of
+    /// its rows. Output never depends on it; proposals of a token left out fail. Unset: the
+    /// whole vocabulary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_vocab: Option<usize>,
     /// Routes: what a million prompt tokens cost on this model (any currency, e.g. USD), for
     /// the router's cost metrics.
     #[serde(skip_serializing_if = "Option::is_none")]

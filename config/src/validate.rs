@@ -256,6 +256,7 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
                 ("speculative", m.speculative.is_some()),
                 ("num_speculative_tokens", m.num_speculative_tokens.is_some()),
                 ("speculative_max_batch", m.speculative_max_batch.is_some()),
+                ("draft_vocab", m.draft_vocab.is_some()),
             ] {
                 if set {
                     out.push((at(field), "only applies to a local model (`source`)".into(), None));
@@ -330,6 +331,13 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
                 out.push((at("speculative_max_batch"), needs.into(), None));
             } else if b == 0 {
                 out.push((at("speculative_max_batch"), "must be greater than 0".into(), None));
+            }
+        }
+        if let Some(v) = m.draft_vocab {
+            if m.draft.is_none() {
+                out.push((at("draft_vocab"), "only applies with `draft`".into(), None));
+            } else if v == 0 {
+                out.push((at("draft_vocab"), "must be greater than 0".into(), None));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Speculative decoding through the engine API: single-stream decode speed and acceptance for
 //! the target alone, with a draft model, and with prompt lookup (n-gram), on code,
 //! summarisation and chat prompts; then aggregate throughput at several stream counts. The
-//! three engines run side by side in alternating rounds (the machine is noisy: compare the
+//! engines run side by side in alternating rounds (the machine is noisy: compare the
 //! means within one run). Greedy outputs are compared across modes: a difference is reported.
 //!
 //!     cargo bench -p wick-engine --bench speculative                 (pair a: default model)
@@ -13,7 +13,8 @@
 //! Knobs: WICK_BENCH_ROUNDS (3), WICK_BENCH_OUTPUT_TOKENS (128), WICK_BENCH_STREAMS ("4,16"),
 //! WICK_BENCH_K (num_speculative_tokens, 4), WICK_BENCH_MAX_BATCH (speculation's batch limit;
 //! default: the engine's), WICK_BENCH_MEASURE_PAYOFF (0: speculate in every step instead of
-//! where it is measured to pay), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
+//! where it is measured to pay), WICK_BENCH_DRAFT_VOCAB (N: a fourth mode, the draft proposing
+//! only among the first N ids), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -177,7 +178,8 @@ fn main() {
         }),
         ..EngineConfig::default()
     };
-    let modes = [
+    let draft_vocab = env_usize("WICK_BENCH_DRAFT_VOCAB", 0);
+    let mut modes = vec![
         Mode {
             name: "target alone",
             engine: Engine::new(target(), config(None)).expect("engine"),
@@ -192,6 +194,16 @@ fn main() {
             engine: Engine::new(target(), config(Some(SpeculativeConfig::ngram()))).expect("engine"),
         },
     ];
+    if draft_vocab > 0 {
+        let restricted = SpeculativeConfig {
+            draft_vocab: Some(draft_vocab),
+            ..SpeculativeConfig::draft_model()
+        };
+        modes.push(Mode {
+            name: "draft, leading ids only",
+            engine: Engine::with_draft(target(), draft(), config(Some(restricted))).expect("engine"),
+        });
+    }
     let prompts: Vec<(&str, Vec<u32>)> = prompts()
         .into_iter()
         .map(|(kind, text)| {
@@ -222,9 +234,9 @@ fn main() {
                 let mut reference: Option<Vec<u32>> = None;
                 // Alternate the order between rounds so no mode always runs first.
                 let order: Vec<usize> = if round % 2 == 0 {
-                    vec![0, 1, 2]
+                    (0..modes.len()).collect()
                 } else {
-                    vec![2, 1, 0]
+                    (0..modes.len()).rev().collect()
                 };
                 for &m in &order {
                     let before = spec_counts(&modes[m].engine.stats());
@@ -287,9 +299,9 @@ fn main() {
         for round in 0..rounds {
             for (si, &c) in streams.iter().enumerate() {
                 let order: Vec<usize> = if round % 2 == 0 {
-                    vec![0, 1, 2]
+                    (0..modes.len()).collect()
                 } else {
-                    vec![2, 1, 0]
+                    (0..modes.len()).rev().collect()
                 };
                 for &m in &order {
                     let engine = &modes[m].engine;

@@ -210,6 +210,46 @@ fn a_draft_identical_to_the_target_has_every_proposal_accepted() {
     assert_eq!((stats.used_blocks, stats.draft_used_blocks), (0, 0));
 }
 
+/// An identical draft that may propose only the first 2048 ids (and the added tokens): where the
+/// target's token is past them the proposal fails, so some proposals fail, and the output is
+/// still the target's.
+#[test]
+fn a_draft_restricted_to_the_leading_ids_fails_only_the_proposals_it_cannot_make() {
+    const LEADING: usize = 2048;
+    let plain = Engine::new(common::load_default(None), config(None)).unwrap();
+    let spec = Engine::with_draft(
+        common::load_default(None),
+        common::load_default(None),
+        config(Some(SpeculativeConfig {
+            draft_vocab: Some(LEADING),
+            ..SpeculativeConfig::draft_model()
+        })),
+    )
+    .unwrap();
+    let reqs = requests(&plain, |_| greedy(48));
+    let expected = tokens(&alone(&plain, &reqs[..8]));
+    let past = expected
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|&&t| t as usize >= LEADING)
+        .count();
+    assert!(past > 0, "the outputs need tokens past the first {LEADING} ids");
+    assert_eq!(tokens(&alone(&spec, &reqs[..8])), expected);
+    let stats = common::settled(&spec);
+    eprintln!(
+        "identical draft, {LEADING} leading ids: {} proposed, {} accepted; {past} output tokens past them",
+        stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total
+    );
+    assert!(stats.spec_accepted_tokens_total > 0, "{stats:?}");
+    // A proposal made where the target's token is past the prefix cannot be that token.
+    assert!(
+        stats.spec_accepted_tokens_total < stats.spec_draft_tokens_total,
+        "{stats:?}"
+    );
+    assert_eq!((stats.used_blocks, stats.draft_used_blocks), (0, 0));
+}
+
 /// The pair: the default model dequantized to f32 as the target, the same GGUF kept
 /// quantized as its draft (same tokenizer; close, not identical).
 #[test]

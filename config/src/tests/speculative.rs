@@ -354,3 +354,24 @@ fn bad_speculation_flags_and_variables_are_named() {
         (Origin::Flag("--draft-dtype".into()), "models[1].dtype")
     );
 }
+
+#[test]
+fn draft_vocab_comes_with_a_draft_and_is_positive() {
+    let with = DRAFTED.replace(
+        "speculative_max_batch = 4\n",
+        "speculative_max_batch = 4\ndraft_vocab = 32768\n",
+    );
+    let cfg = load_text(&with, &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.served_model().unwrap().draft_vocab, Some(32768));
+    let p = problem(&with.replace("draft_vocab = 32768", "draft_vocab = 0"));
+    assert_eq!(
+        (p.field.as_str(), p.origin.clone(), p.message.as_str()),
+        ("models[0].draft_vocab", at_line(8), "must be greater than 0")
+    );
+    // Prompt lookup has no draft to restrict.
+    let p = problem("[[models]]\nid = \"m\"\nspeculative = \"ngram\"\ndraft_vocab = 100\n");
+    assert_eq!(
+        (p.field.as_str(), p.origin.clone(), p.message.as_str()),
+        ("models[0].draft_vocab", at_line(4), "only applies with `draft`")
+    );
+}

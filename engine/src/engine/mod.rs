@@ -344,7 +344,15 @@ impl Engine {
         let speculator = match config.speculative {
             Some(spec) => {
                 let draft = draft
-                    .map(|d| draft_model(d, &model_cfg, num_blocks, config.block_size, config.attention))
+                    .map(|d| {
+                        let extra = d.tokenizer.added_token_ids();
+                        let model =
+                            draft_model(d, &model_cfg, num_blocks, config.block_size, config.attention)?;
+                        Ok::<_, EngineError>(match spec.draft_vocab {
+                            Some(leading) => model.with_vocabulary(leading, &extra),
+                            None => model,
+                        })
+                    })
                     .transpose()?;
                 Some(Speculator::new(
                     spec,

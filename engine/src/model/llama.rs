@@ -5,6 +5,8 @@
 //! that will be sampled. Where K/V are stored and how attention reads them is the
 //! [`AttentionBackend`]'s business.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -220,17 +222,19 @@ impl LlamaModel {
     /// As [`forward`](Self::forward), but each wanted row's greedy token (the sampler's
     /// `argmax` of its logits, NaN as -inf) instead of the logits: the CPU head finds it as it
     /// computes the outputs and never writes them. Only where
-    /// [`head_has_argmax`](Self::head_has_argmax).
+    /// [`head_has_argmax`](Self::head_has_argmax). `within`: the only token ids it may
+    /// return (all of them when None); a row has `u32::MAX` where `within` has none.
     pub fn forward_argmax(
         &self,
         tokens: &Tensor,
         positions: &Tensor,
         logit_rows: Option<&Tensor>,
         attn: &mut dyn AttentionBackend,
+        within: Option<&[Range<u32>]>,
     ) -> Result<Vec<u32>> {
         let x = self.head_input(tokens, positions, logit_rows, attn)?;
         self.lm_head
-            .argmax(&x)?
+            .argmax(&x, within)?
             .ok_or_else(|| EngineError::InvalidBatch("this model's output head has no argmax kernel".into()))
     }
 

@@ -2,6 +2,7 @@
 //! GGUF names (`blk.3.attn_q.weight`); safetensors names are mapped from those.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,9 +54,11 @@ impl Linear {
 
     /// Each row's greedy token (the column of its largest output) without the outputs, where
     /// this matrix has a CPU kernel; None where it has not (the caller takes the logits).
-    pub fn argmax(&self, x: &Tensor) -> Result<Option<Vec<u32>>> {
+    /// `within`: only these columns are candidates (see
+    /// [`GroupMatrix::matmul_argmax_within`](crate::kernels::cpu::matmul::GroupMatrix)).
+    pub fn argmax(&self, x: &Tensor, within: Option<&[Range<u32>]>) -> Result<Option<Vec<u32>>> {
         match self {
-            Linear::Cpu(m) => Ok(Some(m.matmul_argmax(&quantize_input(x)?)?)),
+            Linear::Cpu(m) => Ok(Some(m.matmul_argmax(&quantize_input(x)?, within)?)),
             Linear::Candle(_) | Linear::DenseF32(_) => Ok(None),
         }
     }
@@ -129,8 +132,8 @@ impl CpuMatrix {
         each_format!(self, m => m.matmul_silu_mul(acts))
     }
 
-    pub fn matmul_argmax(&self, acts: &QuantizedActs) -> Result<Vec<u32>> {
-        each_format!(self, m => m.matmul_argmax(acts))
+    pub fn matmul_argmax(&self, acts: &QuantizedActs, within: Option<&[Range<u32>]>) -> Result<Vec<u32>> {
+        each_format!(self, m => m.matmul_argmax_within(acts, within))
     }
 
     /// This matrix as Q8_0 groups, when its format has that layout (Q8_0, and Q5_0 exactly).

@@ -3,6 +3,8 @@
 
 pub mod attention;
 
+use std::ops::Range;
+
 use candle_core::Tensor;
 
 use crate::error::{EngineError, Result};
@@ -88,8 +90,18 @@ impl ModelRunner {
     /// As [`execute`](Self::execute), but the greedy token of each row it would return logits
     /// for (the sampler's `argmax`), found in the output head without writing the logits.
     pub fn execute_argmax(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Vec<u32>> {
+        self.execute_argmax_within(chunks, None)
+    }
+
+    /// As [`execute_argmax`](Self::execute_argmax), the greedy token among the ids in `within`
+    /// alone (see [`LlamaModel::forward_argmax`]).
+    pub fn execute_argmax_within(
+        &mut self,
+        chunks: &[SequenceChunk<'_>],
+        within: Option<&[Range<u32>]>,
+    ) -> Result<Vec<u32>> {
         self.run(chunks, |model, tokens, positions, rows, attn| {
-            model.forward_argmax(tokens, positions, rows, attn)
+            model.forward_argmax(tokens, positions, rows, attn, within)
         })
     }
 

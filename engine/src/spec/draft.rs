@@ -7,6 +7,8 @@
 //! `k` forwards, batched over the sequences. Its K/V of proposals that the target rejected are
 //! simply overwritten later: the draft trusts only the tokens the sequence really has.
 
+use std::ops::Range;
+
 use ahash::AHashMap;
 
 use crate::error::{EngineError, Result};
@@ -41,6 +43,10 @@ pub struct DraftModel {
     runner: ModelRunner,
     blocks: BlockManager,
     seqs: AHashMap<DraftKey, DraftSequence>,
+    /// The token ids it may propose (None: all): see [`SpeculativeConfig::draft_vocab`].
+    ///
+    /// [`SpeculativeConfig::draft_vocab`]: crate::spec::SpeculativeConfig::draft_vocab
+    vocab: Option<Vec<Range<u32>>>,
 }
 
 impl DraftModel {
@@ -60,7 +66,24 @@ impl DraftModel {
             runner,
             blocks,
             seqs: AHashMap::new(),
+            vocab: None,
         })
+    }
+
+    /// Proposes only the first `leading` token ids and the ids in `extra` (the added tokens:
+    /// end of turn, tool-call markers), so that its head reads only their rows. A `leading`
+    /// that covers the vocabulary changes nothing.
+    pub fn with_vocabulary(mut self, leading: usize, extra: &[u32]) -> Self {
+        let vocab = self.vocab_size();
+        self.vocab = proposable(leading, extra, vocab);
+        if let Some(ranges) = &self.vocab {
+            tracing::info!(
+                proposable = ranges.iter().map(|r| r.len()).sum::<usize>(),
+                vocab,
+                "the draft model proposes among the leading token ids and the added tokens"
+            );
+        }
+        self
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -93,7 +116,12 @@ impl DraftModel {
         requests: &[DraftRequest<'_>],
         catch_up_budget: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let Self { runner, blocks, seqs } = self;
+        let Self {
+            runner,
+            blocks,
+            seqs,
+            vocab,
+        } = self;
         let mut proposals = vec![Vec::new(); requests.len()];
         // 1. Catch up: from what the draft holds of the sequence to its last token.
         let mut budget = catch_up_budget;
@@ -140,7 +168,7 @@ impl DraftModel {
                 },
             })
             .collect();
-        let first = greedy(runner, &chunks)?;
+        let first = greedy(runner, &chunks, vocab.as_deref())?;
         let mut drafting = Vec::new(); // requests still proposing
         let mut first = first.into_iter();
         for &(i, start, n, last) in &catch_up {
@@ -190,7 +218,7 @@ impl DraftModel {
                     }
                 })
                 .collect();
-            let next = greedy(runner, &chunks)?;
+            let next = greedy(runner, &chunks, vocab.as_deref())?;
             for (&i, token) in drafting.iter().zip(next) {
                 let seq = seqs
                     .get_mut(&requests[i].key)
@@ -254,16 +282,40 @@ impl DraftModel {
     }
 }
 
+/// The ids `0..leading` and those of `extra` past them, as ranges; None when that is the whole
+/// vocabulary of `vocab` ids.
+fn proposable(leading: usize, extra: &[u32], vocab: usize) -> Option<Vec<Range<u32>>> {
+    if leading >= vocab {
+        return None;
+    }
+    let mut ranges = Vec::with_capacity(extra.len() + 1);
+    ranges.push(0..leading as u32);
+    let mut extra: Vec<u32> = extra
+        .iter()
+        .copied()
+        .filter(|&id| id as usize >= leading && (id as usize) < vocab)
+        .collect();
+    extra.sort_unstable();
+    extra.dedup();
+    ranges.extend(extra.into_iter().map(|id| id..id + 1));
+    Some(ranges)
+}
+
 fn missing(key: DraftKey) -> EngineError {
     EngineError::InvalidBatch(format!("draft state of sequence {key:?} vanished mid-step"))
 }
 
-/// Runs `chunks` and returns the greedy token of each row asked for: found by the output head
-/// where it can (no logits written), else the argmax of the logits (lowest id on ties).
-fn greedy(runner: &mut ModelRunner, chunks: &[SequenceChunk<'_>]) -> Result<Vec<u32>> {
+/// Runs `chunks` and returns the greedy token among `vocab` (all ids when None) of each row
+/// asked for: found by the output head where it can (no logits written, and only `vocab`'s
+/// rows of the head read), else the argmax of the logits (lowest id on ties).
+fn greedy(
+    runner: &mut ModelRunner,
+    chunks: &[SequenceChunk<'_>],
+    vocab: Option<&[Range<u32>]>,
+) -> Result<Vec<u32>> {
     let wanted = chunks.iter().any(|c| c.logits != LogitsWanted::None);
     if wanted && runner.model().head_has_argmax() {
-        return runner.execute_argmax(chunks);
+        return runner.execute_argmax_within(chunks, vocab);
     }
     let logits = runner.execute(chunks)?;
     Ok(logits
@@ -271,10 +323,29 @@ fn greedy(runner: &mut ModelRunner, chunks: &[SequenceChunk<'_>]) -> Result<Vec<
         .into_iter()
         .map(|mut row| {
             // The sampler's argmax takes NaN-free rows (NaN counts as impossible there too).
-            row.iter_mut()
-                .filter(|x| x.is_nan())
-                .for_each(|x| *x = f32::NEG_INFINITY);
+            for (id, x) in row.iter_mut().enumerate() {
+                let proposable = vocab.is_none_or(|v| v.iter().any(|r| r.contains(&(id as u32))));
+                if x.is_nan() || !proposable {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
             argmax(&row)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proposable;
+
+    #[test]
+    fn proposable_ids_are_the_leading_ones_and_the_added_ones_past_them() {
+        // Added ids inside the prefix add nothing; ids past the vocabulary are dropped.
+        assert_eq!(
+            proposable(100, &[5, 151645, 150, 150, 151643, 200_000], 151936),
+            Some(vec![0..100, 150..151, 151643..151644, 151645..151646])
+        );
+        assert_eq!(proposable(151936, &[3], 151936), None, "the whole vocabulary");
+        assert_eq!(proposable(0, &[2], 10), Some(vec![0..0, 2..3]));
+    }
 }

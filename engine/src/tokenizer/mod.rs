@@ -98,6 +98,16 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The ids of added tokens (control tokens such as `<|im_end|>`, user-defined ones such as
+    /// `<tool_call>`) and of every end-of-sequence token, ascending.
+    pub fn added_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.inner.get_added_tokens_decoder().into_keys().collect();
+        ids.extend(&self.eos_token_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -152,6 +152,7 @@ pub fn speculative_config(model: &ModelConfig) -> Option<SpeculativeConfig> {
             .num_speculative_tokens
             .unwrap_or(base.num_speculative_tokens),
         max_batch: model.speculative_max_batch.unwrap_or(base.max_batch),
+        draft_vocab: model.draft_vocab.or(base.draft_vocab),
         ..base
     })
 }
@@ -176,6 +177,28 @@ mod tests {
             Some(SpeculativeConfig::draft_model())
         );
         assert_eq!(speculative_config(&ModelConfig::default()), None);
+    }
+
+    #[test]
+    fn draft_vocab_reaches_the_engine() {
+        let m = ModelConfig {
+            draft: Some("small".into()),
+            draft_vocab: Some(4096),
+            ..ModelConfig::default()
+        };
+        let spec = speculative_config(&m).expect("speculates");
+        assert_eq!(
+            (spec.method, spec.draft_vocab),
+            (SpeculativeMethod::DraftModel, Some(4096))
+        );
+        assert_eq!(
+            speculative_config(&ModelConfig {
+                draft_vocab: None,
+                ..m
+            })
+            .map(|s| s.draft_vocab),
+            Some(None)
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! default model's head writes 12 MiB of logits a step, which the sampler then copies and scans
 //! only to take their argmax.
 
+use std::ops::Range;
+
 use super::acts::QuantizedActs;
 use super::matmul::{GroupMatrix, WeightGroup};
 use crate::error::Result;
@@ -45,14 +47,48 @@ impl<W: WeightGroup> GroupMatrix<W> {
     /// logits [`matmul`](Self::matmul) would give: the same outputs (the same kernel computes
     /// them), NaN as -inf, the lowest column among equal values.
     pub fn matmul_argmax(&self, acts: &QuantizedActs) -> Result<Vec<u32>> {
+        self.matmul_argmax_within(acts, None)
+    }
+
+    /// [`matmul_argmax`](Self::matmul_argmax) over the columns in `within` (ranges, in any
+    /// order) alone, or all of them: only the weight groups those columns need are read, so a
+    /// draft model's head restricted to the vocabulary it may propose costs that share of
+    /// itself. A row with no column gets `u32::MAX`.
+    pub fn matmul_argmax_within(
+        &self,
+        acts: &QuantizedActs,
+        within: Option<&[Range<u32>]>,
+    ) -> Result<Vec<u32>> {
         self.check(acts)?;
         let (m, n) = (acts.m, self.n());
-        let n_units = n.div_ceil(W::ROWS).div_ceil(UNIT_GROUPS);
+        let unit_cols = UNIT_GROUPS * W::ROWS;
+        let n_units = n.div_ceil(unit_cols);
+        // The units holding wanted columns, ascending.
+        let units: Option<Vec<usize>> = within.map(|ranges| {
+            let mut units: Vec<usize> = ranges
+                .iter()
+                .filter(|r| r.start < r.end && (r.start as usize) < n)
+                .flat_map(|r| {
+                    r.start as usize / unit_cols..=(r.end as usize).min(n).saturating_sub(1) / unit_cols
+                })
+                .collect();
+            units.sort_unstable();
+            units.dedup();
+            units
+        });
+        let wanted = |c: usize| within.is_none_or(|ranges| ranges.iter().any(|r| r.contains(&(c as u32))));
         let mut best = vec![Best::NONE; n_units * m];
         let sink = BestSink(best.as_mut_ptr());
         let sink = &sink;
-        self.for_each_unit(acts, UNIT_GROUPS, |u, first, tiles| {
+        self.for_each_unit_of(acts, UNIT_GROUPS, units.as_deref(), |u, first, tiles| {
             let rows = tiles.len() / (UNIT_GROUPS * W::ROWS);
+            // Whether every column of the unit is wanted (then none is checked one by one).
+            let (lo, hi) = (u * unit_cols, ((u + 1) * unit_cols).min(n));
+            let whole = within.is_none_or(|ranges| {
+                ranges
+                    .iter()
+                    .any(|r| r.start as usize <= lo && hi <= r.end as usize)
+            });
             for r in 0..rows {
                 let mut b = Best::NONE;
                 for j in 0..UNIT_GROUPS {
@@ -61,7 +97,9 @@ impl<W: WeightGroup> GroupMatrix<W> {
                     let lanes = n.saturating_sub(first_col).min(W::ROWS);
                     let tile = &tiles[(j * rows + r) * W::ROWS..][..lanes];
                     for (lane, &v) in tile.iter().enumerate() {
-                        b.offer(v, (first_col + lane) as u32);
+                        if whole || wanted(first_col + lane) {
+                            b.offer(v, (first_col + lane) as u32);
+                        }
                     }
                 }
                 // SAFETY: (u, first + r) is this task's entry alone (see BestSink); it lies in
@@ -105,6 +143,37 @@ mod tests {
             let logits = w.matmul(&acts).unwrap();
             let want: Vec<u32> = logits.chunks_exact(n).map(argmax).collect();
             assert_eq!(w.matmul_argmax(&acts).unwrap(), want, "m {m}");
+            // Restricted to some columns: a prefix, a range inside one task, one column in the
+            // last (partial) task; the argmax of the logits with every other column -inf.
+            let within = [0..700, 1090..1091, 530..540];
+            let want: Vec<u32> = logits
+                .chunks_exact(n)
+                .map(|row| {
+                    let masked: Vec<f32> = row
+                        .iter()
+                        .enumerate()
+                        .map(|(c, &v)| {
+                            if within.iter().any(|r| r.contains(&(c as u32))) {
+                                v
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                        .collect();
+                    argmax(&masked)
+                })
+                .collect();
+            assert_eq!(
+                w.matmul_argmax_within(&acts, Some(&within)).unwrap(),
+                want,
+                "m {m}"
+            );
+            assert_eq!(
+                w.matmul_argmax_within(&acts, Some(std::slice::from_ref(&(1090..1091))))
+                    .unwrap(),
+                vec![1090; m],
+                "m {m}: the only column"
+            );
         }
         // Equal maxima in different tasks (a row of zeros: every output 0) go to column 0.
         let acts = QuantizedActs::quantize(&vec![0.0; k], 1, k);

@@ -180,10 +180,22 @@ impl<W: WeightGroup> GroupMatrix<W> {
         unit_groups: usize,
         emit: impl Fn(usize, usize, &[f32]) + Sync,
     ) {
+        self.for_each_unit_of(acts, unit_groups, None, emit)
+    }
+
+    /// [`for_each_unit`](Self::for_each_unit) over the units listed in `only` (ascending), or
+    /// all of them.
+    pub(super) fn for_each_unit_of(
+        &self,
+        acts: &QuantizedActs,
+        unit_groups: usize,
+        only: Option<&[usize]>,
+        emit: impl Fn(usize, usize, &[f32]) + Sync,
+    ) {
         // The epilogues build each row's run of ROWS outputs on the stack.
         const { assert!(W::ROWS <= 64) };
         let m = acts.m;
-        let n_units = self.n.div_ceil(W::ROWS).div_ceil(unit_groups);
+        let n_units = only.map_or(self.n.div_ceil(W::ROWS).div_ceil(unit_groups), <[usize]>::len);
         let n_blocks = m.div_ceil(ROW_BLOCK).max(1);
         let tasks = n_units * n_blocks;
         let per_task = (tasks / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
@@ -193,6 +205,7 @@ impl<W: WeightGroup> GroupMatrix<W> {
             |buf, t| {
                 // Row block outermost: a task's neighbours share its activation rows.
                 let (block, u) = (t / n_units, t % n_units);
+                let u = only.map_or(u, |units| units[u]);
                 let first = block * ROW_BLOCK;
                 let rows = acts.rows(first, (m - first).min(ROW_BLOCK));
                 let tile = W::ROWS * rows.m;
