@@ -15,9 +15,11 @@
 //!
 //! A block's integer sum is `sc0 * (sum(q a, first 16) - 32 sum(a, first 16)) + sc1 * (the same
 //! for the last 16)`: `q` is unsigned, so `vpdpbusd` takes it as is, and `32 sum(a)` per half
-//! comes with the activations ([`ActGroup::half32`]). Exact in i32, so the float step,
-//! `sum += (sumi * d) * d_a`, sees the same integer as `(q - 32) . a` would give: the results
-//! are bit for bit those of the i8 layout this replaced.
+//! comes with the activations ([`ActGroup::half32`]). Exact in i32, so the float step sees the
+//! same integer as `(q - 32) . a` would give. That step is one fused multiply-add,
+//! `sum = fma(sumi, d d_a, sum)`, where the i8 layout this replaced rounded `sumi d`, its
+//! product with `d_a` and the sum apart: one rounding a block less (within the f64 evaluation's
+//! tolerance, tested), a vector operation less a block and row.
 //!
 //! Rows are computed in tiles of up to four, each reading the group's blocks (from cache after
 //! the first tile); at four rows the kernel runs ~2.4x the one-row time for 4x the work, where
@@ -167,11 +169,12 @@ unsafe fn tile<const VNNI: bool, const R: usize>(
                 let h0 = _mm256_sub_epi32(s0, _mm256_set1_epi32(ag.half32[lane][0]));
                 let h1 = _mm256_sub_epi32(s1, _mm256_set1_epi32(ag.half32[lane][1]));
                 let sumi = _mm256_add_epi32(_mm256_mullo_epi32(h0, sc0), _mm256_mullo_epi32(h1, sc1));
-                let t = _mm256_mul_ps(
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), wd),
-                    _mm256_set1_ps(ag.d[lane]),
+                // The scalar reference's `mul_add`.
+                *sum = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(sumi),
+                    _mm256_mul_ps(wd, _mm256_set1_ps(ag.d[lane])),
+                    *sum,
                 );
-                *sum = _mm256_add_ps(*sum, t);
             }
         }
     }
@@ -234,7 +237,7 @@ fn reference_dot(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
                             .sum()
                     };
                     let sumi = half(0) * wg.sc[j][0][lane] as i32 + half(1) * wg.sc[j][1][lane] as i32;
-                    sum += (sumi as f32 * wg.d[lane]) * ag.d[j4];
+                    sum = (sumi as f32).mul_add(wg.d[lane] * ag.d[j4], sum);
                 }
             }
             out[r * ROWS + lane] = sum;
@@ -350,8 +353,8 @@ mod tests {
         }
     }
 
-    /// The SIMD kernels compute exactly the scalar reference (the arithmetic of the i8 layout
-    /// this one replaced), for every tile size and a tail past eight rows.
+    /// The SIMD kernels compute exactly the scalar reference, for every tile size and a tail
+    /// past eight rows.
     #[test]
     fn kernels_equal_the_scalar_reference_bit_for_bit() {
         let (n, k) = (16, 768);
