@@ -445,3 +445,67 @@ fn a_draft_model_frees_every_block_after_disconnects_and_preemptions() {
     .unwrap();
     blocks_come_back(spec, "draft model");
 }
+
+/// The draft's catch-up, which the engine's payoff measurement leaves out when it is more than
+/// speculating step after step costs: a whole prompt first, then at most the last proposal and
+/// the target's token after it, and after a pause every token decoded meanwhile.
+#[test]
+fn a_drafts_catch_up_is_steady_only_while_it_speculates_every_step() {
+    use wick_engine::kv::block_manager::BlockManager;
+    use wick_engine::kv::cache::PagedKvCache;
+    use wick_engine::runner::{kv_shape, ModelRunner};
+    use wick_engine::spec::draft::{DraftModel, DraftRequest, STEADY_CATCH_UP};
+
+    let loaded = common::load_default(None);
+    let prompt = chat(
+        &Engine::new(common::load_default(None), config(None)).unwrap(),
+        TEXTS[0],
+    );
+    let cfg = loaded.model.config().clone();
+    let (blocks, block_size) = (64, 16);
+    let cache = PagedKvCache::new(
+        kv_shape(&cfg),
+        block_size,
+        blocks,
+        loaded.model.dtype(),
+        loaded.model.device(),
+    )
+    .unwrap();
+    let mut draft = DraftModel::new(
+        ModelRunner::new(loaded.model, cache),
+        BlockManager::new(blocks, block_size).unwrap(),
+    )
+    .unwrap();
+    let propose = |draft: &mut DraftModel, tokens: &[u32]| {
+        let request = DraftRequest {
+            key: (1, 0),
+            tokens,
+            k: 3,
+        };
+        let p = draft.propose(&[request], 4096).unwrap().remove(0);
+        assert_eq!(p.len(), 3);
+        p
+    };
+    let mut tokens = prompt.clone();
+    let p = propose(&mut draft, &tokens);
+    assert_eq!(draft.caught_up(), prompt.len(), "the whole prompt");
+    // All three accepted, and the target's token after them.
+    tokens.extend(&p);
+    tokens.push(p[0]);
+    let p = propose(&mut draft, &tokens);
+    assert_eq!(draft.caught_up(), STEADY_CATCH_UP);
+    // None accepted: the target's own token instead of the first proposal.
+    tokens.push(p[0] ^ 1);
+    let p = propose(&mut draft, &tokens);
+    assert_eq!(draft.caught_up(), 1);
+    let pause_after = |p: &[u32]| -> Vec<u32> {
+        let pause: Vec<u32> = prompt[..10].to_vec();
+        assert_ne!(pause[0], p[0], "the pause must start off the proposals");
+        pause
+    };
+    // Ten tokens decoded without speculation (none of them what it had proposed): all ten.
+    let p = pause_after(&p);
+    tokens.extend(&p);
+    propose(&mut draft, &tokens);
+    assert_eq!(draft.caught_up(), 10);
+}

@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::kv::block_manager::BlockManager;
 use crate::sched::scheduler::ScheduledChunk;
 use crate::sched::sequence::{Sequence, SpecState};
-use crate::spec::draft::{DraftModel, DraftRequest};
+use crate::spec::draft::{DraftModel, DraftRequest, STEADY_CATCH_UP};
 use crate::spec::{ngram, SpeculativeConfig, SpeculativeMethod};
 
 pub(crate) struct Speculator {
@@ -127,7 +127,14 @@ impl Speculator {
                         }
                     })
                     .collect();
-                draft.propose(&requests, self.catch_up_budget)?
+                let proposals = draft.propose(&requests, self.catch_up_budget)?;
+                // A step that also ran a prompt's or a pause's worth of draft catch-up is not
+                // what speculating costs step after step: measured, it would keep speculation
+                // off (each exploration after a pause pays the pause's catch-up).
+                if draft.caught_up() > STEADY_CATCH_UP {
+                    self.measured_step = None;
+                }
+                proposals
             }
             (SpeculativeMethod::DraftModel, None) => return Ok(()),
         };

@@ -17,6 +17,11 @@ use crate::kv::cache::BlockTable;
 use crate::runner::{LogitsWanted, ModelRunner, SequenceChunk};
 use crate::sample::sampler::argmax;
 
+/// The most tokens a sequence catches up on between two speculative steps: after a full
+/// acceptance, the last proposal (never run as an input) and the target's token after it;
+/// otherwise the target's token alone.
+pub const STEADY_CATCH_UP: usize = 2;
+
 /// A sequence: its request id and choice index.
 pub type DraftKey = (u64, usize);
 
@@ -47,6 +52,8 @@ pub struct DraftModel {
     ///
     /// [`SpeculativeConfig::draft_vocab`]: crate::spec::SpeculativeConfig::draft_vocab
     vocab: Option<Vec<Range<u32>>>,
+    /// The most tokens one sequence caught up on in the last [`propose`](Self::propose).
+    caught_up: usize,
 }
 
 impl DraftModel {
@@ -67,7 +74,15 @@ impl DraftModel {
             blocks,
             seqs: AHashMap::new(),
             vocab: None,
+            caught_up: 0,
         })
+    }
+
+    /// The most tokens one sequence ran to catch up in the last [`propose`](Self::propose):
+    /// [`STEADY_CATCH_UP`] or fewer while a sequence speculates step after step, more after a
+    /// prompt or a pause (the tokens decoded meanwhile).
+    pub fn caught_up(&self) -> usize {
+        self.caught_up
     }
 
     /// Proposes only the first `leading` token ids and the ids in `extra` (the added tokens:
@@ -121,7 +136,9 @@ impl DraftModel {
             blocks,
             seqs,
             vocab,
+            caught_up,
         } = self;
+        *caught_up = 0;
         let mut proposals = vec![Vec::new(); requests.len()];
         // 1. Catch up: from what the draft holds of the sequence to its last token.
         let mut budget = catch_up_budget;
@@ -149,6 +166,7 @@ impl DraftModel {
                 Err(e) => return Err(e),
             }
             budget -= n;
+            *caught_up = (*caught_up).max(n);
             catch_up.push((i, start, n, start + n == r.tokens.len()));
         }
         if catch_up.is_empty() {
