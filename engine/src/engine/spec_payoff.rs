@@ -5,11 +5,12 @@
 //! Where a decode step is bound by reading the weights (a GPU, a CPU with many cores per memory
 //! channel), extra rows are nearly free and every accepted proposal is a token gained. Where it is
 //! bound by arithmetic (this workplace's 2-core CPU, where a 4-row step of the 1.5B model costs
-//! about 2.2 one-row steps), the same proposals can cost more than they bring. The crossover
+//! about 1.7 one-row steps), the same proposals can cost more than they bring. The crossover
 //! depends on the hardware, the pair of models, the batch and the text, so it is measured, not
 //! configured: per batch-size bucket, an average of tokens emitted per second of step time with
-//! speculation and without. A step follows whichever is faster; one step in [`EXPLORE_EVERY`]
-//! tries the other, so a change (another kind of prompt, a better draft) is noticed.
+//! speculation and without. A step follows whichever is faster and now and then tries the other
+//! for a few steps, so a change (another kind of prompt, a better draft) is noticed; the tries
+//! come further apart while they change nothing.
 //!
 //! Only steps that decode and nothing else are measured: a prefill chunk's time says nothing
 //! about speculation. The tokens do not depend on the choice (verification emits what plain
@@ -17,8 +18,17 @@
 
 /// Decodes per step in each bucket: 1, 2, 3-4, 5-8, more.
 const BUCKETS: usize = 5;
-/// One step in this many tries the option that is currently slower.
+/// Steps between tries of the option that is currently slower, at first; each try that leaves
+/// the choice as it was doubles the wait, up to [`EXPLORE_MAX`], and a try that changes it
+/// starts again from here. So a loser is re-checked often at first and rarely once it keeps
+/// losing (a try of speculation in a busy batch costs the draft's catch-up of every sequence).
 const EXPLORE_EVERY: u64 = 16;
+/// The longest wait between tries.
+const EXPLORE_MAX: u64 = 256;
+/// Steps a try lasts: a draft's first speculative step after a pause also catches up on the
+/// pause and is not measured (see `Speculator::propose`), so a try of one step would teach
+/// nothing.
+const EXPLORE_STEPS: u32 = 3;
 /// Measurements of an option before its average is trusted.
 const WARM_UP: u32 = 4;
 /// Weight of the newest measurement in an average.
@@ -46,7 +56,14 @@ struct Bucket {
     /// Tokens per second of decode-only steps, with and without speculation.
     with: Average,
     without: Average,
-    steps: u64,
+    /// Steps between tries now, and until the next one.
+    wait: u64,
+    countdown: u64,
+    /// Steps left in the current try, and the choice it is a try against.
+    trying: u32,
+    tried_against: bool,
+    /// A try has ended and its outcome is not yet weighed.
+    review: bool,
 }
 
 /// The tokens-per-second averages of one bucket (for logs and benchmarks).
@@ -76,7 +93,6 @@ impl Payoff {
     /// Whether a step decoding `decodes` sequences should speculate.
     pub fn choose(&mut self, decodes: usize) -> bool {
         let b = &mut self.buckets[Self::bucket(decodes)];
-        b.steps += 1;
         if b.with.samples < WARM_UP {
             return true;
         }
@@ -84,11 +100,33 @@ impl Payoff {
             return false;
         }
         let better = b.with.value > b.without.value;
-        if b.steps.is_multiple_of(EXPLORE_EVERY) {
-            !better
-        } else {
-            better
+        if b.trying > 0 {
+            b.trying -= 1;
+            b.review = b.trying == 0;
+            return !b.tried_against;
         }
+        if b.review {
+            // A try has ended (its last step measured): wait longer if it changed nothing.
+            b.review = false;
+            b.wait = if better == b.tried_against {
+                (b.wait * 2).min(EXPLORE_MAX)
+            } else {
+                EXPLORE_EVERY
+            };
+            b.countdown = b.wait;
+        }
+        if b.wait == 0 {
+            b.wait = EXPLORE_EVERY;
+            b.countdown = EXPLORE_EVERY;
+        }
+        b.countdown -= 1;
+        if b.countdown == 0 {
+            b.trying = EXPLORE_STEPS - 1;
+            b.review = b.trying == 0;
+            b.tried_against = better;
+            return !better;
+        }
+        better
     }
 
     /// Records a decode-only step: whether it speculated, the tokens it emitted, its seconds.
@@ -136,22 +174,51 @@ mod tests {
         speculated as f64 / steps as f64
     }
 
+    /// The steps at which runs of speculation start, and their lengths.
+    fn runs(choices: &[bool]) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (i, &s) in choices.iter().enumerate() {
+            match out.last_mut() {
+                Some((start, len)) if s && *start + *len == i => *len += 1,
+                _ if s => out.push((i, 1)),
+                _ => {}
+            }
+        }
+        out
+    }
+
     #[test]
-    fn follows_the_faster_option_and_keeps_checking_the_other() {
+    fn follows_the_faster_option_and_checks_the_other_less_often_while_it_loses() {
         let mut p = Payoff::default();
-        // Speculation slower: after the warm-up, one step in EXPLORE_EVERY speculates.
-        let share = run(&mut p, 1, 50.0, 100.0, 400);
-        assert!(share < 0.1, "speculated in {share} of the steps");
-        assert!(share > 0.03, "never re-checked: {share}");
-        // The text changes and speculation pays now: the bucket switches within a few
-        // exploration rounds.
-        run(&mut p, 1, 200.0, 100.0, 200);
+        // Speculation slower: after the warm-up it is tried EXPLORE_STEPS steps at a time, the
+        // tries further and further apart, up to EXPLORE_MAX.
+        let choices: Vec<bool> = (0..2000)
+            .map(|_| {
+                let s = p.choose(1);
+                p.observe(1, s, 10, 10.0 / if s { 50.0 } else { 100.0 });
+                s
+            })
+            .collect();
+        let tries = &runs(&choices)[1..]; // the first run is the warm-up
+        assert!(tries.len() >= 5, "never re-checked: {tries:?}");
+        assert!(
+            tries.iter().all(|&(_, len)| len == EXPLORE_STEPS as usize),
+            "{tries:?}"
+        );
+        let gaps: Vec<usize> = tries.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
+        // A try's last step, then `wait` steps to the next try's first.
+        let gap = |wait: u64| wait as usize + EXPLORE_STEPS as usize - 1;
+        assert_eq!(gaps.first(), Some(&gap(EXPLORE_EVERY * 2)));
+        assert_eq!(gaps.last(), Some(&gap(EXPLORE_MAX)));
+        // The text changes and speculation pays now: the next try switches the bucket.
+        run(&mut p, 1, 200.0, 100.0, EXPLORE_MAX as usize + 8);
         let share = run(&mut p, 1, 200.0, 100.0, 200);
-        assert!(share > 0.9, "speculated in only {share} of the steps");
+        assert!(share > 0.75, "speculated in only {share} of the steps");
         // Buckets are independent: a batch of 16 has learnt nothing yet.
         assert_eq!(p.estimates().len(), 1);
         let share = run(&mut p, 16, 10.0, 100.0, 400);
-        assert!(share < 0.1);
+        assert!(share < 0.25);
         assert_eq!(p.estimates().len(), 2);
     }
 }

@@ -124,13 +124,16 @@ impl Speculator {
                             key: (seq.request_id, seq.index),
                             tokens: &seq.tokens,
                             k,
+                            prompt_len: seq.prompt_len,
                         }
                     })
                     .collect();
                 let proposals = draft.propose(&requests, self.catch_up_budget)?;
-                // A step that also ran a prompt's or a pause's worth of draft catch-up is not
-                // what speculating costs step after step: measured, it would keep speculation
-                // off (each exploration after a pause pays the pause's catch-up).
+                // A step that also caught the draft up on a pause (the tokens decoded while
+                // speculation was off) is not what speculating costs step after step: measured,
+                // every exploration would pay the pause and speculation would stay off. (A
+                // prompt's catch-up is measured: a draft costs its own prefill of every prompt,
+                // which is what decides a busy server with short answers.)
                 if draft.caught_up() > STEADY_CATCH_UP {
                     self.measured_step = None;
                 }

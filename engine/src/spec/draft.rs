@@ -34,6 +34,8 @@ pub struct DraftRequest<'a> {
     pub tokens: &'a [u32],
     /// Proposals wanted (0: none, but the draft still catches up).
     pub k: usize,
+    /// How many of `tokens` are the prompt (the rest was generated).
+    pub prompt_len: usize,
 }
 
 struct DraftSequence {
@@ -52,7 +54,8 @@ pub struct DraftModel {
     ///
     /// [`SpeculativeConfig::draft_vocab`]: crate::spec::SpeculativeConfig::draft_vocab
     vocab: Option<Vec<Range<u32>>>,
-    /// The most tokens one sequence caught up on in the last [`propose`](Self::propose).
+    /// The most generated tokens one sequence caught up on in the last
+    /// [`propose`](Self::propose).
     caught_up: usize,
 }
 
@@ -78,9 +81,9 @@ impl DraftModel {
         })
     }
 
-    /// The most tokens one sequence ran to catch up in the last [`propose`](Self::propose):
-    /// [`STEADY_CATCH_UP`] or fewer while a sequence speculates step after step, more after a
-    /// prompt or a pause (the tokens decoded meanwhile).
+    /// The most generated tokens (prompts not counted) one sequence ran to catch up in the last
+    /// [`propose`](Self::propose): [`STEADY_CATCH_UP`] or fewer while a sequence speculates
+    /// step after step, more after a pause (the tokens decoded meanwhile).
     pub fn caught_up(&self) -> usize {
         self.caught_up
     }
@@ -166,7 +169,7 @@ impl DraftModel {
                 Err(e) => return Err(e),
             }
             budget -= n;
-            *caught_up = (*caught_up).max(n);
+            *caught_up = (*caught_up).max((start + n).saturating_sub(start.max(r.prompt_len)));
             catch_up.push((i, start, n, start + n == r.tokens.len()));
         }
         if catch_up.is_empty() {
