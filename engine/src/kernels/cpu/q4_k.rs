@@ -255,14 +255,7 @@ fn reference_dot(w: &[Q4KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
             for (e, wg) in w.iter().enumerate() {
                 for j in 0..SUB {
                     let ag = &a[SUB * e + j];
-                    let mut sumi = 0i32;
-                    for c in 0..4 {
-                        for t in 0..4 {
-                            let byte = wg.qs[j][c][4 * lane + t];
-                            sumi += (byte & 0x0F) as i32 * ag.qs[j4][4 * c + t] as i32;
-                            sumi += (byte >> 4) as i32 * ag.qs[j4][16 + 4 * c + t] as i32;
-                        }
-                    }
+                    let sumi = sub_block_sumi(wg, j, lane, &ag.qs[j4]);
                     let wd = wg.d[lane] * wg.sc[j][lane] as f32;
                     let wm = wg.neg_dmin[lane] * wg.mn[j][lane] as f32;
                     sum = wm.mul_add(ag.s[j4], sum);
@@ -272,6 +265,20 @@ fn reference_dot(w: &[Q4KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
             out[r * ROWS + lane] = sum;
         }
     }
+}
+
+/// Row `lane`'s integer sum of sub-block `j` against 32 activation values.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+fn sub_block_sumi(wg: &Q4KGroup, j: usize, lane: usize, a: &[i8; 32]) -> i32 {
+    let mut sumi = 0i32;
+    for c in 0..4 {
+        for t in 0..4 {
+            let byte = wg.qs[j][c][4 * lane + t];
+            sumi += (byte & 0x0F) as i32 * a[4 * c + t] as i32;
+            sumi += (byte >> 4) as i32 * a[16 + 4 * c + t] as i32;
+        }
+    }
+    sumi
 }
 
 #[cfg(test)]
@@ -296,14 +303,7 @@ mod tests {
                     for (e, wg) in w.groups_of(g).iter().enumerate() {
                         for j in 0..SUB {
                             let ag = &a[SUB * e + j];
-                            let mut sumi = 0i32;
-                            for c in 0..4 {
-                                for t in 0..4 {
-                                    let byte = wg.qs[j][c][4 * lane + t];
-                                    sumi += (byte & 0x0F) as i32 * ag.qs[j4][4 * c + t] as i32;
-                                    sumi += (byte >> 4) as i32 * ag.qs[j4][16 + 4 * c + t] as i32;
-                                }
-                            }
+                            let sumi = sub_block_sumi(wg, j, lane, &ag.qs[j4]);
                             let wd = (wg.d[lane] * wg.sc[j][lane] as f32) as f64;
                             let wm = (wg.neg_dmin[lane] * wg.mn[j][lane] as f32) as f64;
                             total +=
