@@ -345,11 +345,13 @@ impl Engine {
             Some(spec) => {
                 let draft = draft
                     .map(|d| {
-                        let extra = d.tokenizer.added_token_ids();
+                        let vocab = spec
+                            .draft_vocab
+                            .map(|leading| (leading, d.tokenizer.added_token_ids()));
                         let model =
                             draft_model(d, &model_cfg, num_blocks, config.block_size, config.attention)?;
-                        Ok::<_, EngineError>(match spec.draft_vocab {
-                            Some(leading) => model.with_vocabulary(leading, &extra),
+                        Ok::<_, EngineError>(match vocab {
+                            Some((leading, extra)) => model.with_vocabulary(leading, &extra),
                             None => model,
                         })
                     })

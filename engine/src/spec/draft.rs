@@ -50,7 +50,8 @@ pub struct DraftModel {
     runner: ModelRunner,
     blocks: BlockManager,
     seqs: AHashMap<DraftKey, DraftSequence>,
-    /// The token ids it may propose (None: all): see [`SpeculativeConfig::draft_vocab`].
+    /// The token ids it may propose (None: all), ascending and disjoint: see
+    /// [`SpeculativeConfig::draft_vocab`].
     ///
     /// [`SpeculativeConfig::draft_vocab`]: crate::spec::SpeculativeConfig::draft_vocab
     vocab: Option<Vec<Range<u32>>>,
@@ -322,6 +323,19 @@ fn proposable(leading: usize, extra: &[u32], vocab: usize) -> Option<Vec<Range<u
     Some(ranges)
 }
 
+/// Sets every logit outside `ranges` (ascending and disjoint, as [`proposable`] makes them) to
+/// -inf, a run of the row at a time.
+fn mask_outside(row: &mut [f32], ranges: &[Range<u32>]) {
+    let len = row.len();
+    let mut next = 0;
+    for r in ranges {
+        let start = (r.start as usize).min(len);
+        row[next.min(start)..start].fill(f32::NEG_INFINITY);
+        next = next.max((r.end as usize).min(len));
+    }
+    row[next..].fill(f32::NEG_INFINITY);
+}
+
 fn missing(key: DraftKey) -> EngineError {
     EngineError::InvalidBatch(format!("draft state of sequence {key:?} vanished mid-step"))
 }
@@ -344,11 +358,11 @@ fn greedy(
         .into_iter()
         .map(|mut row| {
             // The sampler's argmax takes NaN-free rows (NaN counts as impossible there too).
-            for (id, x) in row.iter_mut().enumerate() {
-                let proposable = vocab.is_none_or(|v| v.iter().any(|r| r.contains(&(id as u32))));
-                if x.is_nan() || !proposable {
-                    *x = f32::NEG_INFINITY;
-                }
+            row.iter_mut()
+                .filter(|x| x.is_nan())
+                .for_each(|x| *x = f32::NEG_INFINITY);
+            if let Some(vocab) = vocab {
+                mask_outside(&mut row, vocab);
             }
             argmax(&row)
         })
@@ -357,7 +371,7 @@ fn greedy(
 
 #[cfg(test)]
 mod tests {
-    use super::proposable;
+    use super::{mask_outside, proposable};
 
     #[test]
     fn proposable_ids_are_the_leading_ones_and_the_added_ones_past_them() {
@@ -368,5 +382,16 @@ mod tests {
         );
         assert_eq!(proposable(151936, &[3], 151936), None, "the whole vocabulary");
         assert_eq!(proposable(0, &[2], 10), Some(vec![0..0, 2..3]));
+    }
+
+    #[test]
+    fn logits_outside_the_proposable_ids_are_masked() {
+        let inf = f32::NEG_INFINITY;
+        let mut row: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        mask_outside(&mut row, &proposable(3, &[5, 7], 10).unwrap());
+        assert_eq!(row, [0.0, 1.0, 2.0, inf, inf, 5.0, inf, 7.0, inf, inf]);
+        let mut row = vec![1.0; 4];
+        mask_outside(&mut row, &[0..0, 2..3]);
+        assert_eq!(row, [inf, inf, 1.0, inf]);
     }
 }
