@@ -14,7 +14,8 @@
 //! WICK_BENCH_K (num_speculative_tokens, 4), WICK_BENCH_MAX_BATCH (speculation's batch limit;
 //! default: the engine's), WICK_BENCH_MEASURE_PAYOFF (0: speculate in every step instead of
 //! where it is measured to pay), WICK_BENCH_DRAFT_VOCAB (N: a fourth mode, the draft proposing
-//! only among the first N ids), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part).
+//! only among the first N ids), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part),
+//! WICK_BENCH_DEVICE (`cpu`, `cuda:N`; both models load there).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -87,10 +88,10 @@ fn cache_file(name: &str) -> PathBuf {
 }
 
 fn load(path: &Path, format: WeightFormat) -> LoadedModel {
-    let opts = LoadOptions {
-        format,
-        ..LoadOptions::default()
-    };
+    let spec = std::env::var("WICK_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device =
+        wick_engine::device_from_spec(&spec).unwrap_or_else(|e| panic!("WICK_BENCH_DEVICE={spec}: {e}"));
+    let opts = LoadOptions { format, device };
     loader::load(&ModelSource::GgufFile(path.to_path_buf()), &opts).expect("model loads")
 }
 

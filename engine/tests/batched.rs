@@ -5,7 +5,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -63,8 +63,8 @@ fn contiguous_reference(model: &LlamaModel, plans: &[Plan]) -> Vec<Tensor> {
             let mut at = 0;
             let mut rows = Vec::new();
             for &n in &p.chunks {
-                let tokens = Tensor::new(&p.tokens[at..at + n], &Device::Cpu).unwrap();
-                let positions = Tensor::arange(at as u32, (at + n) as u32, &Device::Cpu).unwrap();
+                let tokens = Tensor::new(&p.tokens[at..at + n], model.device()).unwrap();
+                let positions = Tensor::arange(at as u32, (at + n) as u32, model.device()).unwrap();
                 rows.push(model.forward(&tokens, &positions, None, &mut attn).unwrap());
                 at += n;
             }
@@ -78,7 +78,7 @@ fn paged_alone_reference(model: LlamaModel, plans: &[Plan], kv: DType) -> (Vec<T
     let cfg = model.config().clone();
     let max_len = plans.iter().map(|p| p.tokens.len()).max().unwrap();
     let blocks = max_len.div_ceil(BLOCK);
-    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, blocks, kv, &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, blocks, kv, model.device()).unwrap();
     let mut runner = ModelRunner::new(model, cache);
     let table = BlockTable((0..blocks as u32).rev().collect());
     let out = plans
@@ -169,7 +169,7 @@ fn check_model(
         .iter()
         .map(|n| BlockTable((0..n.div_ceil(BLOCK)).map(|_| free.pop().unwrap()).collect()))
         .collect();
-    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, num_blocks, kv, &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, num_blocks, kv, model.device()).unwrap();
     let mut runner = ModelRunner::new(model, cache).with_attention(attention);
 
     let mut next_chunk = vec![0usize; plans.len()];
@@ -319,7 +319,14 @@ fn portable_paged_batches_match_contiguous_f32() {
 fn a_batch_without_sampled_rows_returns_no_logits() {
     let loaded = common::load_default(None);
     let cfg = loaded.config().clone();
-    let cache = PagedKvCache::new(kv_shape(&cfg), BLOCK, 4, loaded.model.dtype(), &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(
+        kv_shape(&cfg),
+        BLOCK,
+        4,
+        loaded.model.dtype(),
+        loaded.model.device(),
+    )
+    .unwrap();
     let mut runner = ModelRunner::new(loaded.model, cache);
     let table = BlockTable(vec![2, 0]);
     let tokens: Vec<u32> = (100..120).collect();

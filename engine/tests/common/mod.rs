@@ -61,11 +61,13 @@ pub fn test_device() -> candle_core::Device {
     wick_engine::device_from_spec(&spec).unwrap_or_else(|e| panic!("WICK_TEST_DEVICE={spec}: {e}"))
 }
 
+/// The default model on the test device (`WICK_TEST_DEVICE`), so that the engine-level tests
+/// (batched == one sequence, speculation == plain decoding) can be rerun on a GPU as they are.
 pub fn load_default(dtype: Option<DType>) -> LoadedModel {
     let format = dtype.map_or(WeightFormat::AsStored, WeightFormat::Dense);
     load_default_with(LoadOptions {
         format,
-        ..Default::default()
+        device: test_device(),
     })
 }
 
