@@ -154,24 +154,32 @@ mod simd {
         }
     }
 
-    /// Adds one sub-block's terms to the sums of the first `rows` rows of a row group.
+    /// Adds one sub-block's terms to the sums of the `R` rows of a row group. With VNNI the
+    /// low and high nibbles accumulate in two chains of four `vpdpbusd` (one chain of eight
+    /// would leave each row waiting on the latency of the one before); integer addition is
+    /// exact, so the sum is the same.
     ///
     /// # Safety
     /// AVX2 (compiled in); with `VNNI`, the CPU must have AVX-512 VNNI and VL.
     #[inline(always)]
-    unsafe fn add_rows<const VNNI: bool>(p: &Prepared, ag: &ActGroup, sums: &mut [__m256; 4], rows: usize) {
-        for (j, sum) in sums.iter_mut().enumerate().take(rows) {
+    unsafe fn add_rows<const VNNI: bool, const R: usize>(
+        p: &Prepared,
+        ag: &ActGroup,
+        sums: &mut [__m256; R],
+    ) {
+        for (j, sum) in sums.iter_mut().enumerate() {
             let q = ag.qs[j].as_ptr() as *const i32;
             let a = |c: usize| _mm256_set1_epi32(q.add(c).read_unaligned());
-            let mut s = _mm256_setzero_si256();
             let sumi = if VNNI {
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for c in 0..4 {
-                    s = dpbusd(s, p.lo[c], a(c));
-                    s = dpbusd(s, p.hi[c], a(4 + c));
+                    s0 = dpbusd(s0, p.lo[c], a(c));
+                    s1 = dpbusd(s1, p.hi[c], a(4 + c));
                 }
-                s
+                _mm256_add_epi32(s0, s1)
             } else {
                 // 15 * 127 * 2 per i16 pair, eight of them summed: no saturation.
+                let mut s = _mm256_setzero_si256();
                 for c in 0..4 {
                     s = _mm256_add_epi16(s, _mm256_maddubs_epi16(p.lo[c], a(c)));
                     s = _mm256_add_epi16(s, _mm256_maddubs_epi16(p.hi[c], a(4 + c)));
@@ -186,6 +194,34 @@ mod simd {
                 *sum,
             );
         }
+    }
+
+    /// The `R` rows of row group `rg` against every sub-block of `w`.
+    ///
+    /// # Safety
+    /// As [`add_rows`].
+    #[inline(always)]
+    unsafe fn row_group<const VNNI: bool, const R: usize>(
+        w: &[Q4KGroup],
+        prepared: &[Prepared],
+        acts: &ActRows<'_>,
+        rg: usize,
+        out: &mut [f32],
+    ) {
+        let a = acts.row_group(rg);
+        let mut sums = [_mm256_setzero_ps(); R];
+        for (e, wg) in w.iter().enumerate() {
+            for j in 0..SUB {
+                let b = SUB * e + j;
+                let p = if prepared.is_empty() {
+                    prepare(wg, j)
+                } else {
+                    prepared[b]
+                };
+                add_rows::<VNNI, R>(&p, &a[b], &mut sums);
+            }
+        }
+        store_rows(&sums, out, rg * 4);
     }
 
     /// # Safety
@@ -204,21 +240,12 @@ mod simd {
             Vec::new()
         };
         for rg in 0..m.div_ceil(4) {
-            let a = acts.row_group(rg);
-            let rows = (m - rg * 4).min(4);
-            let mut sums = [_mm256_setzero_ps(); 4];
-            for (e, wg) in w.iter().enumerate() {
-                for j in 0..SUB {
-                    let b = SUB * e + j;
-                    let p = if prepared.is_empty() {
-                        prepare(wg, j)
-                    } else {
-                        prepared[b]
-                    };
-                    add_rows::<VNNI>(&p, &a[b], &mut sums, rows);
-                }
+            match m - rg * 4 {
+                1 => row_group::<VNNI, 1>(w, &prepared, acts, rg, out),
+                2 => row_group::<VNNI, 2>(w, &prepared, acts, rg, out),
+                3 => row_group::<VNNI, 3>(w, &prepared, acts, rg, out),
+                _ => row_group::<VNNI, 4>(w, &prepared, acts, rg, out),
             }
-            store_rows(&sums[..rows], out, rg * 4);
         }
     }
 }

@@ -119,11 +119,13 @@ macro_rules! q5_0_dot {
                     for (j, sum) in sums.iter_mut().enumerate().take(rows) {
                         let q = ag.qs[j].as_ptr() as *const i32;
                         let s = if $vnni {
-                            let mut s = _mm256_setzero_si256();
-                            for c in 0..8 {
-                                s = dpbusd(s, q5[c], _mm256_set1_epi32(q.add(c).read_unaligned()));
+                            // Two chains of four, not one of eight (latency); the same integers.
+                            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                            for c in 0..4 {
+                                s0 = dpbusd(s0, q5[c], _mm256_set1_epi32(q.add(c).read_unaligned()));
+                                s1 = dpbusd(s1, q5[4 + c], _mm256_set1_epi32(q.add(4 + c).read_unaligned()));
                             }
-                            s
+                            _mm256_add_epi32(s0, s1)
                         } else {
                             // maddubs pairs are at most 2 * 31 * 127; four of them fit an i16.
                             let ones = _mm256_set1_epi16(1);
