@@ -5,7 +5,7 @@
 //!
 //!     cargo bench -p wick-engine --bench kernels [-- FORMAT...]
 //!
-//! FORMAT: q4_1, q4_k, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
+//! FORMAT: q4_0, q4_1, q4_k, q5_0, q8_0, q6_k (default all). Shape: WICK_BENCH_NK=896x896 (Qwen2's q/o
 //! projections; 576x576 is the default model's). Rows: WICK_BENCH_ROWS=1,8,64,512.
 //! WICK_BENCH_COPIES=N cycles through N copies of the matrix, one per call: with N copies
 //! larger than the last-level cache, the weights come from memory, as in a decode step.
@@ -33,6 +33,7 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 
 fn matrix(format: &str, n: usize, k: usize) -> CpuMatrix {
     let dtype = match format {
+        "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,
         "q5_0" => GgmlDType::Q5_0,
         "q8_0" => GgmlDType::Q8_0,
@@ -64,7 +65,7 @@ fn best_of(budget: Duration, mut f: impl FnMut()) -> Duration {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let formats: Vec<&str> = if args.is_empty() {
-        vec!["q4_1", "q4_k", "q5_0", "q8_0", "q6_k"]
+        vec!["q4_0", "q4_1", "q4_k", "q5_0", "q8_0", "q6_k"]
     } else {
         args.iter().map(|s| s.as_str()).collect()
     };

@@ -15,7 +15,9 @@
 //! default: the engine's), WICK_BENCH_MEASURE_PAYOFF (0: speculate in every step instead of
 //! where it is measured to pay), WICK_BENCH_DRAFT_VOCAB (N: a fourth mode, the draft proposing
 //! only among the first N ids), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part),
-//! WICK_BENCH_DEVICE (`cpu`, `cuda:N`; both models load there).
+//! WICK_BENCH_DRAFT_FORMAT (`q4_0`, ...: a further mode, the draft re-quantized to it at load,
+//! with WICK_BENCH_DRAFT_VOCAB's restriction where that is set), WICK_BENCH_DEVICE (`cpu`,
+//! `cuda:N`; both models load there).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -151,24 +153,21 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     type Loader = Box<dyn Fn() -> LoadedModel>;
-    let (target, draft): (Loader, Loader) = match pair.as_str() {
+    let (target, draft_path): (Loader, PathBuf) = match pair.as_str() {
         "qwen" => {
             let t = cache_file("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf");
-            let d = cache_file("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf");
             (
                 Box::new(move || load(&t, WeightFormat::AsStored)),
-                Box::new(move || load(&d, WeightFormat::AsStored)),
+                cache_file("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
             )
         }
         _ => {
             let p = wick_engine::default_model_path();
             let q = p.clone();
-            (
-                Box::new(move || load(&p, WeightFormat::Dense(DType::F32))),
-                Box::new(move || load(&q, WeightFormat::AsStored)),
-            )
+            (Box::new(move || load(&p, WeightFormat::Dense(DType::F32))), q)
         }
     };
+    let draft = || load(&draft_path, WeightFormat::AsStored);
     let config = |speculative: Option<SpeculativeConfig>| EngineConfig {
         num_blocks: Some(1024),
         speculative: speculative.map(|s| SpeculativeConfig {
@@ -195,14 +194,27 @@ fn main() {
             engine: Engine::new(target(), config(Some(SpeculativeConfig::ngram()))).expect("engine"),
         },
     ];
+    let restricted = SpeculativeConfig {
+        draft_vocab: Some(draft_vocab),
+        ..SpeculativeConfig::draft_model()
+    };
     if draft_vocab > 0 {
-        let restricted = SpeculativeConfig {
-            draft_vocab: Some(draft_vocab),
-            ..SpeculativeConfig::draft_model()
-        };
         modes.push(Mode {
             name: "draft, leading ids only",
             engine: Engine::with_draft(target(), draft(), config(Some(restricted))).expect("engine"),
+        });
+    }
+    if let Ok(spec) = std::env::var("WICK_BENCH_DRAFT_FORMAT") {
+        let format = WeightFormat::parse(&spec).expect("WICK_BENCH_DRAFT_FORMAT");
+        let requantized = load(&draft_path, format);
+        let (name, speculative) = if draft_vocab > 0 {
+            ("draft re-quantized, leading ids only", restricted)
+        } else {
+            ("draft re-quantized", SpeculativeConfig::draft_model())
+        };
+        modes.push(Mode {
+            name,
+            engine: Engine::with_draft(target(), requantized, config(Some(speculative))).expect("engine"),
         });
     }
     let prompts: Vec<(&str, Vec<u32>)> = prompts()

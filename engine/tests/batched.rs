@@ -5,6 +5,7 @@
 
 mod common;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -12,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use wick_engine::kv::cache::{BlockTable, PagedKvCache};
 use wick_engine::model::attention::ContiguousAttention;
 use wick_engine::model::llama::LlamaModel;
-use wick_engine::model::loader::LoadedModel;
+use wick_engine::model::loader::{LoadOptions, LoadedModel};
+use wick_engine::model::weights::WeightFormat;
 use wick_engine::runner::attention::AttentionImpl;
 use wick_engine::runner::{kv_shape, LogitsWanted, ModelRunner, SequenceChunk};
 
@@ -266,6 +268,31 @@ fn paged_batches_match_paged_alone_f32_bit_exact() {
 #[test]
 fn paged_batches_match_paged_alone_quantized_bit_exact() {
     check(None, Reference::PagedAlone, 0.0);
+}
+
+/// The default model re-quantized to Q4_0 at load (`--dtype q4_0`, `--draft-dtype q4_0`): every
+/// matrix, the output head included, on the Q4_0 kernel, bit-exact batched vs alone.
+#[test]
+fn q4_0_paged_batches_match_paged_alone_bit_exact() {
+    let loaded = common::load_default_with(LoadOptions {
+        format: WeightFormat::Quantized(GgmlDType::Q4_0),
+        device: common::test_device(),
+    });
+    if loaded.model.device().is_cpu() {
+        assert!(
+            loaded.model.head_has_argmax(),
+            "the head runs on wick's Q4_0 kernel"
+        );
+    }
+    check_model(
+        loaded,
+        "Q4_0 (re-quantized)",
+        Reference::PagedAlone,
+        0.0,
+        None,
+        AttentionImpl::Auto,
+        None,
+    );
 }
 
 /// The Qwen2 fallback model (Q/K/V biases, half-split RoPE; Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0

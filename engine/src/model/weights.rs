@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::dense_f32::DenseF32Matrix;
 use crate::kernels::cpu::matmul::quantize_input;
+use crate::kernels::cpu::q4_0::Q40Matrix;
 use crate::kernels::cpu::q4_1::Q41Matrix;
 use crate::kernels::cpu::q4_k::Q4KMatrix;
 use crate::kernels::cpu::q5_0::Q50Matrix;
@@ -73,8 +74,9 @@ impl Linear {
 
 /// A matrix in one of the formats the CPU kernels take; all of them read the same quantized
 /// activations, so one quantization of a layer input serves every matrix that reads it.
-#[allow(non_camel_case_types)] // GGML's names: Q4_1, Q8_0, Q5_0, Q4_K, Q6_K
+#[allow(non_camel_case_types)] // GGML's names: Q4_0, Q4_1, Q8_0, Q5_0, Q4_K, Q6_K
 pub enum CpuMatrix {
+    Q4_0(Q40Matrix),
     Q4_1(Q41Matrix),
     Q4_K(Q4KMatrix),
     Q8_0(Q80Matrix),
@@ -85,6 +87,7 @@ pub enum CpuMatrix {
 macro_rules! each_format {
     ($m:expr, $x:ident => $e:expr) => {
         match $m {
+            CpuMatrix::Q4_0($x) => $e,
             CpuMatrix::Q4_1($x) => $e,
             CpuMatrix::Q4_K($x) => $e,
             CpuMatrix::Q8_0($x) => $e,
@@ -103,6 +106,7 @@ impl CpuMatrix {
             return Ok(None);
         }
         Ok(Some(match q.dtype() {
+            GgmlDType::Q4_0 => CpuMatrix::Q4_0(Q40Matrix::from_qtensor(q)?),
             GgmlDType::Q4_1 => CpuMatrix::Q4_1(Q41Matrix::from_qtensor(q)?),
             GgmlDType::Q8_0 => CpuMatrix::Q8_0(Q80Matrix::from_qtensor(q)?),
             GgmlDType::Q5_0 => CpuMatrix::Q5_0(Q50Matrix::from_qtensor(q)?),
@@ -141,7 +145,7 @@ impl CpuMatrix {
         match self {
             CpuMatrix::Q8_0(m) => Some(m.convert()),
             CpuMatrix::Q5_0(m) => Some(m.convert()),
-            CpuMatrix::Q4_1(_) | CpuMatrix::Q4_K(_) | CpuMatrix::Q6_K(_) => None,
+            CpuMatrix::Q4_0(_) | CpuMatrix::Q4_1(_) | CpuMatrix::Q4_K(_) | CpuMatrix::Q6_K(_) => None,
         }
     }
 
@@ -163,6 +167,7 @@ impl CpuMatrix {
                 }
             };
         }
+        all_in!(Q4_0, Q40Matrix);
         all_in!(Q4_1, Q41Matrix);
         all_in!(Q4_K, Q4KMatrix);
         all_in!(Q5_0, Q50Matrix);
@@ -174,6 +179,7 @@ impl CpuMatrix {
     /// Gate and up interleaved for the fused `silu(gate) * up`, when in one format.
     pub fn interleave(gate: &CpuMatrix, up: &CpuMatrix) -> Option<CpuMatrix> {
         match (gate, up) {
+            (CpuMatrix::Q4_0(g), CpuMatrix::Q4_0(u)) => Q40Matrix::interleave(g, u).map(CpuMatrix::Q4_0),
             (CpuMatrix::Q4_1(g), CpuMatrix::Q4_1(u)) => Q41Matrix::interleave(g, u).map(CpuMatrix::Q4_1),
             (CpuMatrix::Q4_K(g), CpuMatrix::Q4_K(u)) => Q4KMatrix::interleave(g, u).map(CpuMatrix::Q4_K),
             (CpuMatrix::Q6_K(g), CpuMatrix::Q6_K(u)) => Q6KMatrix::interleave(g, u).map(CpuMatrix::Q6_K),

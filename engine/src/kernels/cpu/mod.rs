@@ -1,4 +1,4 @@
-//! CPU kernels: quantized matmuls ([`matmul`], with the weight formats [`q4_1`], [`q4_k`], [`q5_0`], [`q8_0`] and [`q6_k`] and
+//! CPU kernels: quantized matmuls ([`matmul`], with the weight formats [`q4_0`], [`q4_1`], [`q4_k`], [`q5_0`], [`q8_0`] and [`q6_k`] and
 //! the shared 8-bit activations of [`acts`]; SIMD, batch-independent results, fused epilogues)
 //! [`dense_f32`] (f32 weights, no packing, batch-independent) and [`attention`] (paged
 //! attention over the f32 KV pool); [`pool`], the thread pool they run in.
@@ -11,6 +11,7 @@ pub mod dense_f32;
 pub mod kv_write;
 pub mod matmul;
 pub mod pool;
+pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q5_0;
