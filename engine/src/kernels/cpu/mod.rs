@@ -28,4 +28,25 @@ pub(crate) mod test_data {
             .map(|i| ((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5)
             .collect()
     }
+
+    /// A `(n, k)` matrix of [`random`] values quantized to `dtype` on the CPU, and its values
+    /// as candle dequantizes them.
+    pub fn quantized(
+        n: usize,
+        k: usize,
+        seed: u64,
+        dtype: candle_core::quantized::GgmlDType,
+    ) -> (candle_core::quantized::QTensor, Vec<f32>) {
+        use candle_core::{Device, Tensor};
+        let w = Tensor::from_vec(random(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (q, deq)
+    }
 }

@@ -173,26 +173,7 @@ mod simd {
     }
 }
 
-/// # Safety
-/// AVX2 and F16C (compiled in).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-unsafe fn dot_avx2(w: &[Q40Group], acts: &ActRows<'_>, out: &mut [f32]) {
-    simd::dot::<false>(w, acts, out)
-}
-
-/// # Safety
-/// The CPU must have AVX-512 VNNI and VL.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(w: &[Q40Group], acts: &ActRows<'_>, out: &mut [f32]) {
-    simd::dot::<true>(w, acts, out)
-}
-
-/// Without AVX2: the kernels' arithmetic in scalar code.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q40Group], acts: &ActRows<'_>, out: &mut [f32]) {
-    reference_dot(w, acts, out)
-}
+super::simd::dot_entries!(Q40Group, simd::dot);
 
 /// The kernels' arithmetic in scalar code, one output at a time: the portable path, and the
 /// tests' reference.
@@ -218,9 +199,7 @@ fn reference_dot(w: &[Q40Group], acts: &ActRows<'_>, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::kernels::cpu::acts::QuantizedActs;
-    use crate::kernels::cpu::test_data::random;
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
+    use crate::kernels::cpu::test_data::{quantized, random};
 
     /// The layout holds candle's dequantized values; the kernel gives the scalar reference's
     /// bits at every row count (both SIMD paths), each row the same alone as in the batch; and
@@ -229,15 +208,7 @@ mod tests {
     #[test]
     fn equals_the_reference_and_the_dequantized_product() {
         let (n, k) = (24, 192);
-        let wt = Tensor::from_vec(random(n * k, 11), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q4_0).unwrap();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (q, deq) = quantized(n, k, 11, GgmlDType::Q4_0);
         let ours = Q40Matrix::from_qtensor(&q).unwrap();
         for row in 0..n {
             let g = ours.groups_of(row / ROWS);

@@ -250,26 +250,7 @@ mod simd {
     }
 }
 
-/// # Safety
-/// AVX2 (compiled in).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-unsafe fn dot_avx2(w: &[Q4KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    simd::dot::<false>(w, acts, out)
-}
-
-/// # Safety
-/// The CPU must have AVX-512 VNNI and VL.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(w: &[Q4KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    simd::dot::<true>(w, acts, out)
-}
-
-/// Without AVX2: the kernels' arithmetic in scalar code.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q4KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    reference_dot(w, acts, out)
-}
+super::simd::dot_entries!(Q4KGroup, simd::dot);
 
 /// The kernels' arithmetic in scalar code, one output at a time: the portable path, and the
 /// tests' reference.

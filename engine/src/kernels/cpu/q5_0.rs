@@ -212,24 +212,14 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::acts::QuantizedActs;
     use crate::kernels::cpu::q8_0::Q80Matrix;
-    use crate::kernels::cpu::test_data::random;
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
+    use crate::kernels::cpu::test_data::{quantized, random};
 
     /// The 5-bit layout holds candle's dequantized values; its kernel gives the bits the Q8_0
     /// kernel gives on the same values (both paths); rows are independent of the batch.
     #[test]
     fn native_layout_equals_q8_0_layout_bit_for_bit() {
         let (n, k) = (16, 128);
-        let wt = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&wt, GgmlDType::Q5_0).unwrap();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (q, deq) = quantized(n, k, 3, GgmlDType::Q5_0);
         let ours = Q50Matrix::from_qtensor(&q).unwrap();
         let as_q8: Q80Matrix = ours.convert();
         for row in 0..n {

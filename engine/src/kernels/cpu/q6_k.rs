@@ -200,26 +200,7 @@ unsafe fn tiles<const VNNI: bool>(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut 
     }
 }
 
-/// # Safety
-/// AVX2 (compiled in).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-unsafe fn dot_avx2(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    tiles::<false>(w, acts, out)
-}
-
-/// # Safety
-/// The CPU must have AVX-512 VNNI and VL.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    tiles::<true>(w, acts, out)
-}
-
-/// Without AVX2: the same arithmetic, one output at a time.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_portable(w: &[Q6KGroup], acts: &ActRows<'_>, out: &mut [f32]) {
-    reference_dot(w, acts, out)
-}
+super::simd::dot_entries!(Q6KGroup, tiles);
 
 /// The kernels' arithmetic in scalar code: the portable path, and the tests' reference.
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
@@ -250,6 +231,7 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::acts::{QuantizedActs, QK};
     use crate::kernels::cpu::q4_k::Q4KMatrix;
+    use crate::kernels::cpu::test_data::quantized;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
@@ -300,24 +282,9 @@ mod tests {
     #[test]
     fn k_quants_convert_exactly_and_rows_are_independent() {
         let (n, k) = (16, 512);
-        let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).unwrap();
-        let q6 = QTensor::quantize(&w, GgmlDType::Q6K).unwrap();
-        let deq6 = q6
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (q6, deq6) = quantized(n, k, 1, GgmlDType::Q6K);
         let m6 = Q6KMatrix::from_qtensor(&q6).unwrap();
-        let q4 = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        let deq4 = q4
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let (q4, deq4) = quantized(n, k, 1, GgmlDType::Q4K);
         let m4 = Q4KMatrix::from_qtensor(&q4).unwrap();
         for m in [1, 3, 5] {
             let x = random(m * k, 7 + m as u64);

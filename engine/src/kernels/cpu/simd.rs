@@ -62,6 +62,35 @@ macro_rules! dispatch_dot {
 }
 pub(super) use dispatch_dot;
 
+/// The three entries [`dispatch_dot!`] calls, for a format whose SIMD body is one function
+/// generic over VNNI (`BODY::<VNNI>(w, acts, out)`) and whose scalar arithmetic, the portable
+/// path, is its `reference_dot`.
+macro_rules! dot_entries {
+    ($group:ty, $($body:tt)+) => {
+        /// # Safety
+        /// AVX2 (compiled in).
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        unsafe fn dot_avx2(w: &[$group], acts: &ActRows<'_>, out: &mut [f32]) {
+            $($body)+::<false>(w, acts, out)
+        }
+
+        /// # Safety
+        /// The CPU must have AVX-512 VNNI and VL.
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn dot_vnni(w: &[$group], acts: &ActRows<'_>, out: &mut [f32]) {
+            $($body)+::<true>(w, acts, out)
+        }
+
+        /// Without AVX2: the kernels' arithmetic in scalar code.
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        fn dot_portable(w: &[$group], acts: &ActRows<'_>, out: &mut [f32]) {
+            reference_dot(w, acts, out)
+        }
+    };
+}
+pub(super) use dot_entries;
+
 /// `vpdpbusd` (u8 x i8 products of each 4-byte lane summed into i32, added to `acc`). Inlined
 /// into the kernels' VNNI variants, which are compiled with these features; the AVX2 variants
 /// never reach it.
