@@ -81,7 +81,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     use super::super::acts::{ActGroup, ActRows};
-    use super::super::simd::{dpbusd, store_rows};
+    use super::super::simd::{nibbles_dot, store_rows, unpack_nibbles};
     use super::{Q40Group, PAIR};
 
     /// Adds block `h` of `wg` to the sums of the `R` rows of a row group (`ag`: that block's
@@ -96,36 +96,10 @@ mod simd {
         ag: &ActGroup,
         sums: &mut [__m256; R],
     ) {
-        let mask = _mm256_set1_epi8(0x0F);
-        let mut lo = [_mm256_setzero_si256(); 4];
-        let mut hi = [_mm256_setzero_si256(); 4];
-        for c in 0..4 {
-            let v = _mm256_load_si256(wg.qs[h][c].as_ptr() as *const __m256i);
-            lo[c] = _mm256_and_si256(v, mask);
-            hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        }
+        let (lo, hi) = unpack_nibbles(&wg.qs[h]);
         let wd = _mm256_cvtph_ps(_mm_load_si128(wg.d[h].as_ptr() as *const __m128i));
         for (j, sum) in sums.iter_mut().enumerate() {
-            let q = ag.qs[j].as_ptr() as *const i32;
-            let a = |c: usize| _mm256_set1_epi32(q.add(c).read_unaligned());
-            let s = if VNNI {
-                // Two chains of four (low and high nibbles): each vpdpbusd waits on the one
-                // before it in its chain.
-                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for c in 0..4 {
-                    s0 = dpbusd(s0, lo[c], a(c));
-                    s1 = dpbusd(s1, hi[c], a(4 + c));
-                }
-                _mm256_add_epi32(s0, s1)
-            } else {
-                // 15 * 127 * 2 per i16 pair, eight of them summed: no saturation.
-                let mut s = _mm256_setzero_si256();
-                for c in 0..4 {
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[c], a(c)));
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[c], a(4 + c)));
-                }
-                _mm256_madd_epi16(s, _mm256_set1_epi16(1))
-            };
+            let s = nibbles_dot::<VNNI>(&lo, &hi, ag.qs[j].as_ptr() as *const i32);
             // q - 8: subtract 8 * sum(a), exactly.
             let s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * ag.isum[j]));
             let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), wd), _mm256_set1_ps(ag.d[j]));

@@ -20,7 +20,7 @@ use half::f16;
 use super::acts::ActRows;
 use super::matmul::{GroupMatrix, WeightGroup};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::simd::{dpbusd, store_rows};
+use super::simd::{nibbles_dot, store_rows, unpack_nibbles};
 
 /// Rows per group.
 const ROWS: usize = 8;
@@ -79,18 +79,8 @@ macro_rules! q4_1_dot {
         unsafe fn $name(w: &[Q41Group], acts: &ActRows<'_>, out: &mut [f32]) {
             use std::arch::x86_64::*;
             let m = acts.m;
-            let mask = _mm256_set1_epi8(0x0F);
             // The low and high nibbles of a block: four vectors each.
-            let unpack = |wg: &Q41Group| {
-                let mut lo = [_mm256_setzero_si256(); 4];
-                let mut hi = [_mm256_setzero_si256(); 4];
-                for c in 0..4 {
-                    let v = _mm256_load_si256(wg.qs[c].as_ptr() as *const __m256i);
-                    lo[c] = _mm256_and_si256(v, mask);
-                    hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                }
-                (lo, hi)
-            };
+            let unpack = |wg: &Q41Group| unpack_nibbles(&wg.qs);
             // Past two row groups (prefill): unpack every block once for all of them. Up to
             // eight rows (a speculative verification), unpacking again per row group is cheaper
             // than the buffer (5 rows took 2.3x the time of 4 with it).
@@ -104,26 +94,7 @@ macro_rules! q4_1_dot {
                     let wd = _mm256_load_ps(wg.d.as_ptr());
                     let wm = _mm256_load_ps(wg.m.as_ptr());
                     for (j, sum) in sums.iter_mut().enumerate().take(rows) {
-                        let q = ag.qs[j].as_ptr() as *const i32;
-                        let sumi = if $vnni {
-                            // Two chains of four (low and high nibbles), not one of eight: each
-                            // waits on the latency of the one before. Integer sums: the same.
-                            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                            for c in 0..4 {
-                                s0 = dpbusd(s0, lo[c], _mm256_set1_epi32(q.add(c).read_unaligned()));
-                                s1 = dpbusd(s1, hi[c], _mm256_set1_epi32(q.add(4 + c).read_unaligned()));
-                            }
-                            _mm256_add_epi32(s0, s1)
-                        } else {
-                            let mut s = _mm256_setzero_si256();
-                            for c in 0..4 {
-                                let al = _mm256_set1_epi32(q.add(c).read_unaligned());
-                                let ah = _mm256_set1_epi32(q.add(4 + c).read_unaligned());
-                                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[c], al));
-                                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[c], ah));
-                            }
-                            _mm256_madd_epi16(s, _mm256_set1_epi16(1))
-                        };
+                        let sumi = nibbles_dot::<{ $vnni }>(&lo, &hi, ag.qs[j].as_ptr() as *const i32);
                         // candle's expression, operation for operation (no fused multiply-add).
                         let t = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sumi), wd), _mm256_set1_ps(ag.d[j]));
                         *sum = _mm256_add_ps(*sum, _mm256_add_ps(t, _mm256_mul_ps(wm, _mm256_set1_ps(ag.s[j]))));

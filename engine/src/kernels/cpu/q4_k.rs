@@ -117,7 +117,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     use super::super::acts::{ActGroup, ActRows};
-    use super::super::simd::{dpbusd, store_rows};
+    use super::super::simd::{nibbles_dot, store_rows, unpack_nibbles};
     use super::{Q4KGroup, SUB};
 
     /// One sub-block of eight rows, ready for the activation rows: the nibbles apart, `d'`, `m'`.
@@ -133,19 +133,12 @@ mod simd {
     /// AVX2 (compiled in).
     #[inline(always)]
     unsafe fn prepare(wg: &Q4KGroup, j: usize) -> Prepared {
-        let mask = _mm256_set1_epi8(0x0F);
         let bytes = |b: &[u8; 8]| {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
                 _mm_loadl_epi64(b.as_ptr() as *const __m128i),
             ))
         };
-        let mut lo = [_mm256_setzero_si256(); 4];
-        let mut hi = [_mm256_setzero_si256(); 4];
-        for c in 0..4 {
-            let v = _mm256_load_si256(wg.qs[j][c].as_ptr() as *const __m256i);
-            lo[c] = _mm256_and_si256(v, mask);
-            hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        }
+        let (lo, hi) = unpack_nibbles(&wg.qs[j]);
         Prepared {
             lo,
             hi,
@@ -154,10 +147,7 @@ mod simd {
         }
     }
 
-    /// Adds one sub-block's terms to the sums of the `R` rows of a row group. With VNNI the
-    /// low and high nibbles accumulate in two chains of four `vpdpbusd` (one chain of eight
-    /// would leave each row waiting on the latency of the one before); integer addition is
-    /// exact, so the sum is the same.
+    /// Adds one sub-block's terms to the sums of the `R` rows of a row group.
     ///
     /// # Safety
     /// AVX2 (compiled in); with `VNNI`, the CPU must have AVX-512 VNNI and VL.
@@ -168,24 +158,7 @@ mod simd {
         sums: &mut [__m256; R],
     ) {
         for (j, sum) in sums.iter_mut().enumerate() {
-            let q = ag.qs[j].as_ptr() as *const i32;
-            let a = |c: usize| _mm256_set1_epi32(q.add(c).read_unaligned());
-            let sumi = if VNNI {
-                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for c in 0..4 {
-                    s0 = dpbusd(s0, p.lo[c], a(c));
-                    s1 = dpbusd(s1, p.hi[c], a(4 + c));
-                }
-                _mm256_add_epi32(s0, s1)
-            } else {
-                // 15 * 127 * 2 per i16 pair, eight of them summed: no saturation.
-                let mut s = _mm256_setzero_si256();
-                for c in 0..4 {
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(p.lo[c], a(c)));
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(p.hi[c], a(4 + c)));
-                }
-                _mm256_madd_epi16(s, _mm256_set1_epi16(1))
-            };
+            let sumi = nibbles_dot::<VNNI>(&p.lo, &p.hi, ag.qs[j].as_ptr() as *const i32);
             // The scalar reference's `mul_add`s, in its order (see the module's header).
             *sum = _mm256_fmadd_ps(p.wm, _mm256_set1_ps(ag.s[j]), *sum);
             *sum = _mm256_fmadd_ps(

@@ -118,6 +118,64 @@ unsafe fn dpbusd_vnni(
     std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
+/// A 4-bit block of eight rows in Q4_1's byte order (`qs[c][4 r + t]`: row r's values `4c + t`
+/// in the low nibbles, `16 + 4c + t` in the high ones) as unsigned bytes: the low nibbles, then
+/// the high. Q4_0, Q4_1 and Q4_K hold their nibbles this way.
+///
+/// # Safety
+/// AVX2 (compiled in); `qs` 32-byte aligned.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(super) unsafe fn unpack_nibbles(
+    qs: &[[u8; 32]; 4],
+) -> ([std::arch::x86_64::__m256i; 4], [std::arch::x86_64::__m256i; 4]) {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(0x0F);
+    let mut lo = [_mm256_setzero_si256(); 4];
+    let mut hi = [_mm256_setzero_si256(); 4];
+    for c in 0..4 {
+        let v = _mm256_load_si256(qs[c].as_ptr() as *const __m256i);
+        lo[c] = _mm256_and_si256(v, mask);
+        hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+    }
+    (lo, hi)
+}
+
+/// Each of the eight rows' exact integer dot of an [`unpack_nibbles`] block with 32 activation
+/// bytes `q` (values 0..15 against i8). With VNNI, two chains of four `vpdpbusd` (low and high
+/// nibbles): one chain of eight leaves each waiting on the latency of the one before; integer
+/// addition is exact, so the sum is the same either way.
+///
+/// # Safety
+/// AVX2 (compiled in); with `VNNI`, the CPU must have AVX-512 VNNI and VL; `q` points to 32
+/// bytes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(super) unsafe fn nibbles_dot<const VNNI: bool>(
+    lo: &[std::arch::x86_64::__m256i; 4],
+    hi: &[std::arch::x86_64::__m256i; 4],
+    q: *const i32,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let a = |c: usize| _mm256_set1_epi32(q.add(c).read_unaligned());
+    if VNNI {
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for c in 0..4 {
+            s0 = dpbusd(s0, lo[c], a(c));
+            s1 = dpbusd(s1, hi[c], a(4 + c));
+        }
+        _mm256_add_epi32(s0, s1)
+    } else {
+        // 15 * 127 * 2 per i16 pair, eight of them summed: no saturation.
+        let mut s = _mm256_setzero_si256();
+        for c in 0..4 {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo[c], a(c)));
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(hi[c], a(4 + c)));
+        }
+        _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+    }
+}
+
 /// Writes eight outputs per activation row, row-major: `sums[j]` (the group's eight weight rows
 /// against activation row `first_row + j`) to `out[8 (first_row + j) ..][..8]`, one store each.
 /// The tail of every kernel in this directory.
