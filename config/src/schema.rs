@@ -188,6 +188,13 @@ pub struct ModelConfig {
     /// whole vocabulary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub draft_vocab: Option<usize>,
+    /// With `draft`: prompt lookup guesses the draft's next tokens (what followed the
+    /// sequence's last 2-4 tokens earlier) and the draft checks the guess in the forward it
+    /// runs anyway, so where the text repeats it runs fewer forwards. Proposals, acceptance and
+    /// output are the same either way. Unset: on (wick-engine's
+    /// `SpeculativeConfig::draft_model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_lookup: Option<bool>,
     /// Routes: what a million prompt tokens cost on this model (any currency, e.g. USD), for
     /// the router's cost metrics.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -257,6 +257,7 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
                 ("num_speculative_tokens", m.num_speculative_tokens.is_some()),
                 ("speculative_max_batch", m.speculative_max_batch.is_some()),
                 ("draft_vocab", m.draft_vocab.is_some()),
+                ("draft_lookup", m.draft_lookup.is_some()),
             ] {
                 if set {
                     out.push((at(field), "only applies to a local model (`source`)".into(), None));
@@ -339,6 +340,9 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
             } else if v == 0 {
                 out.push((at("draft_vocab"), "must be greater than 0".into(), None));
             }
+        }
+        if m.draft_lookup.is_some() && m.draft.is_none() {
+            out.push((at("draft_lookup"), "only applies with `draft`".into(), None));
         }
     }
 }

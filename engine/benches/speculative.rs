@@ -11,12 +11,16 @@
 //! quantized (Q4_1) as its draft; `qwen`: Qwen2.5-Coder-1.5B-Instruct Q4_K_M with the 0.5B as
 //! its draft (`scripts/fetch-fallback-model` and `scripts/fetch-fallback-model --1.5b`).
 //! Knobs: WICK_BENCH_ROUNDS (3), WICK_BENCH_OUTPUT_TOKENS (128), WICK_BENCH_STREAMS ("4,16"),
-//! WICK_BENCH_K (num_speculative_tokens, 4), WICK_BENCH_MAX_BATCH (speculation's batch limit;
+//! WICK_BENCH_REQUESTS (requests per stream in the aggregate, 3), WICK_BENCH_MODES (`a,b`: only
+//! the modes whose names contain one, besides the target alone), WICK_BENCH_K
+//! (num_speculative_tokens, 3), WICK_BENCH_MAX_BATCH (speculation's batch limit;
 //! default: the engine's), WICK_BENCH_MEASURE_PAYOFF (0: speculate in every step instead of
 //! where it is measured to pay), WICK_BENCH_DRAFT_VOCAB (N: a fourth mode, the draft proposing
 //! only among the first N ids), WICK_BENCH_SINGLE / WICK_BENCH_AGGREGATE (0 skips that part),
 //! WICK_BENCH_DRAFT_FORMAT (`q4_0`, ...: a further mode, the draft re-quantized to it at load,
-//! with WICK_BENCH_DRAFT_VOCAB's restriction where that is set), WICK_BENCH_DEVICE (`cpu`,
+//! with WICK_BENCH_DRAFT_VOCAB's restriction where that is set), WICK_BENCH_UNGUESSED (1: a
+//! further mode, that draft without prompt lookup's guesses), WICK_BENCH_UNMEASURED (1: a
+//! further mode, that draft speculating in every step whatever the payoff), WICK_BENCH_DEVICE (`cpu`,
 //! `cuda:N`; both models load there).
 
 #[global_allocator]
@@ -204,17 +208,59 @@ fn main() {
             engine: Engine::with_draft(target(), draft(), config(Some(restricted))).expect("engine"),
         });
     }
-    if let Ok(spec) = std::env::var("WICK_BENCH_DRAFT_FORMAT") {
-        let format = WeightFormat::parse(&spec).expect("WICK_BENCH_DRAFT_FORMAT");
-        let requantized = load(&draft_path, format);
-        let (name, speculative) = if draft_vocab > 0 {
-            ("draft re-quantized, leading ids only", restricted)
+    let format = std::env::var("WICK_BENCH_DRAFT_FORMAT")
+        .ok()
+        .map(|spec| WeightFormat::parse(&spec).expect("WICK_BENCH_DRAFT_FORMAT"));
+    let best_draft = || load(&draft_path, format.unwrap_or(WeightFormat::AsStored));
+    let best = if draft_vocab > 0 {
+        restricted
+    } else {
+        SpeculativeConfig::draft_model()
+    };
+    if format.is_some() {
+        let name = if draft_vocab > 0 {
+            "draft re-quantized, leading ids only"
         } else {
-            ("draft re-quantized", SpeculativeConfig::draft_model())
+            "draft re-quantized"
         };
         modes.push(Mode {
             name,
-            engine: Engine::with_draft(target(), requantized, config(Some(speculative))).expect("engine"),
+            engine: Engine::with_draft(target(), best_draft(), config(Some(best))).expect("engine"),
+        });
+    }
+    if env_usize("WICK_BENCH_UNGUESSED", 0) != 0 {
+        let speculative = SpeculativeConfig {
+            draft_lookup: None,
+            ..best
+        };
+        modes.push(Mode {
+            name: "the last draft, no guesses",
+            engine: Engine::with_draft(target(), best_draft(), config(Some(speculative))).expect("engine"),
+        });
+    }
+    if env_usize("WICK_BENCH_UNMEASURED", 0) != 0 {
+        let speculative = SpeculativeConfig {
+            measure_payoff: false,
+            ..best
+        };
+        let mut config = config(Some(best));
+        config.speculative = Some(SpeculativeConfig {
+            num_speculative_tokens: k,
+            max_batch,
+            ..speculative
+        });
+        modes.push(Mode {
+            name: "the last draft, speculating every step",
+            engine: Engine::with_draft(target(), best_draft(), config).expect("engine"),
+        });
+    }
+    // WICK_BENCH_MODES=a,b: besides the target alone, only the modes whose names contain one.
+    if let Ok(only) = std::env::var("WICK_BENCH_MODES") {
+        let keep: Vec<&str> = only.split(',').map(str::trim).collect();
+        let mut index = 0;
+        modes.retain(|m| {
+            index += 1;
+            index == 1 || keep.iter().any(|k| m.name.contains(k))
         });
     }
     let prompts: Vec<(&str, Vec<u32>)> = prompts()
@@ -298,7 +344,13 @@ fn main() {
     }
 
     if env_usize("WICK_BENCH_AGGREGATE", 1) != 0 {
-        println!("\naggregate tok/s (all prompts, every stream submitting back to back):");
+        // Requests per stream, back to back: after the first, arrivals are staggered as in a
+        // busy server, not a burst that starts and ends together.
+        let per_stream = env_usize("WICK_BENCH_REQUESTS", 3);
+        println!(
+            "\naggregate tok/s ({per_stream} requests per stream back to back, all prompts, {} output tokens each):",
+            max_tokens / 2
+        );
         println!(
             "| mode | {} |",
             streams
@@ -322,8 +374,15 @@ fn main() {
                     let tokens: usize = std::thread::scope(|s| {
                         let handles: Vec<_> = (0..c)
                             .map(|i| {
-                                let prompt = &prompts[i % prompts.len()].1;
-                                s.spawn(move || run_one(engine, prompt, max_tokens / 2).tokens.len())
+                                let prompts = &prompts;
+                                s.spawn(move || {
+                                    (0..per_stream)
+                                        .map(|j| {
+                                            let prompt = &prompts[(i + j) % prompts.len()].1;
+                                            run_one(engine, prompt, max_tokens / 2).tokens.len()
+                                        })
+                                        .sum::<usize>()
+                                })
                             })
                             .collect();
                         handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()

@@ -482,6 +482,7 @@ fn a_drafts_catch_up_is_steady_only_while_it_speculates_every_step() {
             tokens,
             k: 3,
             prompt_len: prompt.len(),
+            guess: &[],
         };
         let p = draft.propose(&[request], 4096).unwrap().remove(0);
         assert_eq!(p.len(), 3);

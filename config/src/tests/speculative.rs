@@ -375,3 +375,23 @@ fn draft_vocab_comes_with_a_draft_and_is_positive() {
         ("models[0].draft_vocab", at_line(4), "only applies with `draft`")
     );
 }
+
+#[test]
+fn draft_lookup_comes_with_a_draft() {
+    let with = DRAFTED.replace(
+        "speculative_max_batch = 4\n",
+        "speculative_max_batch = 4\ndraft_lookup = false\n",
+    );
+    let cfg = load_text(&with, &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.served_model().unwrap().draft_lookup, Some(false));
+    // Prompt lookup alone guesses nothing for a draft.
+    let p = problem("[[models]]\nid = \"m\"\nspeculative = \"ngram\"\ndraft_lookup = true\n");
+    assert_eq!(
+        (p.field.as_str(), p.origin.clone(), p.message.as_str()),
+        ("models[0].draft_lookup", at_line(4), "only applies with `draft`")
+    );
+    let remote =
+        "[[models]]\nid = \"m\"\n[[models]]\nid = \"r\"\nurl = \"http://r/v1\"\ndraft_lookup = true\n";
+    let p = problem_at(remote, "models[1].draft_lookup");
+    assert_eq!(p.message, "only applies to a local model (`source`)");
+}

@@ -115,16 +115,30 @@ impl Speculator {
                 .map(|(&i, &k)| ngram::propose(&running[chunks[i].seq].tokens, min, max, k))
                 .collect(),
             (SpeculativeMethod::DraftModel, Some(draft)) => {
+                // Where the text repeats, the draft's next tokens are likely what followed
+                // before: a guess it checks in the forward it runs anyway.
+                let guesses: Vec<Vec<u32>> = decodes
+                    .iter()
+                    .zip(&ks)
+                    .map(|(&i, &k)| match self.config.draft_lookup {
+                        Some((min, max)) if k > 1 => {
+                            ngram::propose(&running[chunks[i].seq].tokens, min, max, k - 1)
+                        }
+                        _ => Vec::new(),
+                    })
+                    .collect();
                 let requests: Vec<DraftRequest<'_>> = decodes
                     .iter()
                     .zip(&ks)
-                    .map(|(&i, &k)| {
+                    .zip(&guesses)
+                    .map(|((&i, &k), guess)| {
                         let seq = &running[chunks[i].seq];
                         DraftRequest {
                             key: (seq.request_id, seq.index),
                             tokens: &seq.tokens,
                             k,
                             prompt_len: seq.prompt_len,
+                            guess,
                         }
                     })
                     .collect();

@@ -32,6 +32,8 @@ pub enum LogitsWanted {
     Last,
     /// Every new position (prompt logprobs, scoring).
     All,
+    /// The last n positions' (a draft model checking a guess of n - 1 tokens).
+    LastN(usize),
 }
 
 /// One sequence's share of a batch.
@@ -134,6 +136,10 @@ impl ModelRunner {
                 LogitsWanted::None => {}
                 LogitsWanted::Last => rows.push((tokens.len() - 1) as u32),
                 LogitsWanted::All => rows.extend((start..tokens.len()).map(|r| r as u32)),
+                LogitsWanted::LastN(n) => {
+                    let first = tokens.len().saturating_sub(n).max(start);
+                    rows.extend((first..tokens.len()).map(|r| r as u32))
+                }
             }
             spans.push(SequenceSpan {
                 query_start: start,

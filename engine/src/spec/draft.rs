@@ -6,6 +6,12 @@
 //! prompt, spread over steps by a token budget), then runs one more position per proposed token:
 //! `k` forwards, batched over the sequences. Its K/V of proposals that the target rejected are
 //! simply overwritten later: the draft trusts only the tokens the sequence really has.
+//!
+//! A request may come with a guess of the draft's next tokens (prompt lookup: what followed the
+//! sequence's last few tokens earlier). The first forward then runs the guessed tokens as further
+//! rows, and each row's output is the draft's next token for as long as the guess matched the
+//! draft's own: those proposals cost no forward of their own. The proposals are the same with or
+//! without a guess.
 
 use std::ops::Range;
 
@@ -36,6 +42,11 @@ pub struct DraftRequest<'a> {
     pub k: usize,
     /// How many of `tokens` are the prompt (the rest was generated).
     pub prompt_len: usize,
+    /// What the sequence might say next (prompt lookup), or nothing: the draft runs up to
+    /// `k - 1` of these tokens in its first forward, and where its own next token agrees with
+    /// the guess the draft has it without a forward of its own. The proposals are the draft's
+    /// own tokens either way; a good guess only saves forwards.
+    pub guess: &'a [u32],
 }
 
 struct DraftSequence {
@@ -58,6 +69,8 @@ pub struct DraftModel {
     /// The most generated tokens one sequence caught up on in the last
     /// [`propose`](Self::propose).
     caught_up: usize,
+    /// Forwards run so far.
+    forwards: u64,
 }
 
 impl DraftModel {
@@ -79,6 +92,7 @@ impl DraftModel {
             seqs: AHashMap::new(),
             vocab: None,
             caught_up: 0,
+            forwards: 0,
         })
     }
 
@@ -87,6 +101,11 @@ impl DraftModel {
     /// step after step, more after a pause (the tokens decoded meanwhile).
     pub fn caught_up(&self) -> usize {
         self.caught_up
+    }
+
+    /// Forwards the draft has run so far (each a batch over the sequences it serves).
+    pub fn forwards(&self) -> u64 {
+        self.forwards
     }
 
     /// Proposes only the first `leading` token ids and the ids in `extra` (the added tokens:
@@ -141,13 +160,15 @@ impl DraftModel {
             seqs,
             vocab,
             caught_up,
+            forwards,
         } = self;
         *caught_up = 0;
         let mut proposals = vec![Vec::new(); requests.len()];
-        // 1. Catch up: from what the draft holds of the sequence to its last token.
+        // 1. Catch up: from what the draft holds of the sequence to its last token, then
+        //    through the guess, if any (its rows' outputs check it).
         let mut budget = catch_up_budget;
         let mut copies = Vec::new();
-        // (request, first position, tokens, reaches the last token)
+        // (request, first position, tokens, reaches the last token, guess tokens run)
         let mut catch_up = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             if r.tokens.is_empty() || budget == 0 {
@@ -158,55 +179,95 @@ impl DraftModel {
             };
             let start = seq.num_computed;
             let n = (r.tokens.len() - start).min(budget);
-            match blocks.prepare_write(&mut seq.table, start, n) {
-                Ok(c) => copies.extend(c),
-                Err(EngineError::OutOfBlocks { .. }) => {
-                    // Its pool is full: this sequence goes without proposals for now.
-                    if let Some(mut gone) = seqs.remove(&r.key) {
-                        blocks.free(&mut gone.table);
+            let last = start + n == r.tokens.len();
+            let guess = if last {
+                r.guess.len().min(r.k.saturating_sub(1))
+            } else {
+                0
+            };
+            let written = match blocks.prepare_write(&mut seq.table, start, n + guess) {
+                Ok(c) => Some((c, guess)),
+                Err(EngineError::OutOfBlocks { .. }) if guess > 0 => {
+                    match blocks.prepare_write(&mut seq.table, start, n) {
+                        Ok(c) => Some((c, 0)),
+                        Err(EngineError::OutOfBlocks { .. }) => None,
+                        Err(e) => return Err(e),
                     }
-                    continue;
                 }
+                Err(EngineError::OutOfBlocks { .. }) => None,
                 Err(e) => return Err(e),
-            }
+            };
+            let Some((c, guess)) = written else {
+                // Its pool is full: this sequence goes without proposals for now.
+                if let Some(mut gone) = seqs.remove(&r.key) {
+                    blocks.free(&mut gone.table);
+                }
+                continue;
+            };
+            copies.extend(c);
             budget -= n;
             *caught_up = (*caught_up).max((start + n).saturating_sub(start.max(r.prompt_len)));
-            catch_up.push((i, start, n, start + n == r.tokens.len()));
+            catch_up.push((i, start, n, last, guess));
         }
         if catch_up.is_empty() {
             return Ok(proposals);
         }
         runner.cache().copy_blocks(&copies)?;
-        let chunks: Vec<SequenceChunk<'_>> = catch_up
+        let guessed: Vec<Vec<u32>> = catch_up
             .iter()
-            .map(|&(i, start, n, last)| SequenceChunk {
-                tokens: &requests[i].tokens[start..start + n],
-                num_cached: start,
-                block_table: &seqs[&requests[i].key].table,
-                logits: if last && requests[i].k > 0 {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                },
+            .filter(|c| c.4 > 0)
+            .map(|&(i, start, n, _, guess)| {
+                let r = &requests[i];
+                [&r.tokens[start..start + n], &r.guess[..guess]].concat()
             })
             .collect();
+        let mut guessed_inputs = guessed.iter();
+        let mut chunks = Vec::with_capacity(catch_up.len());
+        for &(i, start, n, last, guess) in &catch_up {
+            let r = &requests[i];
+            chunks.push(SequenceChunk {
+                tokens: if guess > 0 {
+                    guessed_inputs.next().ok_or_else(|| missing(r.key))?
+                } else {
+                    &r.tokens[start..start + n]
+                },
+                num_cached: start,
+                block_table: &seqs[&r.key].table,
+                logits: match (last && r.k > 0, guess) {
+                    (false, _) => LogitsWanted::None,
+                    (true, 0) => LogitsWanted::Last,
+                    (true, g) => LogitsWanted::LastN(g + 1),
+                },
+            });
+        }
         let first = greedy(runner, &chunks, vocab.as_deref())?;
+        *forwards += 1;
         let mut drafting = Vec::new(); // requests still proposing
         let mut first = first.into_iter();
-        for &(i, start, n, last) in &catch_up {
+        for &(i, start, n, last, guess) in &catch_up {
             let r = &requests[i];
             let seq = seqs.get_mut(&r.key).ok_or_else(|| missing(r.key))?;
-            seq.num_computed = start + n;
-            seq.base = seq.num_computed;
+            seq.base = start + n;
+            seq.num_computed = seq.base;
             if last && r.k > 0 {
-                let token = first.next().ok_or_else(|| missing(r.key))?;
-                seq.proposed.push(token);
-                drafting.push(i);
+                // The draft's own tokens, as far as the guess agrees with them: each row
+                // after a guessed token that was the draft's own is the draft's next token.
+                let mut agreeing = true;
+                for g in 0..=guess {
+                    let token = first.next().ok_or_else(|| missing(r.key))?;
+                    if agreeing {
+                        seq.proposed.push(token);
+                        agreeing = g < guess && r.guess[g] == token;
+                        seq.num_computed += usize::from(agreeing);
+                    }
+                }
+                if seq.proposed.len() < r.k {
+                    drafting.push(i);
+                }
             }
         }
         // 2. One forward per further proposal, over the sequences that want it.
-        for round in 1.. {
-            drafting.retain(|&i| requests[i].k > round);
+        loop {
             let mut copies = Vec::new();
             let mut ready = Vec::with_capacity(drafting.len());
             for &i in &drafting {
@@ -241,6 +302,7 @@ impl DraftModel {
                 })
                 .collect();
             let next = greedy(runner, &chunks, vocab.as_deref())?;
+            *forwards += 1;
             for (&i, token) in drafting.iter().zip(next) {
                 let seq = seqs
                     .get_mut(&requests[i].key)
@@ -248,6 +310,7 @@ impl DraftModel {
                 seq.num_computed += 1;
                 seq.proposed.push(token);
             }
+            drafting.retain(|&i| seqs[&requests[i].key].proposed.len() < requests[i].k);
         }
         for (i, r) in requests.iter().enumerate() {
             if let Some(seq) = seqs.get(&r.key) {

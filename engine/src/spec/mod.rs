@@ -44,6 +44,15 @@ pub struct SpeculativeConfig {
     /// on Qwen2.5-Coder-0.5B drafting for the 1.5B, 32768 ids cost 5 points of acceptance and
     /// saved no measurable time; see docs/speculative.md).
     pub draft_vocab: Option<usize>,
+    /// With a draft model: prompt lookup over n-grams of `min..=max` tokens guesses the draft's
+    /// next tokens, and the draft checks the guess in the forward it runs anyway (its first,
+    /// which catches it up on the sequence, takes the guessed tokens as further rows). As far
+    /// as the guess agrees with the draft's own greedy tokens, those proposals need no forward
+    /// of their own. The proposals are the draft's either way, so acceptance and output do not
+    /// change; where the text repeats (edits, summaries, quotes) the draft runs fewer forwards,
+    /// and a wrong guess costs its rows in one draft forward. None: no guesses (the default
+    /// for [`Self::ngram`], which has no draft; [`Self::draft_model`] guesses).
+    pub draft_lookup: Option<(usize, usize)>,
 }
 
 impl SpeculativeConfig {
@@ -52,6 +61,9 @@ impl SpeculativeConfig {
     pub const DEFAULT_NUM_SPECULATIVE_TOKENS: usize = 3;
     /// Above this many decodes no step speculates; below it, the measured payoff decides.
     pub const DEFAULT_MAX_BATCH: usize = 16;
+    /// The n-grams a draft model's guesses come from ([`draft_lookup`](Self::draft_lookup)):
+    /// prompt lookup's own.
+    pub const DRAFT_LOOKUP: Option<(usize, usize)> = Some((2, 4));
 
     pub fn ngram() -> Self {
         Self {
@@ -60,12 +72,15 @@ impl SpeculativeConfig {
             max_batch: Self::DEFAULT_MAX_BATCH,
             measure_payoff: true,
             draft_vocab: None,
+            draft_lookup: None,
         }
     }
 
+    /// A draft model, checking guesses from prompt lookup ([`Self::DRAFT_LOOKUP`]).
     pub fn draft_model() -> Self {
         Self {
             method: SpeculativeMethod::DraftModel,
+            draft_lookup: Self::DRAFT_LOOKUP,
             ..Self::ngram()
         }
     }

@@ -153,6 +153,11 @@ pub fn speculative_config(model: &ModelConfig) -> Option<SpeculativeConfig> {
             .unwrap_or(base.num_speculative_tokens),
         max_batch: model.speculative_max_batch.unwrap_or(base.max_batch),
         draft_vocab: model.draft_vocab.or(base.draft_vocab),
+        draft_lookup: match model.draft_lookup {
+            Some(false) => None,
+            Some(true) => SpeculativeConfig::DRAFT_LOOKUP,
+            None => base.draft_lookup,
+        },
         ..base
     })
 }
@@ -199,6 +204,24 @@ mod tests {
             .map(|s| s.draft_vocab),
             Some(None)
         );
+    }
+
+    #[test]
+    fn draft_lookup_reaches_the_engine() {
+        let m = ModelConfig {
+            draft: Some("small".into()),
+            ..ModelConfig::default()
+        };
+        let lookup = |on| {
+            speculative_config(&ModelConfig {
+                draft_lookup: on,
+                ..m.clone()
+            })
+            .and_then(|s| s.draft_lookup)
+        };
+        assert_eq!(lookup(None), SpeculativeConfig::draft_model().draft_lookup);
+        assert_eq!(lookup(Some(true)), SpeculativeConfig::DRAFT_LOOKUP);
+        assert_eq!(lookup(Some(false)), None);
     }
 
     #[test]
