@@ -25,8 +25,16 @@ const BUCKETS: usize = 5;
 /// starts again from here. So a loser is re-checked often at first and rarely once it keeps
 /// losing (a try of speculation in a busy batch costs the draft's catch-up of every sequence).
 const EXPLORE_EVERY: u64 = 16;
-/// The longest wait between tries.
+/// The longest wait between tries, unless a try costs more (see [`EXPLORE_SHARE`]).
 const EXPLORE_MAX: u64 = 256;
+/// The most time tries may take from a bucket whose choice they keep confirming. A try of
+/// speculation after a pause first catches the draft up on every sequence (all they decoded
+/// meanwhile, prompts included): at four sequences over a second of draft prefill, more than
+/// ten plain steps. That cost (the seconds of the try's catch-up steps) sets the wait before the
+/// next try to at least `cost / (EXPLORE_SHARE * a step's seconds)` steps.
+const EXPLORE_SHARE: f64 = 0.03;
+/// The longest wait a try's cost can set.
+const EXPLORE_COSTLY_MAX: u64 = 8192;
 /// Steps a try lasts: a draft's first speculative step after a pause also catches up on the
 /// pause and is not measured (see `Speculator::propose`), so a try of one step would teach
 /// nothing.
@@ -50,6 +58,8 @@ const MARGIN: f64 = 0.1;
 struct Average {
     tokens: f64,
     seconds: f64,
+    /// Decayed count of the steps (for a step's mean seconds).
+    steps: f64,
     samples: u32,
 }
 
@@ -57,7 +67,12 @@ impl Average {
     fn add(&mut self, tokens: f64, seconds: f64) {
         self.tokens = DECAY * self.tokens + tokens;
         self.seconds = DECAY * self.seconds + seconds;
+        self.steps = DECAY * self.steps + 1.0;
         self.samples = self.samples.saturating_add(1);
+    }
+
+    fn step_seconds(&self) -> Option<f64> {
+        (self.steps > 0.0).then(|| self.seconds / self.steps)
     }
 
     /// Forgets the measurements (not their count): a try measures its option afresh, so that
@@ -65,6 +80,7 @@ impl Average {
     fn restart(&mut self) {
         self.tokens = 0.0;
         self.seconds = 0.0;
+        self.steps = 0.0;
     }
 
     fn value(&self) -> f64 {
@@ -91,6 +107,8 @@ struct Bucket {
     review: bool,
     /// The choice outside tries, which the other option must beat by [`MARGIN`].
     speculating: bool,
+    /// Seconds of steps that caught the draft up after a pause, since the last review.
+    catch_up_seconds: f64,
 }
 
 /// The tokens-per-second averages of one bucket (for logs and benchmarks).
@@ -138,13 +156,20 @@ impl Payoff {
             return !b.tried_against;
         }
         if b.review {
-            // A try has ended (its last step measured): wait longer if it changed nothing.
+            // A try has ended (its last step measured): wait longer if it changed nothing, and
+            // long enough that the catch-ups tries cost stay a small share of the time.
             b.review = false;
             b.wait = if better == b.tried_against {
                 (b.wait * 2).min(EXPLORE_MAX)
             } else {
                 EXPLORE_EVERY
             };
+            let step = if better { b.with } else { b.without }.step_seconds();
+            if let Some(step) = step.filter(|&s| s > 0.0 && better == b.tried_against) {
+                let costly = (b.catch_up_seconds / (EXPLORE_SHARE * step)).ceil() as u64;
+                b.wait = b.wait.max(costly.min(EXPLORE_COSTLY_MAX));
+            }
+            b.catch_up_seconds = 0.0;
             b.countdown = b.wait;
         }
         b.speculating = better;
@@ -177,6 +202,14 @@ impl Payoff {
             b.with.add(tokens as f64, seconds);
         } else {
             b.without.add(tokens as f64, seconds);
+        }
+    }
+
+    /// Records a step that speculated after a pause (the draft caught up on what was decoded
+    /// meanwhile): not a measurement of either option, but what a try of speculation costs.
+    pub fn observe_catch_up(&mut self, decodes: usize, seconds: f64) {
+        if seconds > 0.0 {
+            self.buckets[Self::bucket(decodes)].catch_up_seconds += seconds;
         }
     }
 
@@ -326,5 +359,42 @@ mod tests {
         );
         let share = noisy(4, 0.36, 0.08, 3000, usize::MAX, 0.0);
         assert!(share < 0.03, "four sequences: speculated in {share} of the steps");
+    }
+
+    /// Four sequences, speculation slower, and every try of it starting with a 1.5 s catch-up
+    /// of the draft on all that was decoded meanwhile: the tries come far enough apart that
+    /// they take a few percent of the time, where tries every `EXPLORE_MAX` steps would take
+    /// over 7%.
+    #[test]
+    fn costly_tries_come_rarely() {
+        let mut p = Payoff::default();
+        let (step, catch_up) = (0.08, 1.5);
+        let (mut total, mut trying, mut was) = (0.0, 0.0, false);
+        for i in 0..20_000 {
+            let s = p.choose(4);
+            let seconds = match (s, was) {
+                (true, false) if i > 0 => {
+                    p.observe_catch_up(4, catch_up);
+                    catch_up
+                }
+                (true, _) => {
+                    p.observe(4, true, 8, 0.3);
+                    0.3
+                }
+                (false, _) => {
+                    p.observe(4, false, 4, step);
+                    step
+                }
+            };
+            was = s;
+            total += seconds;
+            if s {
+                trying += seconds;
+            }
+        }
+        let share = trying / total;
+        assert!(share < 0.06, "tries took {share} of the time");
+        let wait = (catch_up / (EXPLORE_SHARE * step)).ceil() as u64;
+        assert!(p.buckets[Payoff::bucket(4)].wait >= wait.min(EXPLORE_COSTLY_MAX));
     }
 }

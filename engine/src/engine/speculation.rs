@@ -28,6 +28,10 @@ pub(crate) struct Speculator {
     payoff: Payoff,
     /// This step's decodes and whether it speculated, when it decodes and does nothing else.
     measured_step: Option<(usize, bool)>,
+    /// This step's decodes when it speculated after a pause: the draft caught up on the tokens
+    /// decoded meanwhile, which is what switching speculation on costs, not what it costs step
+    /// after step.
+    catch_up_step: Option<usize>,
 }
 
 impl Speculator {
@@ -58,6 +62,7 @@ impl Speculator {
             accepted_tokens_total: 0,
             payoff: Payoff::default(),
             measured_step: None,
+            catch_up_step: None,
         })
     }
 
@@ -87,6 +92,7 @@ impl Speculator {
             .map(|(i, _)| i)
             .collect();
         self.measured_step = None;
+        self.catch_up_step = None;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
             return Ok(());
         }
@@ -150,6 +156,7 @@ impl Speculator {
                 // which is what decides a busy server with short answers.)
                 if draft.caught_up() > STEADY_CATCH_UP {
                     self.measured_step = None;
+                    self.catch_up_step = Some(decodes.len());
                 }
                 proposals
             }
@@ -179,6 +186,9 @@ impl Speculator {
         if let Some((decodes, speculated)) = self.measured_step.take() {
             self.payoff
                 .observe(decodes, speculated, tokens, elapsed.as_secs_f64());
+        }
+        if let Some(decodes) = self.catch_up_step.take() {
+            self.payoff.observe_catch_up(decodes, elapsed.as_secs_f64());
         }
     }
 
