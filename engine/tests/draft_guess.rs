@@ -5,34 +5,12 @@
 mod common;
 
 use wick_engine::engine::EngineEvent;
-use wick_engine::kv::block_manager::BlockManager;
-use wick_engine::kv::cache::PagedKvCache;
-use wick_engine::runner::{kv_shape, ModelRunner};
 use wick_engine::sample::params::SamplingParams;
 use wick_engine::spec::draft::{DraftModel, DraftRequest};
 use wick_engine::spec::SpeculativeConfig;
 use wick_engine::{DType, Engine, EngineConfig, GenerateRequest};
 
 const K: usize = 3;
-
-fn draft_model() -> DraftModel {
-    let loaded = common::load_default(None);
-    let cfg = loaded.model.config().clone();
-    let (blocks, block_size) = (64, 16);
-    let cache = PagedKvCache::new(
-        kv_shape(&cfg),
-        block_size,
-        blocks,
-        loaded.model.dtype(),
-        loaded.model.device(),
-    )
-    .unwrap();
-    DraftModel::new(
-        ModelRunner::new(loaded.model, cache),
-        BlockManager::new(blocks, block_size).unwrap(),
-    )
-    .unwrap()
-}
 
 fn chat(engine: &Engine, text: &str) -> Vec<u32> {
     let prompt = format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
@@ -63,7 +41,7 @@ fn a_guess_changes_the_forwards_not_the_proposals() {
         &engine,
         "Repeat this list exactly: apples, pears, plums, cherries.",
     );
-    let (mut plain, mut guessing) = (draft_model(), draft_model());
+    let (mut plain, mut guessing) = (common::default_draft(), common::default_draft());
     let mut tokens = prompt.clone();
     let mut saved = 0;
     for step in 0..15 {

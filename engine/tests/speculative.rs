@@ -451,31 +451,13 @@ fn a_draft_model_frees_every_block_after_disconnects_and_preemptions() {
 /// target's token after it, and after a pause every token decoded meanwhile.
 #[test]
 fn a_drafts_catch_up_is_steady_only_while_it_speculates_every_step() {
-    use wick_engine::kv::block_manager::BlockManager;
-    use wick_engine::kv::cache::PagedKvCache;
-    use wick_engine::runner::{kv_shape, ModelRunner};
     use wick_engine::spec::draft::{DraftModel, DraftRequest, STEADY_CATCH_UP};
 
-    let loaded = common::load_default(None);
     let prompt = chat(
         &Engine::new(common::load_default(None), config(None)).unwrap(),
         TEXTS[0],
     );
-    let cfg = loaded.model.config().clone();
-    let (blocks, block_size) = (64, 16);
-    let cache = PagedKvCache::new(
-        kv_shape(&cfg),
-        block_size,
-        blocks,
-        loaded.model.dtype(),
-        loaded.model.device(),
-    )
-    .unwrap();
-    let mut draft = DraftModel::new(
-        ModelRunner::new(loaded.model, cache),
-        BlockManager::new(blocks, block_size).unwrap(),
-    )
-    .unwrap();
+    let mut draft = common::default_draft();
     let propose = |draft: &mut DraftModel, tokens: &[u32]| {
         let request = DraftRequest {
             key: (1, 0),

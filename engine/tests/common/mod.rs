@@ -71,6 +71,28 @@ pub fn load_default(dtype: Option<DType>) -> LoadedModel {
     })
 }
 
+/// The default model as a draft model with a pool of 64 blocks of 16 tokens.
+pub fn default_draft() -> wick_engine::spec::draft::DraftModel {
+    use wick_engine::kv::block_manager::BlockManager;
+    use wick_engine::kv::cache::PagedKvCache;
+    use wick_engine::runner::{kv_shape, ModelRunner};
+    let loaded = load_default(None);
+    let (blocks, block_size) = (64, 16);
+    let cache = PagedKvCache::new(
+        kv_shape(loaded.model.config()),
+        block_size,
+        blocks,
+        loaded.model.dtype(),
+        loaded.model.device(),
+    )
+    .expect("KV pool");
+    wick_engine::spec::draft::DraftModel::new(
+        ModelRunner::new(loaded.model, cache),
+        BlockManager::new(blocks, block_size).expect("block manager"),
+    )
+    .expect("draft model")
+}
+
 pub fn load_default_with(opts: LoadOptions) -> LoadedModel {
     loader::load(&ModelSource::GgufFile(default_model_path()), &opts).expect("default model loads")
 }
