@@ -109,6 +109,8 @@ struct Bucket {
     speculating: bool,
     /// Seconds of steps that caught the draft up after a pause, since the last review.
     catch_up_seconds: f64,
+    /// The shortest wait the last costly try allows (see [`EXPLORE_SHARE`]).
+    min_wait: u64,
 }
 
 /// The tokens-per-second averages of one bucket (for logs and benchmarks).
@@ -132,6 +134,17 @@ impl Payoff {
             3 | 4 => 2,
             5..=8 => 3,
             _ => 4,
+        }
+    }
+
+    /// A sequence has started decoding in a step of `decodes`: another text, on which the
+    /// option that lost may win (speculation off through a chat answer, then a summary that
+    /// quotes its input), so the next try comes as soon as at first, or as a costly try allows.
+    pub fn new_text(&mut self, decodes: usize) {
+        let b = &mut self.buckets[Self::bucket(decodes)];
+        if b.wait > 0 {
+            b.wait = EXPLORE_EVERY.max(b.min_wait);
+            b.countdown = b.countdown.min(b.wait);
         }
     }
 
@@ -165,10 +178,13 @@ impl Payoff {
                 EXPLORE_EVERY
             };
             let step = if better { b.with } else { b.without }.step_seconds();
-            if let Some(step) = step.filter(|&s| s > 0.0 && better == b.tried_against) {
-                let costly = (b.catch_up_seconds / (EXPLORE_SHARE * step)).ceil() as u64;
-                b.wait = b.wait.max(costly.min(EXPLORE_COSTLY_MAX));
-            }
+            b.min_wait = match step.filter(|&s| s > 0.0 && better == b.tried_against) {
+                Some(step) => {
+                    ((b.catch_up_seconds / (EXPLORE_SHARE * step)).ceil() as u64).min(EXPLORE_COSTLY_MAX)
+                }
+                None => 0,
+            };
+            b.wait = b.wait.max(b.min_wait);
             b.catch_up_seconds = 0.0;
             b.countdown = b.wait;
         }
@@ -396,5 +412,24 @@ mod tests {
         assert!(share < 0.06, "tries took {share} of the time");
         let wait = (catch_up / (EXPLORE_SHARE * step)).ceil() as u64;
         assert!(p.buckets[Payoff::bucket(4)].wait >= wait.min(EXPLORE_COSTLY_MAX));
+    }
+
+    /// Speculation loses through one long answer (tries every `EXPLORE_MAX` steps by its end),
+    /// then a new sequence on which it wins: the next try comes within `EXPLORE_EVERY` steps,
+    /// not up to `EXPLORE_MAX`.
+    #[test]
+    fn a_new_sequence_brings_the_next_try_forward() {
+        let mut p = Payoff::default();
+        run(&mut p, 1, 50.0, 100.0, 2000);
+        assert_eq!(p.buckets[0].wait, EXPLORE_MAX);
+        p.new_text(1);
+        let first = (0..EXPLORE_EVERY as usize + 1).find(|_| {
+            let s = p.choose(1);
+            p.observe(1, s, 10, 10.0 / if s { 200.0 } else { 100.0 });
+            s
+        });
+        assert!(first.is_some(), "no try within {EXPLORE_EVERY} steps");
+        let share = run(&mut p, 1, 200.0, 100.0, 100);
+        assert!(share > 0.9, "speculated in only {share} of the steps");
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct Speculator {
     /// decoded meanwhile, which is what switching speculation on costs, not what it costs step
     /// after step.
     catch_up_step: Option<usize>,
+    /// The newest request seen decoding: a newer one is another text.
+    newest_request: Option<u64>,
 }
 
 impl Speculator {
@@ -63,6 +65,7 @@ impl Speculator {
             payoff: Payoff::default(),
             measured_step: None,
             catch_up_step: None,
+            newest_request: None,
         })
     }
 
@@ -95,6 +98,11 @@ impl Speculator {
         self.catch_up_step = None;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
             return Ok(());
+        }
+        let newest = decodes.iter().map(|&i| running[chunks[i].seq].request_id).max();
+        if newest > self.newest_request {
+            self.newest_request = newest;
+            self.payoff.new_text(decodes.len());
         }
         let speculate = !self.config.measure_payoff || self.payoff.choose(decodes.len());
         if decodes.len() == chunks.len() {
