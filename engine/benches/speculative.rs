@@ -239,16 +239,10 @@ fn main() {
         });
     }
     if env_usize("WICK_BENCH_UNMEASURED", 0) != 0 {
-        let speculative = SpeculativeConfig {
-            measure_payoff: false,
-            ..best
-        };
         let mut config = config(Some(best));
-        config.speculative = Some(SpeculativeConfig {
-            num_speculative_tokens: k,
-            max_batch,
-            ..speculative
-        });
+        if let Some(s) = &mut config.speculative {
+            s.measure_payoff = false;
+        }
         modes.push(Mode {
             name: "the last draft, speculating every step",
             engine: Engine::with_draft(target(), best_draft(), config).expect("engine"),

@@ -18,6 +18,17 @@ use crate::sched::sequence::{Sequence, SpecState};
 use crate::spec::draft::{DraftModel, DraftRequest, STEADY_CATCH_UP};
 use crate::spec::{ngram, SpeculativeConfig, SpeculativeMethod};
 
+/// What a step's time is, for the payoff measurement.
+#[derive(Debug, Clone, Copy)]
+enum StepTiming {
+    /// A step that decodes and does nothing else: a measurement of its option.
+    Measured { decodes: usize, speculated: bool },
+    /// A step that speculated after a pause: the draft caught up on the tokens decoded
+    /// meanwhile, which is what switching speculation on costs, not what it costs step after
+    /// step.
+    CatchUp { decodes: usize },
+}
+
 pub(crate) struct Speculator {
     config: SpeculativeConfig,
     draft: Option<DraftModel>,
@@ -26,12 +37,8 @@ pub(crate) struct Speculator {
     pub draft_tokens_total: u64,
     pub accepted_tokens_total: u64,
     payoff: Payoff,
-    /// This step's decodes and whether it speculated, when it decodes and does nothing else.
-    measured_step: Option<(usize, bool)>,
-    /// This step's decodes when it speculated after a pause: the draft caught up on the tokens
-    /// decoded meanwhile, which is what switching speculation on costs, not what it costs step
-    /// after step.
-    catch_up_step: Option<usize>,
+    /// What this step's time will tell the payoff measurement, if anything.
+    step_timing: Option<StepTiming>,
     /// The newest request seen decoding: a newer one is another text.
     newest_request: Option<u64>,
 }
@@ -63,8 +70,7 @@ impl Speculator {
             draft_tokens_total: 0,
             accepted_tokens_total: 0,
             payoff: Payoff::default(),
-            measured_step: None,
-            catch_up_step: None,
+            step_timing: None,
             newest_request: None,
         })
     }
@@ -94,8 +100,7 @@ impl Speculator {
             })
             .map(|(i, _)| i)
             .collect();
-        self.measured_step = None;
-        self.catch_up_step = None;
+        self.step_timing = None;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
             return Ok(());
         }
@@ -106,7 +111,10 @@ impl Speculator {
         }
         let speculate = !self.config.measure_payoff || self.payoff.choose(decodes.len());
         if decodes.len() == chunks.len() {
-            self.measured_step = Some((decodes.len(), speculate));
+            self.step_timing = Some(StepTiming::Measured {
+                decodes: decodes.len(),
+                speculated: speculate,
+            });
         }
         if !speculate {
             return Ok(());
@@ -163,8 +171,9 @@ impl Speculator {
                 // prompt's catch-up is measured: a draft costs its own prefill of every prompt,
                 // which is what decides a busy server with short answers.)
                 if draft.caught_up() > STEADY_CATCH_UP {
-                    self.measured_step = None;
-                    self.catch_up_step = Some(decodes.len());
+                    self.step_timing = Some(StepTiming::CatchUp {
+                        decodes: decodes.len(),
+                    });
                 }
                 proposals
             }
@@ -188,15 +197,17 @@ impl Speculator {
         Ok(())
     }
 
-    /// Times a finished step that [`propose`](Self::propose) saw decoding and nothing else:
-    /// `tokens` emitted in `elapsed`.
+    /// Times a finished step: `tokens` emitted in `elapsed`, a measurement where
+    /// [`propose`](Self::propose) saw it decoding and nothing else, a try's cost where it saw
+    /// the draft catch up after a pause.
     pub fn observe_step(&mut self, tokens: usize, elapsed: Duration) {
-        if let Some((decodes, speculated)) = self.measured_step.take() {
-            self.payoff
-                .observe(decodes, speculated, tokens, elapsed.as_secs_f64());
-        }
-        if let Some(decodes) = self.catch_up_step.take() {
-            self.payoff.observe_catch_up(decodes, elapsed.as_secs_f64());
+        let seconds = elapsed.as_secs_f64();
+        match self.step_timing.take() {
+            Some(StepTiming::Measured { decodes, speculated }) => {
+                self.payoff.observe(decodes, speculated, tokens, seconds)
+            }
+            Some(StepTiming::CatchUp { decodes }) => self.payoff.observe_catch_up(decodes, seconds),
+            None => {}
         }
     }
 

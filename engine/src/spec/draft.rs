@@ -13,6 +13,7 @@
 //! draft's own: those proposals cost no forward of their own. The proposals are the same with or
 //! without a guess.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use ahash::AHashMap;
@@ -213,33 +214,36 @@ impl DraftModel {
             return Ok(proposals);
         }
         runner.cache().copy_blocks(&copies)?;
-        let guessed: Vec<Vec<u32>> = catch_up
+        // Each chunk's input: the tokens to catch up on, then the guess it checks.
+        let inputs: Vec<Cow<'_, [u32]>> = catch_up
             .iter()
-            .filter(|c| c.4 > 0)
             .map(|&(i, start, n, _, guess)| {
                 let r = &requests[i];
-                [&r.tokens[start..start + n], &r.guess[..guess]].concat()
+                let tokens = &r.tokens[start..start + n];
+                if guess > 0 {
+                    Cow::Owned([tokens, &r.guess[..guess]].concat())
+                } else {
+                    Cow::Borrowed(tokens)
+                }
             })
             .collect();
-        let mut guessed_inputs = guessed.iter();
-        let mut chunks = Vec::with_capacity(catch_up.len());
-        for &(i, start, n, last, guess) in &catch_up {
-            let r = &requests[i];
-            chunks.push(SequenceChunk {
-                tokens: if guess > 0 {
-                    guessed_inputs.next().ok_or_else(|| missing(r.key))?
-                } else {
-                    &r.tokens[start..start + n]
-                },
-                num_cached: start,
-                block_table: &seqs[&r.key].table,
-                logits: match (last && r.k > 0, guess) {
-                    (false, _) => LogitsWanted::None,
-                    (true, 0) => LogitsWanted::Last,
-                    (true, g) => LogitsWanted::LastN(g + 1),
-                },
-            });
-        }
+        let chunks: Vec<SequenceChunk<'_>> = catch_up
+            .iter()
+            .zip(&inputs)
+            .map(|(&(i, start, _, last, guess), input)| {
+                let r = &requests[i];
+                SequenceChunk {
+                    tokens: input,
+                    num_cached: start,
+                    block_table: &seqs[&r.key].table,
+                    logits: match (last && r.k > 0, guess) {
+                        (false, _) => LogitsWanted::None,
+                        (true, 0) => LogitsWanted::Last,
+                        (true, g) => LogitsWanted::LastN(g + 1),
+                    },
+                }
+            })
+            .collect();
         let first = greedy(runner, &chunks, vocab.as_deref())?;
         *forwards += 1;
         let mut drafting = Vec::new(); // requests still proposing
