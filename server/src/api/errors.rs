@@ -80,6 +80,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "the request body is too large",
+        )
+        .with_code("payload_too_large")
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
     }
@@ -145,8 +154,7 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(r: axum::extract::rejection::BytesRejection) -> Self {
         let status = r.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(status, "invalid_request_error", "the request body is too large")
-                .with_code("payload_too_large")
+            Self::payload_too_large()
         } else {
             Self::new(
                 status,

@@ -46,6 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.max_body_bytes,
+            refuse_announced_large_bodies,
+        ))
         // Around the routing, so that `/v1/*` is authenticated before its route or method is
         // known (ops/auth.rs).
         .layer(middleware::from_fn_with_state(
@@ -276,6 +280,22 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     response.headers_mut().insert("x-request-id", value);
     response
+}
+
+/// A body whose Content-Length already exceeds the limit is refused before any of it is read.
+/// `DefaultBodyLimit` alone reads up to the limit first, and it answers a client that sent
+/// `Expect: 100-continue` (curl does for large bodies) with `100 Continue`, inviting the upload
+/// it is about to refuse. Bodies without a length are still cut off at the limit as they stream.
+async fn refuse_announced_large_bodies(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => ApiError::payload_too_large().into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn not_found() -> ApiError {
