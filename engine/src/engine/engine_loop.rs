@@ -470,10 +470,16 @@ impl EngineLoop {
             return;
         };
         state.unfinished = state.unfinished.saturating_sub(1);
-        if state.unfinished == 0 {
-            let _ = state.events.send(EngineEvent::Done(state.usage));
-            self.requests.remove(&id);
+        if state.unfinished > 0 {
+            return;
         }
+        let Some(state) = self.requests.remove(&id) else {
+            return;
+        };
+        // Counters include this request before its client hears it is done: a scrape right
+        // after a response must count its tokens (the step's own publish comes later).
+        self.publish_stats();
+        let _ = state.events.send(EngineEvent::Done(state.usage));
     }
 
     fn publish_stats(&self) {
