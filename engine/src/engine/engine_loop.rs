@@ -440,9 +440,18 @@ impl EngineLoop {
                 self.blocks.truncate(&mut seq.block_table, seq.tokens.len());
             }
         }
-        for &i in finished.iter().rev() {
-            let seq = self.scheduler.finish(i, &mut self.blocks);
-            self.finish_choice(seq.request_id);
+        let finished: Vec<RequestId> = finished
+            .iter()
+            .rev()
+            .map(|&i| self.scheduler.finish(i, &mut self.blocks).request_id)
+            .collect();
+        if let Some(spec) = &mut self.spec {
+            // Before the clients hear they are done (finish_choice publishes the stats): the
+            // draft's blocks of finished sequences go back too.
+            spec.retain(self.scheduler.running());
+        }
+        for id in finished {
+            self.finish_choice(id);
         }
         for (mut fork, sample) in forks.into_iter().zip(samples) {
             // Forks propose nothing in their first step: one token each.
