@@ -355,6 +355,8 @@ fn main() {
         );
         println!("|---|{}", "---|".repeat(streams.len()));
         let mut rows = vec![vec![(0usize, 0f64); streams.len()]; modes.len()];
+        // [mode][streams] -> (proposed, accepted)
+        let mut spec = vec![vec![(0u64, 0u64); streams.len()]; modes.len()];
         for round in 0..rounds {
             for (si, &c) in streams.iter().enumerate() {
                 let order: Vec<usize> = if round % 2 == 0 {
@@ -364,6 +366,7 @@ fn main() {
                 };
                 for &m in &order {
                     let engine = &modes[m].engine;
+                    let before = spec_counts(&engine.stats());
                     let start = Instant::now();
                     let tokens: usize = std::thread::scope(|s| {
                         let handles: Vec<_> = (0..c)
@@ -383,6 +386,9 @@ fn main() {
                     });
                     rows[m][si].0 += tokens;
                     rows[m][si].1 += start.elapsed().as_secs_f64();
+                    let after = spec_counts(&engine.stats());
+                    spec[m][si].0 += after.0 - before.0;
+                    spec[m][si].1 += after.1 - before.1;
                 }
             }
         }
@@ -393,7 +399,18 @@ fn main() {
                 .map(|(si, &(tok, secs))| {
                     let rate = tok as f64 / secs.max(1e-9);
                     let base = rows[0][si].0 as f64 / rows[0][si].1.max(1e-9);
-                    format!("{rate:.1} ({:.2}x)", rate / base)
+                    let (proposed, accepted) = spec[m][si];
+                    let drafted = if proposed > 0 {
+                        // Proposals per output token: how often speculation ran.
+                        format!(
+                            ", {:.2} proposed/token, {:.0}% accepted",
+                            proposed as f64 / tok.max(1) as f64,
+                            100.0 * accepted as f64 / proposed as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!("{rate:.1} ({:.2}x{drafted})", rate / base)
                 })
                 .collect();
             println!("| {} | {} |", mode.name, cells.join(" | "));
