@@ -148,7 +148,8 @@ impl Payoff {
         }
     }
 
-    /// Whether a step decoding `decodes` sequences should speculate.
+    /// Whether a step decoding `decodes` sequences, and doing nothing else, should speculate:
+    /// such a step is measured, so this is where the warm-up and the tries happen.
     pub fn choose(&mut self, decodes: usize) -> bool {
         let b = &mut self.buckets[Self::bucket(decodes)];
         if b.with.samples < WARM_UP {
@@ -206,6 +207,17 @@ impl Payoff {
             return !better;
         }
         better
+    }
+
+    /// Whether a step that decodes `decodes` sequences beside a prefill chunk should speculate:
+    /// the bucket's standing choice, and no speculation while it has none. Such a step is not
+    /// measured, so it neither warms a bucket up nor counts towards a try: exploring in it
+    /// would cost without teaching. (In a busy server with a steady stream of arrivals, a
+    /// bucket's decode-only steps can be rare; warming up in its mixed steps speculated in a
+    /// bucket where it lost, step after step, until four measured steps came.)
+    pub fn standing(&self, decodes: usize) -> bool {
+        let b = &self.buckets[Self::bucket(decodes)];
+        b.with.samples >= WARM_UP && b.without.samples >= WARM_UP && b.speculating
     }
 
     /// Records a decode-only step: whether it speculated, the tokens it emitted, its seconds.
@@ -412,6 +424,34 @@ mod tests {
         assert!(share < 0.06, "tries took {share} of the time");
         let wait = (catch_up / (EXPLORE_SHARE * step)).ceil() as u64;
         assert!(p.buckets[Payoff::bucket(4)].wait >= wait.min(EXPLORE_COSTLY_MAX));
+    }
+
+    /// Steps beside a prefill chunk follow the standing choice and explore nothing: none
+    /// before the bucket has warmed up, however many come, and they do not use up a try.
+    #[test]
+    fn unmeasured_steps_follow_the_standing_choice() {
+        let mut p = Payoff::default();
+        assert!(!p.standing(4), "nothing measured yet");
+        let b = Payoff::bucket(4);
+        assert_eq!(p.buckets[b].with.samples, 0);
+        // Speculation wins at four: once warmed up, unmeasured steps speculate too.
+        run(&mut p, 4, 200.0, 100.0, 40);
+        assert!(p.standing(4));
+        // A bucket where it loses: unmeasured steps do not speculate, tries or not.
+        run(&mut p, 16, 50.0, 100.0, 40);
+        assert!(!p.standing(16));
+        let before = (
+            p.buckets[Payoff::bucket(16)].countdown,
+            p.buckets[Payoff::bucket(16)].trying,
+        );
+        assert!((0..1000).all(|_| !p.standing(16)));
+        assert_eq!(
+            (
+                p.buckets[Payoff::bucket(16)].countdown,
+                p.buckets[Payoff::bucket(16)].trying
+            ),
+            before
+        );
     }
 
     /// Speculation loses through one long answer (tries every `EXPLORE_MAX` steps by its end),

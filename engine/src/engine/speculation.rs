@@ -109,8 +109,13 @@ impl Speculator {
             self.newest_request = newest;
             self.payoff.new_text(decodes.len());
         }
-        let speculate = !self.config.measure_payoff || self.payoff.choose(decodes.len());
-        if decodes.len() == chunks.len() {
+        let measured = decodes.len() == chunks.len();
+        let speculate = match (self.config.measure_payoff, measured) {
+            (false, _) => true,
+            (true, true) => self.payoff.choose(decodes.len()),
+            (true, false) => self.payoff.standing(decodes.len()),
+        };
+        if measured {
             self.step_timing = Some(StepTiming::Measured {
                 decodes: decodes.len(),
                 speculated: speculate,
