@@ -445,7 +445,7 @@ impl EngineLoop {
             .rev()
             .map(|&i| self.scheduler.finish(i, &mut self.blocks).request_id)
             .collect();
-        if let Some(spec) = &mut self.spec {
+        if let (Some(spec), false) = (&mut self.spec, finished.is_empty()) {
             // Before the clients hear they are done (finish_choice publishes the stats): the
             // draft's blocks of finished sequences go back too.
             spec.retain(self.scheduler.running());
