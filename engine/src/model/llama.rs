@@ -14,6 +14,7 @@ use crate::kernels::cpu::acts::QuantizedActs;
 use crate::kernels::cpu::matmul::quantize_input;
 use crate::model::attention::{AttentionBackend, Rope};
 use crate::model::config::{rope_inv_freq, LlamaConfig};
+use crate::model::embedding::Embedding;
 use crate::model::weights::{CpuMatrix, Linear, WeightFormat, Weights};
 
 struct Block {
@@ -88,7 +89,7 @@ fn add_projection(x: &Tensor, w: &Linear, a: &Tensor) -> Result<Tensor> {
 
 pub struct LlamaModel {
     cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -118,8 +119,7 @@ impl LlamaModel {
         };
         let vec_w = |w: &mut Weights, name: &str| vec_of(w, name, h);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
-        let embed = weights.dense("token_embd.weight", dtype, device)?;
-        weights.check_shape("token_embd.weight", &embed, &[cfg.vocab_size, h])?;
+        let embed = Embedding::load(weights, "token_embd.weight", (cfg.vocab_size, h), dtype, device)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -270,7 +270,7 @@ impl LlamaModel {
         };
         let eps = cfg.rms_norm_eps as f32;
 
-        let mut x = self.embed.index_select(tokens, 0)?;
+        let mut x = self.embed.lookup(tokens)?;
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
             let (mut q, mut k, mut v) = match &b.inputs {

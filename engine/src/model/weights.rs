@@ -415,12 +415,32 @@ impl Weights {
 
     pub fn check_shape(&self, name: &str, t: &Tensor, expected: &[usize]) -> Result<()> {
         if t.dims() != expected {
-            return Err(EngineError::CorruptFile {
-                path: self.path().to_path_buf(),
-                message: format!("tensor `{name}` has shape {:?}, expected {expected:?}", t.dims()),
-            });
+            return Err(self.shape_error(name, t.dims(), expected));
         }
         Ok(())
+    }
+
+    pub fn shape_error(&self, name: &str, dims: &[usize], expected: &[usize]) -> EngineError {
+        EngineError::CorruptFile {
+            path: self.path().to_path_buf(),
+            message: format!("tensor `{name}` has shape {dims:?}, expected {expected:?}"),
+        }
+    }
+
+    /// Tensor `name` as the file stores it, where that is a quantized GGML type (not a float
+    /// one); None for safetensors and float tensors.
+    pub fn stored_quantized(&mut self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        let Weights::Gguf { content, .. } = self else {
+            return Ok(None);
+        };
+        let float = content
+            .tensor_infos
+            .get(name)
+            .is_some_and(|info| matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
+        if float {
+            return Ok(None);
+        }
+        self.qtensor(name, device).map(Some)
     }
 }
 
