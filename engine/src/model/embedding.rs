@@ -18,7 +18,7 @@ use crate::model::weights::Weights;
 pub enum Embedding {
     Dense(Tensor),
     /// The table as stored, one row dequantized per token.
-    QuantizedRows(QuantizedRows),
+    QuantizedRows(Box<QuantizedRows>),
 }
 
 pub struct QuantizedRows {
@@ -48,14 +48,14 @@ impl Embedding {
                 }
                 let (block_values, block_bytes) = block_layout(table.dtype());
                 if hidden % block_values == 0 {
-                    return Ok(Self::QuantizedRows(QuantizedRows {
+                    return Ok(Self::QuantizedRows(Box::new(QuantizedRows {
                         row_bytes: hidden / block_values * block_bytes,
                         table,
                         vocab,
                         hidden,
                         dtype,
                         device: device.clone(),
-                    }));
+                    })));
                 }
             }
         }
