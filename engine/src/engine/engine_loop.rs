@@ -445,9 +445,10 @@ impl EngineLoop {
             .rev()
             .map(|&i| self.scheduler.finish(i, &mut self.blocks).request_id)
             .collect();
-        if let (Some(spec), false) = (&mut self.spec, finished.is_empty()) {
-            // Before the clients hear they are done (finish_choice publishes the stats): the
-            // draft's blocks of finished sequences go back too.
+        if let Some(spec) = &mut self.spec {
+            // The draft's state of sequences no longer running (finished here, preempted by
+            // this step's schedule) goes back before the clients hear they are done, since
+            // finish_choice publishes the stats. Forks, added below, have none yet.
             spec.retain(self.scheduler.running());
         }
         for id in finished {
@@ -468,7 +469,6 @@ impl EngineLoop {
             }
         }
         if let Some(spec) = &mut self.spec {
-            spec.retain(self.scheduler.running());
             spec.observe_step(emitted, started.elapsed());
         }
         Ok(true)

@@ -102,16 +102,6 @@ fn block_layout(dtype: GgmlDType) -> (usize, usize) {
     (dtype.block_size(), dtype.type_size())
 }
 
-/// A CPU tensor's values (for the tests).
-#[cfg(test)]
-fn values(t: &Tensor) -> Vec<f32> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        panic!("not f32 on the CPU")
-    };
-    v[layout.start_offset()..layout.start_offset() + t.elem_count()].to_vec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +132,13 @@ mod tests {
                 device: Device::Cpu,
             };
             let ids = [0u32, 39, 7, 7, 20];
-            let got = values(&rows.lookup(&ids).unwrap());
+            let got = rows
+                .lookup(&ids)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let want: Vec<f32> = ids
                 .iter()
                 .flat_map(|&i| dense[i as usize * hidden..(i as usize + 1) * hidden].to_vec())
