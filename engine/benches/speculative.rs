@@ -21,7 +21,8 @@
 //! WICK_BENCH_DRAFT_FORMAT (`q4_0`, ...: a further mode, the draft re-quantized to it at load,
 //! with WICK_BENCH_DRAFT_VOCAB's restriction where that is set), WICK_BENCH_UNGUESSED (1: a
 //! further mode, that draft without prompt lookup's guesses), WICK_BENCH_UNMEASURED (1: a
-//! further mode, that draft speculating in every step whatever the payoff), WICK_BENCH_DEVICE (`cpu`,
+//! further mode, that draft speculating in every step whatever the payoff), WICK_BENCH_CONTROL
+//! (1: a further mode, a second target alone: the spread between engines), WICK_BENCH_DEVICE (`cpu`,
 //! `cuda:N`; both models load there).
 
 #[global_allocator]
@@ -142,8 +143,12 @@ fn run_one(engine: &Engine, prompt: &[u32], max_tokens: usize) -> Decode {
     }
 }
 
-fn spec_counts(s: &EngineStats) -> (u64, u64) {
-    (s.spec_draft_tokens_total, s.spec_accepted_tokens_total)
+fn spec_counts(s: &EngineStats) -> (u64, u64, f64) {
+    (
+        s.spec_draft_tokens_total,
+        s.spec_accepted_tokens_total,
+        s.spec_draft_seconds_total,
+    )
 }
 
 fn main() {
@@ -249,6 +254,14 @@ fn main() {
             engine: Engine::with_draft(target(), best_draft(), config).expect("engine"),
         });
     }
+    if env_usize("WICK_BENCH_CONTROL", 0) != 0 {
+        // A second engine without speculation: its ratio to the first is the harness's own
+        // spread between engines, against which the other modes' ratios are read.
+        modes.push(Mode {
+            name: "target alone again (control)",
+            engine: Engine::new(target(), config(None)).expect("engine"),
+        });
+    }
     // WICK_BENCH_MODES=a,b: besides the target alone, only the modes whose names contain one.
     if let Ok(only) = std::env::var("WICK_BENCH_MODES") {
         let keep: Vec<&str> = only.split(',').map(str::trim).collect();
@@ -346,8 +359,8 @@ fn main() {
         // of a batch size still learns (its first speculative steps catch the draft up on
         // every prompt); phase 1 the later rounds, a server that has been running.
         let mut rows = vec![vec![vec![(0usize, 0f64); streams.len()]; modes.len()]; 2];
-        // [phase][mode][streams] -> (proposed, accepted)
-        let mut spec = vec![vec![vec![(0u64, 0u64); streams.len()]; modes.len()]; 2];
+        // [phase][mode][streams] -> (proposed, accepted, the draft's seconds)
+        let mut spec = vec![vec![vec![(0u64, 0u64, 0f64); streams.len()]; modes.len()]; 2];
         for round in 0..rounds {
             let phase = usize::from(round > 0);
             for (si, &c) in streams.iter().enumerate() {
@@ -381,6 +394,7 @@ fn main() {
                     let after = spec_counts(&engine.stats());
                     spec[phase][m][si].0 += after.0 - before.0;
                     spec[phase][m][si].1 += after.1 - before.1;
+                    spec[phase][m][si].2 += after.2 - before.2;
                 }
             }
         }
@@ -427,7 +441,7 @@ fn main() {
 
 /// One aggregate table's rows: each mode's tok/s and its ratio to the target alone (mode 0),
 /// with how often speculation ran.
-fn print_aggregate(modes: &[Mode], rows: &[Vec<(usize, f64)>], spec: &[Vec<(u64, u64)>]) {
+fn print_aggregate(modes: &[Mode], rows: &[Vec<(usize, f64)>], spec: &[Vec<(u64, u64, f64)>]) {
     for (m, mode) in modes.iter().enumerate() {
         let cells: Vec<String> = rows[m]
             .iter()
@@ -435,8 +449,8 @@ fn print_aggregate(modes: &[Mode], rows: &[Vec<(usize, f64)>], spec: &[Vec<(u64,
             .map(|(si, &(tok, secs))| {
                 let rate = tok as f64 / secs.max(1e-9);
                 let base = rows[0][si].0 as f64 / rows[0][si].1.max(1e-9);
-                let (proposed, accepted) = spec[m][si];
-                let drafted = if proposed > 0 {
+                let (proposed, accepted, draft_seconds) = spec[m][si];
+                let mut drafted = if proposed > 0 {
                     // Proposals per output token: how often speculation ran.
                     format!(
                         ", {:.2} proposed/token, {:.0}% accepted",
@@ -446,6 +460,13 @@ fn print_aggregate(modes: &[Mode], rows: &[Vec<(usize, f64)>], spec: &[Vec<(u64,
                 } else {
                     String::new()
                 };
+                if draft_seconds > 0.0 {
+                    // The draft's forwards (catch-ups included) as a share of the wall time.
+                    drafted += &format!(
+                        ", draft {:.0}% of the time",
+                        100.0 * draft_seconds / secs.max(1e-9)
+                    );
+                }
                 format!("{rate:.1} ({:.2}x{drafted})", rate / base)
             })
             .collect();

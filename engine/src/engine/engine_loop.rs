@@ -505,6 +505,7 @@ impl EngineLoop {
             generation_tokens_total: self.generation_tokens_total,
             steps: self.steps,
             spec_draft_tokens_total: self.spec.as_ref().map_or(0, |s| s.draft_tokens_total),
+            spec_draft_seconds_total: self.spec.as_ref().map_or(0.0, |s| s.draft_seconds_total),
             spec_accepted_tokens_total: self.spec.as_ref().map_or(0, |s| s.accepted_tokens_total),
             draft_used_blocks: self.spec.as_ref().map_or(0, Speculator::draft_used_blocks),
             spec_payoff: self.spec.as_ref().map_or_else(Vec::new, Speculator::payoff),

@@ -200,6 +200,9 @@ pub struct EngineStats {
     /// (vLLM's `spec_decode_num_draft_tokens` / `..._accepted_tokens`).
     pub spec_draft_tokens_total: u64,
     pub spec_accepted_tokens_total: u64,
+    /// Seconds the draft model has spent proposing, its catch-ups included (what a draft
+    /// costs beside the verification's extra rows).
+    pub spec_draft_seconds_total: f64,
     /// Blocks of the draft model's KV pool in use.
     pub draft_used_blocks: usize,
     /// Decode tokens per second with and without speculation, per batch size, as measured.

@@ -36,9 +36,13 @@ pub(crate) struct Speculator {
     catch_up_budget: usize,
     pub draft_tokens_total: u64,
     pub accepted_tokens_total: u64,
+    /// Seconds spent in the draft model's forwards.
+    pub draft_seconds_total: f64,
     payoff: Payoff,
     /// What this step's time will tell the payoff measurement, if anything.
     step_timing: Option<StepTiming>,
+    /// The draft model's seconds in this step.
+    step_draft_seconds: f64,
     /// The newest request seen decoding: a newer one is another text.
     newest_request: Option<u64>,
 }
@@ -69,8 +73,10 @@ impl Speculator {
             catch_up_budget: catch_up_budget.max(1),
             draft_tokens_total: 0,
             accepted_tokens_total: 0,
+            draft_seconds_total: 0.0,
             payoff: Payoff::default(),
             step_timing: None,
+            step_draft_seconds: 0.0,
             newest_request: None,
         })
     }
@@ -101,6 +107,7 @@ impl Speculator {
             .map(|(i, _)| i)
             .collect();
         self.step_timing = None;
+        self.step_draft_seconds = 0.0;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
             return Ok(());
         }
@@ -169,7 +176,10 @@ impl Speculator {
                         }
                     })
                     .collect();
+                let started = std::time::Instant::now();
                 let proposals = draft.propose(&requests, self.catch_up_budget)?;
+                self.step_draft_seconds = started.elapsed().as_secs_f64();
+                self.draft_seconds_total += self.step_draft_seconds;
                 // A step that also caught the draft up on a pause (the tokens decoded while
                 // speculation was off) is not what speculating costs step after step: measured,
                 // every exploration would pay the pause and speculation would stay off. (A
@@ -209,7 +219,10 @@ impl Speculator {
         let seconds = elapsed.as_secs_f64();
         match self.step_timing.take() {
             Some(StepTiming::Measured { decodes, speculated }) => {
-                self.payoff.observe(decodes, speculated, tokens, seconds)
+                self.payoff.observe(decodes, speculated, tokens, seconds);
+                if speculated {
+                    self.payoff.observe_draft(decodes, self.step_draft_seconds);
+                }
             }
             Some(StepTiming::CatchUp { decodes }) => self.payoff.observe_catch_up(decodes, seconds),
             None => {}
