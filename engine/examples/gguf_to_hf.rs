@@ -12,22 +12,10 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use wick_engine::model::loader::{self, LoadOptions};
-use wick_engine::model::weights::{WeightFormat, Weights};
+use wick_engine::model::weights::{WeightFormat, Weights, LAYER_PARTS};
 use wick_engine::source::ModelSource;
 
 type Error = Box<dyn std::error::Error>;
-
-const LAYER_PARTS: [(&str, &str); 9] = [
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
 
 /// GGUF's Q/K rows are permuted for interleaved RoPE; undo it per head.
 fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {

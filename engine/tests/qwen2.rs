@@ -201,7 +201,7 @@ fn converted_to_hugging_face_matches_gguf() {
         tensors.insert("model.norm.weight".to_string(), dense("output_norm.weight"));
         tensors.insert("lm_head.weight".to_string(), dense("output.weight"));
         for l in 0..cfg.num_hidden_layers {
-            for (g, h) in common::LAYER_PARTS {
+            for (g, h) in wick_engine::model::weights::LAYER_PARTS {
                 tensors.insert(
                     format!("model.layers.{l}.{h}.weight"),
                     dense(&format!("blk.{l}.{g}.weight")),

@@ -61,7 +61,7 @@ fn converted_default_model_matches_gguf() {
         w.dense("output_norm.weight", DType::F32, &dev).unwrap(),
     );
     for l in 0..cfg.num_hidden_layers {
-        for (g, h) in common::LAYER_PARTS {
+        for (g, h) in wick_engine::model::weights::LAYER_PARTS {
             let mut t = w.dense(&format!("blk.{l}.{g}.weight"), DType::F32, &dev).unwrap();
             if g == "attn_q" {
                 t = unpermute(&t, cfg.num_attention_heads);

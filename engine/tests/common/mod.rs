@@ -108,20 +108,6 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// GGUF and Hugging Face names of each layer's matrices (the tests that convert a GGUF into a
-/// Hugging Face directory).
-pub const LAYER_PARTS: [(&str, &str); 9] = [
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-];
-
 /// Waits until the engine has nothing running or waiting (10 s at most), and returns its stats
 /// then.
 pub fn settled(engine: &wick_engine::Engine) -> wick_engine::engine::EngineStats {
