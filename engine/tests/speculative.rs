@@ -9,7 +9,7 @@
 
 mod common;
 
-use wick_engine::engine::{EngineEvent, EngineStats};
+use wick_engine::engine::{EngineEvent, EngineStats, Usage};
 use wick_engine::model::loader::LoadedModel;
 use wick_engine::sample::constraint::ConstraintSpec;
 use wick_engine::sample::params::SamplingParams;
@@ -50,7 +50,11 @@ fn chat(engine: &Engine, text: &str) -> Vec<u32> {
     engine.tokenizer().encode(&prompt, false).expect("tokenizes")
 }
 
-fn collect(mut stream: GenerationStream) -> Vec<Choice> {
+fn collect(stream: GenerationStream) -> Vec<Choice> {
+    collect_with_usage(stream).0
+}
+
+fn collect_with_usage(mut stream: GenerationStream) -> (Vec<Choice>, Usage) {
     let mut choices: Vec<Choice> = Vec::new();
     while let Some(event) = stream.blocking_recv() {
         let at = |choices: &mut Vec<Choice>, i: usize| {
@@ -80,7 +84,10 @@ fn collect(mut stream: GenerationStream) -> Vec<Choice> {
                     usage.completion_tokens, generated,
                     "usage counts every token once"
                 );
-                return choices;
+                if let Some(s) = usage.speculative {
+                    assert!(s.accepted <= s.proposed, "{s:?}");
+                }
+                return (choices, usage);
             }
             EngineEvent::PromptLogprobs(_) => {}
             EngineEvent::Error(e) => panic!("engine error: {e}"),
@@ -235,8 +242,23 @@ fn a_draft_restricted_to_the_leading_ids_fails_only_the_proposals_it_cannot_make
         .filter(|&&t| t as usize >= LEADING)
         .count();
     assert!(past > 0, "the outputs need tokens past the first {LEADING} ids");
-    assert_eq!(tokens(&alone(&spec, &reqs[..8])), expected);
+    let (out, usages): (Vec<Vec<Choice>>, Vec<Usage>) = reqs[..8]
+        .iter()
+        .map(|r| collect_with_usage(spec.submit(r.clone()).expect("accepted")))
+        .unzip();
+    assert_eq!(tokens(&out), expected);
     let stats = common::settled(&spec);
+    // Each request's usage counts its own proposals: together, the engine's counters.
+    let counts = usages
+        .iter()
+        .map(|u| u.speculative.expect("a speculating engine's usage"));
+    let (proposed, accepted) = counts.fold((0, 0), |(p, a), s| (p + s.proposed, a + s.accepted));
+    assert_eq!(
+        (proposed as u64, accepted as u64),
+        (stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total)
+    );
+    let plain_usage = collect_with_usage(plain.submit(reqs[0].clone()).expect("accepted")).1;
+    assert_eq!(plain_usage.speculative, None, "an engine without speculation");
     eprintln!(
         "identical draft, {LEADING} leading ids: {} proposed, {} accepted; {past} output tokens past them",
         stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total

@@ -90,6 +90,20 @@ class Speculative(unittest.TestCase):
         self.assertGreaterEqual(accepted, 0)
         self.assertLessEqual(accepted, proposed)
 
+    def test_each_answer_reports_its_own_accepted_and_rejected_proposals(self):
+        # OpenAI's prediction-token fields, typed by the SDK: one request after another, they
+        # add up to what the counters moved by.
+        before = spec_counters()
+        usages = [chat(c["prompt"]).usage.completion_tokens_details for c in EXPECTED]
+        after = spec_counters()
+        kept = sum(u.accepted_prediction_tokens for u in usages)
+        rejected = sum(u.rejected_prediction_tokens for u in usages)
+        self.assertEqual((kept + rejected, kept), (after[0] - before[0], after[1] - before[1]))
+        last = list(chat(EXPECTED[0]["prompt"], stream=True, stream_options={"include_usage": True}))[-1]
+        details = last.usage.completion_tokens_details
+        self.assertIsNotNone(details)
+        self.assertGreaterEqual(details.accepted_prediction_tokens, 0)
+
     def test_concurrent_requests_speculate_in_one_batch_and_answer_the_same(self):
         prompts = [c["prompt"] for c in EXPECTED]
         with ThreadPoolExecutor(len(prompts)) as pool:

@@ -16,7 +16,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::logits_layout::LogitsLayout;
 use crate::engine::speculation::Speculator;
-use crate::engine::{Command, EngineEvent, EngineStats, GenerateRequest, Shared, TokenEvent, Usage};
+use crate::engine::{
+    Command, EngineEvent, EngineStats, GenerateRequest, Shared, SpeculativeUsage, TokenEvent, Usage,
+};
 use crate::error::{EngineError, Result};
 use crate::kernels::cpu::pool::compute_pool;
 use crate::kv::block_manager::BlockManager;
@@ -203,6 +205,7 @@ impl EngineLoop {
                 submitted: Instant::now(),
                 usage: Usage {
                     prompt_tokens: prompt.len(),
+                    speculative: self.spec.as_ref().map(|_| SpeculativeUsage::default()),
                     ..Usage::default()
                 },
             },
@@ -416,6 +419,11 @@ impl EngineLoop {
             let seq = &mut self.scheduler.running_mut()[i];
             if let Some(spec) = &mut self.spec {
                 spec.record(&mut seq.spec, proposal.len(), tokens.len() - 1);
+                let usage = self.requests.get_mut(&seq.request_id).map(|r| &mut r.usage);
+                if let Some(counts) = usage.and_then(|u| u.speculative.as_mut()) {
+                    counts.proposed += proposal.len();
+                    counts.accepted += tokens.len() - 1;
+                }
             }
             let num_tokens = tokens.len();
             let mut done = false;

@@ -139,6 +139,32 @@ pub struct Usage {
     pub cached_prompt_tokens: usize,
     /// Time from `submit` until the request was first scheduled (waiting in the queue).
     pub queue_time: std::time::Duration,
+    /// Speculative decoding's part in the request; None where the engine does not speculate.
+    pub speculative: Option<SpeculativeUsage>,
+}
+
+impl Usage {
+    /// Adds another request's counts (the prompts of one completions request).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_prompt_tokens += other.cached_prompt_tokens;
+        self.speculative = match (self.speculative, other.speculative) {
+            (Some(a), Some(b)) => Some(SpeculativeUsage {
+                proposed: a.proposed + b.proposed,
+                accepted: a.accepted + b.accepted,
+            }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Proposals verified for a request's sequences, and how many of them the target accepted
+/// (each accepted proposal is a token that took no decode step of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculativeUsage {
+    pub proposed: usize,
+    pub accepted: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

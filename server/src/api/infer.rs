@@ -92,9 +92,7 @@ impl MergedEvents {
             let (i, event) = self.rx.recv().await?;
             match event {
                 EngineEvent::Done(u) => {
-                    self.usage.prompt_tokens += u.prompt_tokens;
-                    self.usage.completion_tokens += u.completion_tokens;
-                    self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
+                    self.usage.add(&u);
                     self.timer.queued(u.queue_time);
                     self.remaining -= 1;
                     if self.remaining == 0 {

@@ -148,12 +148,24 @@ pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
+/// OpenAI's fields for the tokens of a prediction (its Predicted Outputs): where the model
+/// speculates, the draft's proposals the target accepted and rejected. Rejected proposals are
+/// not part of the completion.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CompletionTokensDetails {
+    pub accepted_prediction_tokens: usize,
+    pub rejected_prediction_tokens: usize,
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Only from a model that speculates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
 #[derive(Debug, Clone, Serialize)]

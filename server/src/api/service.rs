@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::response::{IntoResponse, Response};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::Json;
 
 use crate::api::errors::ApiError;
@@ -206,7 +206,7 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
             }
         })
         .collect();
-    Ok(Json(ChatCompletion {
+    let response = Json(ChatCompletion {
         id,
         object: "chat.completion",
         created: unix_now(),
@@ -214,8 +214,8 @@ pub async fn chat(models: &LocalModels, body: &Bytes) -> Result<Response, ApiErr
         system_fingerprint: fingerprint(),
         choices,
         usage: sse::usage(usage),
-    })
-    .into_response())
+    });
+    Ok((AppendHeaders(sse::draft_header(&usage)), response).into_response())
 }
 
 /// A completions request made ready for the engine.
@@ -366,7 +366,7 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
             }
         })
         .collect();
-    Ok(Json(Completion {
+    let response = Json(Completion {
         id,
         object: "text_completion",
         created: unix_now(),
@@ -374,8 +374,8 @@ pub async fn completions(models: &LocalModels, body: &Bytes) -> Result<Response,
         system_fingerprint: fingerprint(),
         choices,
         usage: Some(sse::usage(usage)),
-    })
-    .into_response())
+    });
+    Ok((AppendHeaders(sse::draft_header(&usage)), response).into_response())
 }
 
 /// Runs `plan` on tokio's blocking pool: request preparation is CPU work that can take long

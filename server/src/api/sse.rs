@@ -37,8 +37,21 @@ pub fn usage(u: EngineUsage) -> Usage {
         prompt_tokens_details: PromptTokensDetails {
             cached_tokens: u.cached_prompt_tokens,
         },
+        completion_tokens_details: u.speculative.map(|s| CompletionTokensDetails {
+            accepted_prediction_tokens: s.accepted,
+            rejected_prediction_tokens: s.proposed.saturating_sub(s.accepted),
+        }),
     }
 }
+
+/// `x-wick-draft: accepted=41/52`: a non-streamed answer's accepted share of its proposals,
+/// where the model speculates (a stream has it in its usage chunk).
+pub fn draft_header(u: &EngineUsage) -> Option<(&'static str, String)> {
+    u.speculative
+        .map(|s| (DRAFT_HEADER, format!("accepted={}/{}", s.accepted, s.proposed)))
+}
+
+pub const DRAFT_HEADER: &str = "x-wick-draft";
 
 fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     tokenizer.decode(&[id], false).unwrap_or_default()
