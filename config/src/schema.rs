@@ -340,6 +340,20 @@ pub struct RoutePolicy {
     pub breaker_failures: usize,
     /// Failover: how long an open breaker waits before half-opening.
     pub breaker_cooldown_secs: u64,
+    /// How the fallback checks the cheap tier. `lossless`: the cheap tier drafts inside the
+    /// fallback's engine and the fallback verifies every token (speculative decoding), so the
+    /// answer is the fallback's own; both local, one vocabulary, the fallback's `[[models]]`
+    /// entry naming the cheap tier as its `draft`. Unset: the cascade judges the cheap tier's
+    /// answer by the policy above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyMode>,
+}
+
+/// A route's [`RoutePolicy::verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    Lossless,
 }
 
 impl Default for RoutePolicy {
@@ -354,6 +368,7 @@ impl Default for RoutePolicy {
             max_retries: 2,
             breaker_failures: 5,
             breaker_cooldown_secs: 30,
+            verify: None,
         }
     }
 }

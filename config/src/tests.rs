@@ -450,7 +450,8 @@ fn every_example_is_valid() {
             "cascade.toml",
             "cpu-default.toml",
             "gpu-llama3.1-8b.toml",
-            "speculative.toml"
+            "speculative.toml",
+            "verified-cascade.toml"
         ]
     );
 }

@@ -406,5 +406,52 @@ fn check_routes(cfg: &Config, out: &mut Vec<Finding>) {
                 None,
             ));
         }
+        if p.verify == Some(crate::VerifyMode::Lossless) {
+            check_lossless(cfg, r, &at("policy.verify"), out);
+        }
+    }
+}
+
+/// A lossless route: the fallback (its last tier) is local and drafts with a cheaper tier of
+/// the route, so every answer is the fallback's, drafted by the cheap model.
+fn check_lossless(cfg: &Config, r: &crate::RouteConfig, field: &str, out: &mut Vec<Finding>) {
+    let Some((fallback, cheaper)) = r.tiers.split_last().filter(|(_, c)| !c.is_empty()) else {
+        out.push((
+            field.into(),
+            "`lossless` needs two tiers: a cheap one that drafts and a fallback that verifies".into(),
+            None,
+        ));
+        return;
+    };
+    let Some(model) = cfg.models.iter().find(|m| &m.id == fallback) else {
+        return; // reported at the tier
+    };
+    let drafts_with_a_tier = model.draft.as_ref().is_some_and(|d| cheaper.contains(d));
+    if model.url.is_some() {
+        out.push((
+            field.into(),
+            format!("`lossless` verifies inside the fallback's engine, and `{fallback}` is remote (`url`)"),
+            None,
+        ));
+    } else if !drafts_with_a_tier {
+        out.push((
+            field.into(),
+            format!("`lossless` needs the fallback `{fallback}` to draft with a cheaper tier of the route"),
+            Some(format!(
+                "add `draft = \"{}\"` to the [[models]] entry `{fallback}`",
+                cheaper[0]
+            )),
+        ));
+    }
+    let p = &r.policy;
+    let judged =
+        p.min_mean_logprob.is_some() || p.min_token_logprob.is_some() || !p.abstain_patterns.is_empty();
+    if judged {
+        // The fallback answers every request: there is no cheap answer to judge.
+        out.push((
+            field.into(),
+            "`lossless` leaves nothing to judge: drop `min_mean_logprob`, `min_token_logprob` and `abstain_patterns`".into(),
+            None,
+        ));
     }
 }

@@ -65,7 +65,7 @@ fn model_ids(port: u16) -> Vec<String> {
         .collect()
 }
 
-fn chat(port: u16, model: &str) -> serde_json::Value {
+fn chat_reply(port: u16, model: &str) -> wick_tests::Reply {
     let r = post_json(
         port,
         "/v1/chat/completions",
@@ -77,7 +77,7 @@ fn chat(port: u16, model: &str) -> serde_json::Value {
         }),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
+    r
 }
 
 #[test]
@@ -104,7 +104,8 @@ fn a_draft_from_the_file_speculates_inside_its_target_and_metrics_count_it() {
         "the draft has no metrics of its own"
     );
 
-    let answer = chat(port, "target");
+    let reply = chat_reply(port, "target");
+    let answer = reply.json();
     assert!(
         answer["usage"]["completion_tokens"]
             .as_u64()
@@ -121,6 +122,21 @@ fn a_draft_from_the_file_speculates_inside_its_target_and_metrics_count_it() {
         accepted > 0.0 && accepted <= proposed,
         "{proposed} proposed, {accepted} accepted"
     );
+    // The one request's own share: OpenAI's prediction-token fields, and a header.
+    let details = &answer["usage"]["completion_tokens_details"];
+    let (kept, rejected) = (
+        details["accepted_prediction_tokens"].as_f64(),
+        details["rejected_prediction_tokens"].as_f64(),
+    );
+    assert_eq!(
+        (kept, rejected),
+        (Some(accepted), Some(proposed - accepted)),
+        "{answer}"
+    );
+    assert_eq!(
+        reply.header("x-wick-draft"),
+        Some(format!("accepted={accepted}/{proposed}").as_str())
+    );
 }
 
 #[test]
@@ -133,8 +149,11 @@ fn a_draft_a_route_names_is_served_too_without_speculating() {
     for id in ["target", "small", "auto"] {
         assert!(ids.iter().any(|m| m == id), "{id} not in {ids:?}");
     }
-    // `small` answers with an engine of its own, which does not speculate.
-    chat(port, "small");
+    // `small` answers with an engine of its own, which does not speculate: no prediction
+    // fields, no header.
+    let reply = chat_reply(port, "small");
+    assert_eq!(reply.header("x-wick-draft"), None);
+    assert!(reply.json()["usage"].get("completion_tokens_details").is_none());
     assert_eq!(counter(port, DRAFT, "small"), Some(0.0));
     assert!(counter(port, "vllm:generation_tokens_total", "small").is_some_and(|n| n > 0.0));
 }
@@ -181,4 +200,103 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// What plain greedy decoding of the f32 default model says to `prompt` (a process of its own,
+/// no speculation): the fallback alone.
+fn plain_answer(prompt: &str, max_tokens: u32) -> String {
+    let out = Command::new(wick_binary())
+        .args(["generate", "--chat", "--dtype", "f32", "--prompt", prompt])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .output()
+        .expect("wick generate runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+/// A lossless route (`verify = "lossless"`): the fallback answers every request, its engine
+/// drafting with the route's cheap tier, so each answer, streamed or not, is the fallback's
+/// own (plain decoding's, request by request), with the drafted share in a header and in
+/// usage; no cheap answer is judged.
+#[test]
+fn a_lossless_route_answers_as_its_fallback_alone_drafted_by_its_cheap_tier() {
+    const MAX_TOKENS: u32 = 24;
+    let route = "\n[server]\nmodel = \"target\"\n\n[[routes]]\nname = \"code\"\ntiers = [\"small\", \"target\"]\npolicy = { verify = \"lossless\" }\n";
+    let server = Server::start(&["--config", &config(route)]);
+    let port = server.port;
+    let prompts = [
+        "Count from one to twenty in words.",
+        "Write a Python function that reverses a string.",
+        "What is the capital of France?",
+    ];
+    let mut proposed = 0;
+    for prompt in prompts {
+        let body = json!({
+            "model": "code",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": MAX_TOKENS,
+        });
+        let r = post_json(port, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let answer = r.json();
+        let content = answer["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content");
+        assert_eq!(content, plain_answer(prompt, MAX_TOKENS), "{prompt}");
+        assert_eq!(r.header("x-wick-backend"), Some("target"));
+        assert_eq!(r.header("x-wick-escalation"), None, "nothing is judged");
+        let details = &answer["usage"]["completion_tokens_details"];
+        let accepted = details["accepted_prediction_tokens"].as_u64().expect("accepted");
+        let rejected = details["rejected_prediction_tokens"].as_u64().expect("rejected");
+        assert_eq!(
+            r.header("x-wick-draft"),
+            Some(format!("accepted={accepted}/{}", accepted + rejected).as_str())
+        );
+        proposed += accepted + rejected;
+
+        // Streamed: the same text, from the same tier.
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let r = post_json(port, "/v1/chat/completions", &streamed);
+        assert_eq!((r.status, r.header("x-wick-backend")), (200, Some("target")));
+        let text: String = r
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .collect();
+        assert_eq!(text, content, "{prompt}, streamed");
+    }
+    // The engine speculates in the first steps of each batch size before it measures.
+    assert!(proposed > 0, "the cheap tier drafted nothing");
+    // The cheap tier's own engine answered nothing: it only drafted.
+    assert_eq!(counter(port, "vllm:generation_tokens_total", "small"), Some(0.0));
+}
+
+/// `verify = "lossless"` without the fallback drafting with a cheaper tier stops start-up
+/// with the file's line and the fix.
+#[test]
+fn a_lossless_route_whose_fallback_does_not_draft_is_refused() {
+    let source = default_model();
+    let text = format!(
+        "[[models]]\nid = \"big\"\nsource = \"{source}\"\n\n[[models]]\nid = \"small\"\nsource = \"{source}\"\n\n\
+         [server]\nmodel = \"big\"\n\n[[routes]]\nname = \"code\"\ntiers = [\"small\", \"big\"]\npolicy = {{ verify = \"lossless\" }}\n"
+    );
+    let path = std::env::temp_dir().join(format!("wick-lossless-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new(wick_binary())
+        .args(["serve", "--config", &path.to_string_lossy()])
+        .output()
+        .expect("wick serve runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("routes[0].policy.verify"), "{stderr}");
+    assert!(
+        stderr.contains("add `draft = \"small\"` to the [[models]] entry `big`"),
+        "{stderr}"
+    );
 }

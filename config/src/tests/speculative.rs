@@ -395,3 +395,44 @@ fn draft_lookup_comes_with_a_draft() {
     let p = problem_at(remote, "models[1].draft_lookup");
     assert_eq!(p.message, "only applies to a local model (`source`)");
 }
+
+/// `verify = "lossless"`: valid where the route's fallback drafts with a cheaper tier of it;
+/// each way of getting it wrong is reported at the key, with the fix where there is one.
+#[test]
+fn a_lossless_route_needs_its_fallback_to_draft_with_a_cheaper_tier() {
+    let route = |tiers: &str, policy: &str| {
+        format!("{DRAFTED}[server]\nmodel = \"target\"\n[[routes]]\nname = \"code\"\ntiers = {tiers}\npolicy = {{ verify = \"lossless\"{policy} }}\n")
+    };
+    let cfg = load_text(&route("[\"small\", \"target\"]", ""), &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.routes[0].policy.verify, Some(VerifyMode::Lossless));
+    // Read back from the printed configuration.
+    let again = load_text(&cfg.to_toml(), &[], &Overrides::default()).unwrap();
+    assert_eq!(again.routes, cfg.routes);
+
+    let field = "routes[0].policy.verify";
+    let p = problem_at(&route("[\"target\"]", ""), field);
+    assert!(p.message.contains("two tiers"), "{p}");
+    // The fallback drafts with `small`, which is not a tier of this route.
+    let remote = "[[models]]\nid = \"api\"\nurl = \"http://127.0.0.1:9/v1\"\n";
+    let p = problem_at(&format!("{remote}{}", route("[\"api\", \"target\"]", "")), field);
+    assert_eq!(
+        p.suggestion.as_deref(),
+        Some("add `draft = \"api\"` to the [[models]] entry `target`"),
+        "{p}"
+    );
+    let p = problem_at(&format!("{remote}{}", route("[\"small\", \"api\"]", "")), field);
+    assert!(p.message.contains("remote"), "{p}");
+    let p = problem_at(
+        &route("[\"small\", \"target\"]", ", min_mean_logprob = -1.0"),
+        field,
+    );
+    assert!(p.message.contains("nothing to judge"), "{p}");
+    // Anything but `lossless` is not a mode.
+    let err = load_text(
+        &route("[\"small\", \"target\"]", "").replace("lossless", "score"),
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("unknown mode");
+    assert!(err.to_string().contains("lossless"), "{err}");
+}

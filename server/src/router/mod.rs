@@ -33,7 +33,7 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::Value;
-use wick_config::RoutePolicy;
+use wick_config::{RoutePolicy, VerifyMode};
 
 use crate::api::errors::ApiError;
 use crate::api::local_model::LocalModels;
@@ -47,6 +47,8 @@ use tap::StreamTap;
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
 pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
 pub const FAILOVER_HEADER: HeaderName = HeaderName::from_static("x-wick-failover");
+/// The accepted share of a speculating backend's proposals (`accepted=41/52`).
+pub const DRAFT_HEADER: HeaderName = HeaderName::from_static(crate::api::sse::DRAFT_HEADER);
 /// A request header naming the tier to use (also `metadata.wick_route`).
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-wick-route");
 
@@ -115,6 +117,11 @@ pub async fn dispatch(
     mut body: Value,
     pinned: Option<&str>,
 ) -> Response {
+    // Lossless verification: the fallback answers, its engine drafting with the cheap tier
+    // (speculative decoding), so nothing is judged; the cheap tier remains for failover.
+    let lossless = route.policy.verify == Some(VerifyMode::Lossless);
+    let fallback = route.tiers.last().map(|t| t.backend.id.as_str());
+    let pinned = pinned.or(fallback.filter(|_| lossless));
     let order: Vec<&Tier> = match pinned {
         None => route.tiers.iter().collect(),
         Some(id) => {
@@ -460,13 +467,28 @@ fn finish(
             .with_label_values(&[&route.name])
             .inc_by(fallback.backend.cost(json.get("usage")));
     }
+    let draft = draft_share(&json);
     let mut response = Response::new(Body::from(serde_json::to_vec(&json).unwrap_or_default()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(v) = draft.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        headers.insert(DRAFT_HEADER, v);
+    }
     trail.headers(&tier.id, &mut response);
     response
+}
+
+/// `x-wick-draft`'s value (`accepted=41/52`) from an answer's prediction-token counts: a
+/// speculating backend's, local or remote.
+fn draft_share(json: &Value) -> Option<String> {
+    let details = json.pointer("/usage/completion_tokens_details")?;
+    let count = |key: &str| details.get(key).and_then(Value::as_u64);
+    let (accepted, rejected) = (
+        count("accepted_prediction_tokens")?,
+        count("rejected_prediction_tokens")?,
+    );
+    Some(format!("accepted={accepted}/{}", accepted + rejected))
 }
 
 fn asks_logprobs(endpoint: Endpoint, body: &Value) -> bool {
