@@ -319,11 +319,11 @@ fn config_check_passes_every_shipped_config_and_locates_errors() {
             }
         }
     }
-    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(files.len(), 7, "{files:?}");
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let (ok, text) = config_check(&refs);
     assert!(ok, "{text}");
-    assert_eq!(text.matches(": ok").count(), 6, "{text}");
+    assert_eq!(text.matches(": ok").count(), 7, "{text}");
 
     let bad = std::env::temp_dir().join(format!("wick-bad-{}.toml", std::process::id()));
     std::fs::write(&bad, "[server]\nport = 8080\n\n[engine]\nkv_cache_mb = 512\n").expect("write");
