@@ -230,7 +230,7 @@ fn a_lossless_route_answers_as_its_fallback_alone_drafted_by_its_cheap_tier() {
         "Write a Python function that reverses a string.",
         "What is the capital of France?",
     ];
-    let mut proposed = 0;
+    let (mut proposed, mut kept) = (0, 0);
     for prompt in prompts {
         let body = json!({
             "model": "code",
@@ -255,22 +255,45 @@ fn a_lossless_route_answers_as_its_fallback_alone_drafted_by_its_cheap_tier() {
             Some(format!("accepted={accepted}/{}", accepted + rejected).as_str())
         );
         proposed += accepted + rejected;
+        kept += accepted;
 
-        // Streamed: the same text, from the same tier.
+        // Streamed: the same text, from the same tier, and the drafted share in its usage.
         let mut streamed = body.clone();
         streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
         let r = post_json(port, "/v1/chat/completions", &streamed);
         assert_eq!((r.status, r.header("x-wick-backend")), (200, Some("target")));
-        let text: String = r
+        let chunks: Vec<serde_json::Value> = r
             .body
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .filter(|d| *d != "[DONE]")
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
         assert_eq!(text, content, "{prompt}, streamed");
+        let details = chunks
+            .iter()
+            .find_map(|c| c["usage"].get("completion_tokens_details"))
+            .expect("the usage chunk's prediction tokens");
+        let count = |key: &str| details[key].as_u64().expect(key);
+        proposed += count("accepted_prediction_tokens") + count("rejected_prediction_tokens");
+        kept += count("accepted_prediction_tokens");
     }
+    // The route counts its fallback's verified proposals, streamed and not.
+    let drafted = |outcome: &str| {
+        let line = format!(
+            "wick_router_draft_tokens_total{{backend=\"target\",outcome=\"{outcome}\",route=\"code\"}} "
+        );
+        wick_tests::metric(port, &line).unwrap_or(0.0) as u64
+    };
+    assert_eq!(
+        (drafted("accepted"), drafted("rejected")),
+        (kept, proposed - kept)
+    );
     // The engine speculates in the first steps of each batch size before it measures.
     assert!(proposed > 0, "the cheap tier drafted nothing");
     // The cheap tier's own engine answered nothing: it only drafted.

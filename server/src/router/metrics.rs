@@ -18,6 +18,8 @@ pub(super) struct RouterMetrics {
     pub(super) escalations: IntCounterVec,
     pub(super) failovers: IntCounterVec,
     pub(super) breaker: IntGaugeVec,
+    /// Proposals a speculating backend verified for the route, by outcome (from usage).
+    pub(super) draft_tokens: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -65,6 +67,15 @@ impl RouterMetrics {
             ),
             &["route"],
         )?;
+        let draft_tokens = IntCounterVec::new(
+            Opts::new(
+                "wick_router_draft_tokens_total",
+                "Draft tokens a speculating backend verified for the route's answers, by outcome \
+                 (accepted, rejected); a lossless route's accepted share of its fallback's tokens",
+            ),
+            &["route", "backend", "outcome"],
+        )?;
+        registry.register(Box::new(draft_tokens.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(fallback_cost.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -78,8 +89,30 @@ impl RouterMetrics {
             escalations,
             failovers,
             breaker,
+            draft_tokens,
         })
     }
+
+    /// Counts an answer's verified proposals (`usage.completion_tokens_details`), if it has any.
+    pub(super) fn drafted(&self, route: &Route, tier: &Backend, usage: Option<&serde_json::Value>) {
+        for (outcome, n) in draft_counts(usage) {
+            self.draft_tokens
+                .with_label_values(&[&route.name, &tier.id, outcome])
+                .inc_by(n);
+        }
+    }
+}
+
+/// `(outcome, tokens)` of a usage's prediction-token counts: accepted and rejected proposals.
+pub(super) fn draft_counts(usage: Option<&serde_json::Value>) -> Vec<(&'static str, u64)> {
+    let details = usage.and_then(|u| u.get("completion_tokens_details"));
+    [
+        ("accepted", "accepted_prediction_tokens"),
+        ("rejected", "rejected_prediction_tokens"),
+    ]
+    .into_iter()
+    .filter_map(|(outcome, key)| Some((outcome, details?.get(key)?.as_u64()?)))
+    .collect()
 }
 
 impl RouterMetrics {
@@ -93,6 +126,7 @@ impl RouterMetrics {
                 self.cost.with_label_values(&[&route.name, &tier.id]),
                 tier.clone(),
             );
+            meter.count_drafts(self.draft_tokens.clone(), [route.name.clone(), tier.id.clone()]);
         }
         if let Some(fallback) = route.tiers.last().filter(|_| answer) {
             let counter = self.fallback_cost.with_label_values(&[&route.name]);

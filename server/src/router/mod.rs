@@ -360,6 +360,7 @@ pub async fn dispatch(
             .cost
             .with_label_values(&[&route.name, &tier.id])
             .inc_by(tier.cost(json.get("usage")));
+        metrics.drafted(route, tier, json.get("usage"));
         let escalation = if !status.is_success() {
             // The request's own fault: the same for every tier, except a context too small.
             let code = json.pointer("/error/code").and_then(Value::as_str);
