@@ -364,11 +364,10 @@ fn main() {
         for round in 0..rounds {
             let phase = usize::from(round > 0);
             for (si, &c) in streams.iter().enumerate() {
-                let order: Vec<usize> = if round % 2 == 0 {
-                    (0..modes.len()).collect()
-                } else {
-                    (0..modes.len()).rev().collect()
-                };
+                // Rotated each round, so every mode takes every place in the order (reversing
+                // it kept the middle mode in the middle: with three or five modes, one mode
+                // always ran between two others).
+                let order: Vec<usize> = (0..modes.len()).map(|i| (i + round) % modes.len()).collect();
                 for &m in &order {
                     let engine = &modes[m].engine;
                     let before = spec_counts(&engine.stats());
