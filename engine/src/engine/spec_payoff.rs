@@ -92,6 +92,12 @@ impl Average {
     }
 }
 
+/// The steps to wait before the next try after one that cost `cost` seconds, with steps of
+/// `step` seconds: enough that such tries take at most [`EXPLORE_SHARE`] of the time.
+fn costly_wait(cost: f64, step: f64) -> u64 {
+    ((cost / (EXPLORE_SHARE * step)).ceil() as u64).min(EXPLORE_COSTLY_MAX)
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     /// Tokens per second of decode-only steps, with and without speculation.
@@ -198,12 +204,9 @@ impl Payoff {
                 EXPLORE_EVERY
             };
             let step = if better { b.with } else { b.without }.step_seconds();
-            b.min_wait = match step.filter(|&s| s > 0.0 && better == b.tried_against) {
-                Some(step) => {
-                    ((b.catch_up_seconds / (EXPLORE_SHARE * step)).ceil() as u64).min(EXPLORE_COSTLY_MAX)
-                }
-                None => 0,
-            };
+            b.min_wait = step
+                .filter(|&s| s > 0.0 && better == b.tried_against)
+                .map_or(0, |step| costly_wait(b.catch_up_seconds, step));
             b.wait = b.wait.max(b.min_wait);
             b.catch_up_seconds = 0.0;
             b.countdown = b.wait;
@@ -214,9 +217,7 @@ impl Payoff {
             // speculation, its cost (the draft's first catch-up on every sequence) sets the
             // wait before the next try, as a costly try's does.
             let step = b.without.step_seconds().filter(|&s| s > 0.0 && !better);
-            let cost = step.map_or(0, |step| {
-                ((b.catch_up_seconds / (EXPLORE_SHARE * step)).ceil() as u64).min(EXPLORE_COSTLY_MAX)
-            });
+            let cost = step.map_or(0, |step| costly_wait(b.catch_up_seconds, step));
             // An inherited loss keeps the smaller bucket's wait.
             b.min_wait = if b.inherits_loss {
                 b.min_wait.max(cost)

@@ -48,7 +48,12 @@ pub fn usage(u: EngineUsage) -> Usage {
 /// where the model speculates (a stream has it in its usage chunk).
 pub fn draft_header(u: &EngineUsage) -> Option<(&'static str, String)> {
     u.speculative
-        .map(|s| (DRAFT_HEADER, format!("accepted={}/{}", s.accepted, s.proposed)))
+        .map(|s| (DRAFT_HEADER, draft_share(s.accepted as u64, s.proposed as u64)))
+}
+
+/// `x-wick-draft`'s value: `accepted=41/52`.
+pub fn draft_share(accepted: u64, proposed: u64) -> String {
+    format!("accepted={accepted}/{proposed}")
 }
 
 pub const DRAFT_HEADER: &str = "x-wick-draft";

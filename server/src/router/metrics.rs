@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{CounterVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 use super::backend::Backend;
 use super::tap::Meter;
@@ -93,26 +93,36 @@ impl RouterMetrics {
         })
     }
 
-    /// Counts an answer's verified proposals (`usage.completion_tokens_details`), if it has any.
-    pub(super) fn drafted(&self, route: &Route, tier: &Backend, usage: Option<&serde_json::Value>) {
-        for (outcome, n) in draft_counts(usage) {
+    /// The counters of `tier`'s accepted and rejected proposals for `route`.
+    pub(super) fn draft_counters(&self, route: &Route, tier: &Backend) -> [IntCounter; 2] {
+        ["accepted", "rejected"].map(|outcome| {
             self.draft_tokens
                 .with_label_values(&[&route.name, &tier.id, outcome])
-                .inc_by(n);
-        }
+        })
+    }
+
+    /// Counts an answer's verified proposals (`usage.completion_tokens_details`), if it has any.
+    pub(super) fn drafted(&self, route: &Route, tier: &Backend, usage: Option<&serde_json::Value>) {
+        count_drafts(&self.draft_counters(route, tier), usage);
     }
 }
 
-/// `(outcome, tokens)` of a usage's prediction-token counts: accepted and rejected proposals.
-pub(super) fn draft_counts(usage: Option<&serde_json::Value>) -> Vec<(&'static str, u64)> {
-    let details = usage.and_then(|u| u.get("completion_tokens_details"));
-    [
-        ("accepted", "accepted_prediction_tokens"),
-        ("rejected", "rejected_prediction_tokens"),
-    ]
-    .into_iter()
-    .filter_map(|(outcome, key)| Some((outcome, details?.get(key)?.as_u64()?)))
-    .collect()
+/// `(accepted, rejected)` proposals of a usage's prediction-token counts, if it has them.
+pub(super) fn prediction_counts(usage: Option<&serde_json::Value>) -> Option<(u64, u64)> {
+    let details = usage?.get("completion_tokens_details")?;
+    let count = |key: &str| details.get(key)?.as_u64();
+    Some((
+        count("accepted_prediction_tokens")?,
+        count("rejected_prediction_tokens")?,
+    ))
+}
+
+/// Adds a usage's accepted and rejected proposals to `counters` (in that order).
+pub(super) fn count_drafts(counters: &[IntCounter; 2], usage: Option<&serde_json::Value>) {
+    if let Some((accepted, rejected)) = prediction_counts(usage) {
+        counters[0].inc_by(accepted);
+        counters[1].inc_by(rejected);
+    }
 }
 
 impl RouterMetrics {
@@ -126,7 +136,7 @@ impl RouterMetrics {
                 self.cost.with_label_values(&[&route.name, &tier.id]),
                 tier.clone(),
             );
-            meter.count_drafts(self.draft_tokens.clone(), [route.name.clone(), tier.id.clone()]);
+            meter.count_drafts(self.draft_counters(route, tier));
         }
         if let Some(fallback) = route.tiers.last().filter(|_| answer) {
             let counter = self.fallback_cost.with_label_values(&[&route.name]);

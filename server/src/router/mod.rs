@@ -483,13 +483,8 @@ fn finish(
 /// `x-wick-draft`'s value (`accepted=41/52`) from an answer's prediction-token counts: a
 /// speculating backend's, local or remote.
 fn draft_share(json: &Value) -> Option<String> {
-    let details = json.pointer("/usage/completion_tokens_details")?;
-    let count = |key: &str| details.get(key).and_then(Value::as_u64);
-    let (accepted, rejected) = (
-        count("accepted_prediction_tokens")?,
-        count("rejected_prediction_tokens")?,
-    );
-    Some(format!("accepted={accepted}/{}", accepted + rejected))
+    let (accepted, rejected) = metrics::prediction_counts(json.get("usage"))?;
+    Some(crate::api::sse::draft_share(accepted, accepted + rejected))
 }
 
 fn asks_logprobs(endpoint: Endpoint, body: &Value) -> bool {

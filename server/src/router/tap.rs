@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use prometheus::{Counter, IntCounterVec};
+use prometheus::{Counter, IntCounter};
 use serde_json::Value;
 
 use super::backend::Backend;
@@ -50,9 +50,8 @@ pub fn usage_chunk(chunk: &Value) -> Option<&Value> {
 #[derive(Clone, Default)]
 pub struct Meter {
     charges: Vec<(Counter, Arc<Backend>)>,
-    /// Where the usage's verified proposals are counted: the counter and its route and backend
-    /// labels.
-    drafts: Option<(IntCounterVec, [String; 2])>,
+    /// Where the usage's verified proposals are counted: accepted, rejected.
+    drafts: Option<[IntCounter; 2]>,
 }
 
 impl Meter {
@@ -60,18 +59,16 @@ impl Meter {
         self.charges.push((counter, priced_on));
     }
 
-    pub fn count_drafts(&mut self, counter: IntCounterVec, route_and_backend: [String; 2]) {
-        self.drafts = Some((counter, route_and_backend));
+    pub fn count_drafts(&mut self, accepted_and_rejected: [IntCounter; 2]) {
+        self.drafts = Some(accepted_and_rejected);
     }
 
     pub fn charge(&self, usage: &Value) {
         for (counter, backend) in &self.charges {
             counter.inc_by(backend.cost(Some(usage)));
         }
-        if let Some((counter, [route, backend])) = &self.drafts {
-            for (outcome, n) in super::metrics::draft_counts(Some(usage)) {
-                counter.with_label_values(&[route, backend, outcome]).inc_by(n);
-            }
+        if let Some(counters) = &self.drafts {
+            super::metrics::count_drafts(counters, Some(usage));
         }
     }
 }
