@@ -27,11 +27,13 @@ const BUCKETS: usize = 5;
 const EXPLORE_EVERY: u64 = 16;
 /// The longest wait between tries, unless a try costs more (see [`EXPLORE_SHARE`]).
 const EXPLORE_MAX: u64 = 256;
-/// The most time tries may take from a bucket whose choice they keep confirming. A try of
+/// The most time tries may lose a bucket whose choice they keep confirming. A try of
 /// speculation after a pause first catches the draft up on every sequence (all they decoded
 /// meanwhile, prompts included): at four sequences over a second of draft prefill, more than
-/// ten plain steps. That cost (the seconds of the try's catch-up steps) sets the wait before the
-/// next try to at least `cost / (EXPLORE_SHARE * a step's seconds)` steps.
+/// ten plain steps. Its measured steps then lose time too, where the option tried is the slower
+/// one (prompt lookup at four sequences on two cores: three steps at 0.74x the plain rate, with
+/// no catch-up at all). Both (see [`time_lost`]) set the wait before the next try to at
+/// least `cost / (EXPLORE_SHARE * a step's seconds)` steps.
 const EXPLORE_SHARE: f64 = 0.03;
 /// The longest wait a try's cost can set.
 const EXPLORE_COSTLY_MAX: u64 = 8192;
@@ -89,6 +91,18 @@ impl Average {
         } else {
             0.0
         }
+    }
+}
+
+/// Seconds lost by the steps in `tried` against the rate of `standing`: what the same tokens
+/// would have taken at that rate. `tried` holds exactly the try's steps (a try restarts the
+/// option it measures), or the warm-up's.
+fn time_lost(tried: &Average, standing: &Average) -> f64 {
+    let rate = standing.value();
+    if rate > 0.0 {
+        (tried.seconds - tried.tokens / rate).max(0.0)
+    } else {
+        0.0
     }
 }
 
@@ -203,10 +217,17 @@ impl Payoff {
             } else {
                 EXPLORE_EVERY
             };
-            let step = if better { b.with } else { b.without }.step_seconds();
-            b.min_wait = step
-                .filter(|&s| s > 0.0 && better == b.tried_against)
-                .map_or(0, |step| costly_wait(b.catch_up_seconds, step));
+            let confirmed = better == b.tried_against;
+            let (tried, standing) = if b.tried_against {
+                (&b.without, &b.with)
+            } else {
+                (&b.with, &b.without)
+            };
+            let cost = b.catch_up_seconds + time_lost(tried, standing);
+            b.min_wait = standing
+                .step_seconds()
+                .filter(|&s| s > 0.0 && confirmed)
+                .map_or(0, |step| costly_wait(cost, step));
             b.wait = b.wait.max(b.min_wait);
             b.catch_up_seconds = 0.0;
             b.countdown = b.wait;
@@ -214,10 +235,12 @@ impl Payoff {
         b.speculating = better;
         if b.wait == 0 {
             // The warm-up is over. It was the first try of the option that lost: where that is
-            // speculation, its cost (the draft's first catch-up on every sequence) sets the
-            // wait before the next try, as a costly try's does.
+            // speculation, the time its steps lost (the draft's first catch-up on every
+            // sequence's prompt is in them) sets the wait before the next try, as a costly
+            // try's does.
+            let cost = b.catch_up_seconds + time_lost(&b.with, &b.without);
             let step = b.without.step_seconds().filter(|&s| s > 0.0 && !better);
-            let cost = step.map_or(0, |step| costly_wait(b.catch_up_seconds, step));
+            let cost = step.map_or(0, |step| costly_wait(cost, step));
             // An inherited loss keeps the smaller bucket's wait.
             b.min_wait = if b.inherits_loss {
                 b.min_wait.max(cost)
@@ -264,18 +287,6 @@ impl Payoff {
             b.with.add(tokens as f64, seconds);
         } else {
             b.without.add(tokens as f64, seconds);
-        }
-    }
-
-    /// The draft model's seconds in a decode-only step that speculated. While the bucket warms
-    /// up they are what learning costs (the draft's first catch-up on every sequence's prompt
-    /// and output so far): if speculation then loses, the first try waits as long as after a
-    /// try that cost as much (the warm-up is a try of it). Afterwards only catch-up steps
-    /// ([`observe_catch_up`](Self::observe_catch_up)) count.
-    pub fn observe_draft(&mut self, decodes: usize, seconds: f64) {
-        let b = &mut self.buckets[Self::bucket(decodes)];
-        if b.wait == 0 && seconds > 0.0 {
-            b.catch_up_seconds += seconds;
         }
     }
 

@@ -41,8 +41,6 @@ pub(crate) struct Speculator {
     payoff: Payoff,
     /// What this step's time will tell the payoff measurement, if anything.
     step_timing: Option<StepTiming>,
-    /// The draft model's seconds in this step.
-    step_draft_seconds: f64,
     /// The newest request seen decoding: a newer one is another text.
     newest_request: Option<u64>,
 }
@@ -76,7 +74,6 @@ impl Speculator {
             draft_seconds_total: 0.0,
             payoff: Payoff::default(),
             step_timing: None,
-            step_draft_seconds: 0.0,
             newest_request: None,
         })
     }
@@ -107,7 +104,6 @@ impl Speculator {
             .map(|(i, _)| i)
             .collect();
         self.step_timing = None;
-        self.step_draft_seconds = 0.0;
         if decodes.is_empty() || decodes.len() > self.config.max_batch {
             return Ok(());
         }
@@ -178,8 +174,7 @@ impl Speculator {
                     .collect();
                 let started = std::time::Instant::now();
                 let proposals = draft.propose(&requests, self.catch_up_budget)?;
-                self.step_draft_seconds = started.elapsed().as_secs_f64();
-                self.draft_seconds_total += self.step_draft_seconds;
+                self.draft_seconds_total += started.elapsed().as_secs_f64();
                 // A step that also caught the draft up on a pause (the tokens decoded while
                 // speculation was off) is not what speculating costs step after step: measured,
                 // every exploration would pay the pause and speculation would stay off. (A
@@ -220,9 +215,6 @@ impl Speculator {
         match self.step_timing.take() {
             Some(StepTiming::Measured { decodes, speculated }) => {
                 self.payoff.observe(decodes, speculated, tokens, seconds);
-                if speculated {
-                    self.payoff.observe_draft(decodes, self.step_draft_seconds);
-                }
             }
             Some(StepTiming::CatchUp { decodes }) => self.payoff.observe_catch_up(decodes, seconds),
             None => {}

@@ -28,12 +28,13 @@ fn runs(choices: &[bool]) -> Vec<(usize, usize)> {
 #[test]
 fn follows_the_faster_option_and_checks_the_other_less_often_while_it_loses() {
     let mut p = Payoff::default();
-    // Speculation slower: after the warm-up it is tried EXPLORE_STEPS steps at a time, the
-    // tries further and further apart, up to EXPLORE_MAX.
+    // Speculation 10% slower: after the warm-up it is tried EXPLORE_STEPS steps at a time, the
+    // tries further and further apart, up to EXPLORE_MAX. (They lose too little time to wait
+    // longer for it: see `a_try_that_loses_time_waits_for_it`.)
     let choices: Vec<bool> = (0..2000)
         .map(|_| {
             let s = p.choose(1);
-            p.observe(1, s, 10, 10.0 / if s { 50.0 } else { 100.0 });
+            p.observe(1, s, 10, 10.0 / if s { 90.0 } else { 100.0 });
             s
         })
         .collect();
@@ -81,9 +82,10 @@ fn noisy(
             .wrapping_add(1442695040888963407);
         (state >> 33) as f64 / (1u64 << 31) as f64
     };
-    let (mut speculated, mut prompt_due) = (0, false);
+    let (mut speculated, mut prompt_due, mut was) = (0, false, false);
     for step in 0..steps {
         prompt_due |= step % request == 0;
+        let warm = p.buckets[Payoff::bucket(decodes)].wait > 0;
         let s = p.choose(decodes);
         let noise = 0.85 + 0.3 * next();
         let catch_up = if s && prompt_due { prompt_secs } else { 0.0 };
@@ -98,12 +100,15 @@ fn noisy(
             })
             .sum();
         speculated += usize::from(s);
-        p.observe(
-            decodes,
-            s,
-            tokens,
-            if s { with_secs } else { without_secs } * noise + catch_up,
-        );
+        let seconds = if s { with_secs } else { without_secs } * noise + catch_up;
+        // As in the engine: the first step of a try after plain steps catches the draft up
+        // on them (and on any prompt meanwhile), a cost, not a measurement.
+        if s && !was && warm {
+            p.observe_catch_up(decodes, seconds);
+        } else {
+            p.observe(decodes, s, tokens, seconds);
+        }
+        was = s;
     }
     speculated as f64 / steps as f64
 }
@@ -167,12 +172,12 @@ fn costly_tries_come_rarely() {
 }
 
 /// A draft that loses at four sequences: its warm-up caught it up on four prompts (0.4 s of
-/// draft time a step). The first try waits as long as after a try that cost as much,
-/// instead of coming `EXPLORE_EVERY` steps later; without draft time (prompt lookup) it
-/// comes then.
+/// draft time in each step). The time the warm-up lost against plain decoding sets the wait
+/// before the first try, as after a try that cost as much, instead of `EXPLORE_EVERY` steps;
+/// prompt lookup, which has no draft to catch up, loses less and waits less.
 #[test]
 fn a_costly_warm_up_delays_the_first_try() {
-    let first_try = |draft_seconds: f64| {
+    let first_try = |step_seconds: f64| {
         let mut p = Payoff::default();
         let mut warm = true;
         for i in 0..5000 {
@@ -182,18 +187,27 @@ fn a_costly_warm_up_delays_the_first_try() {
             }
             warm &= p.buckets[Payoff::bucket(4)].wait == 0;
             if s {
-                p.observe(4, true, 10, 0.36);
-                p.observe_draft(4, draft_seconds);
+                p.observe(4, true, 10, step_seconds);
             } else {
                 p.observe(4, false, 4, 0.08);
             }
         }
         usize::MAX
     };
-    let warm_up = 2 * WARM_UP as usize;
-    assert_eq!(first_try(0.0), warm_up + EXPLORE_EVERY as usize - 1);
-    let wait = (4.0 * 0.4 / (EXPLORE_SHARE * 0.08)).ceil() as usize;
-    assert_eq!(first_try(0.4), warm_up + wait - 1);
+    let expected = |step_seconds: f64| {
+        let (mut with, mut without) = (Average::default(), Average::default());
+        for _ in 0..WARM_UP {
+            with.add(10.0, step_seconds);
+            without.add(4.0, 0.08);
+        }
+        let lost = time_lost(&with, &without);
+        2 * WARM_UP as usize + costly_wait(lost, without.step_seconds().unwrap()) as usize - 1
+    };
+    let (lookup, draft) = (first_try(0.36), first_try(0.36 + 0.4));
+    assert_eq!(lookup, expected(0.36));
+    assert_eq!(draft, expected(0.36 + 0.4));
+    assert!(lookup > 2 * WARM_UP as usize + EXPLORE_EVERY as usize, "{lookup}");
+    assert!(draft > 2 * lookup, "{draft} vs {lookup}");
 }
 
 /// Speculation loses at two decodes: a bucket of four starts without it, measuring plain
@@ -213,10 +227,17 @@ fn a_loss_at_fewer_decodes_is_inherited() {
         .collect();
     assert!(choices.iter().all(|&s| !s), "{choices:?}");
     assert!(!p.standing(4));
-    // Its tries find speculation three times as fast: it switches.
+    let inherited = p.buckets[Payoff::bucket(2)].min_wait;
+    assert_eq!(p.buckets[Payoff::bucket(4)].min_wait, inherited);
+    // Its tries find speculation three times as fast: it switches at the first.
+    let switched = (0..inherited as usize + 2 * EXPLORE_STEPS as usize).find(|_| {
+        let s = p.choose(4);
+        p.observe(4, s, 10, 10.0 / if s { 300.0 } else { 100.0 });
+        p.standing(4)
+    });
+    assert!(switched.is_some(), "no switch within {inherited} steps");
     let share = run(&mut p, 4, 300.0, 100.0, 200);
     assert!(share > 0.75, "speculated in only {share} of the steps");
-    assert!(p.standing(4));
 
     let mut p = Payoff::default();
     run(&mut p, 2, 200.0, 100.0, 40);
@@ -257,20 +278,52 @@ fn unmeasured_steps_follow_the_standing_choice() {
 }
 
 /// Speculation loses through one long answer (tries every `EXPLORE_MAX` steps by its end),
-/// then a new sequence on which it wins: the next try comes within `EXPLORE_EVERY` steps,
-/// not up to `EXPLORE_MAX`.
+/// then a new sequence on which it wins: the next try comes within `EXPLORE_EVERY` steps, or
+/// as soon as the time its tries lose allows, not up to `EXPLORE_MAX`.
 #[test]
 fn a_new_sequence_brings_the_next_try_forward() {
     let mut p = Payoff::default();
-    run(&mut p, 1, 50.0, 100.0, 2000);
+    run(&mut p, 1, 80.0, 100.0, 2000);
     assert_eq!(p.buckets[0].wait, EXPLORE_MAX);
     p.new_text(1);
-    let first = (0..EXPLORE_EVERY as usize + 1).find(|_| {
+    let wait = p.buckets[0].wait;
+    assert!(wait < EXPLORE_MAX / 4, "{wait}");
+    let first = (0..wait as usize + 1).find(|_| {
         let s = p.choose(1);
         p.observe(1, s, 10, 10.0 / if s { 200.0 } else { 100.0 });
         s
     });
-    assert!(first.is_some(), "no try within {EXPLORE_EVERY} steps");
+    assert!(first.is_some(), "no try within {wait} steps");
     let share = run(&mut p, 1, 200.0, 100.0, 100);
     assert!(share > 0.9, "speculated in only {share} of the steps");
+}
+
+/// Four sequences, prompt lookup 0.74x plain decoding (no catch-up: nothing else prices its
+/// tries), and a new request every 12 steps, each bringing the next try forward: the time the
+/// tries lose stays within [`EXPLORE_SHARE`] of the whole. Tries every `EXPLORE_EVERY` steps
+/// lost over 4%.
+#[test]
+fn a_try_that_loses_time_waits_for_it() {
+    let mut p = Payoff::default();
+    let (with, without) = (52.2, 70.7);
+    let (mut total, mut lost, mut warm) = (0.0, 0.0, true);
+    for step in 0..20_000 {
+        if step % 12 == 0 {
+            p.new_text(4);
+        }
+        let s = p.choose(4);
+        let tokens = if s { 6 } else { 4 };
+        let seconds = tokens as f64 / if s { with } else { without };
+        p.observe(4, s, tokens, seconds);
+        warm &= p.buckets[Payoff::bucket(4)].wait == 0;
+        if !warm {
+            total += seconds;
+            if s {
+                lost += seconds - tokens as f64 / without;
+            }
+        }
+    }
+    let share = lost / total;
+    assert!(share > 0.0, "never tried again");
+    assert!(share < EXPLORE_SHARE, "tries lost {share} of the time");
 }
