@@ -343,8 +343,12 @@ pub struct RoutePolicy {
     /// How the fallback checks the cheap tier. `lossless`: the cheap tier drafts inside the
     /// fallback's engine and the fallback verifies every token (speculative decoding), so the
     /// answer is the fallback's own; both local, one vocabulary, the fallback's `[[models]]`
-    /// entry naming the cheap tier as its `draft`. Unset: the cascade judges the cheap tier's
-    /// answer by the policy above.
+    /// entry naming the cheap tier as its `draft`. `score`: the fallback scores the cheap
+    /// tier's whole answer in one prefill (its token logprobs over the answer), and
+    /// `min_mean_logprob` / `min_token_logprob` apply to those instead of the cheap tier's
+    /// own; any pair of models, the fallback local or remote (a remote one needs its
+    /// `chat_template` for chat requests). Unset: the cascade judges the cheap tier's answer
+    /// by the policy above.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyMode>,
 }
@@ -354,6 +358,7 @@ pub struct RoutePolicy {
 #[serde(rename_all = "lowercase")]
 pub enum VerifyMode {
     Lossless,
+    Score,
 }
 
 impl Default for RoutePolicy {

@@ -406,8 +406,10 @@ fn check_routes(cfg: &Config, out: &mut Vec<Finding>) {
                 None,
             ));
         }
-        if p.verify == Some(crate::VerifyMode::Lossless) {
-            check_lossless(cfg, r, &at("policy.verify"), out);
+        match p.verify {
+            Some(crate::VerifyMode::Lossless) => check_lossless(cfg, r, &at("policy.verify"), out),
+            Some(crate::VerifyMode::Score) => check_score(cfg, r, &at("policy.verify"), out),
+            None => {}
         }
     }
 }
@@ -452,6 +454,52 @@ fn check_lossless(cfg: &Config, r: &crate::RouteConfig, field: &str, out: &mut V
             field.into(),
             "`lossless` leaves nothing to judge: drop `min_mean_logprob`, `min_token_logprob` and `abstain_patterns`".into(),
             None,
+        ));
+    }
+}
+
+/// A score route: two tiers at least, a threshold to judge by, and a fallback that can score
+/// (logprobs; a remote one also its chat template, to render the conversation as it reads it).
+fn check_score(cfg: &Config, r: &crate::RouteConfig, field: &str, out: &mut Vec<Finding>) {
+    let Some(fallback) = r.tiers.last().filter(|_| r.tiers.len() >= 2) else {
+        out.push((
+            field.into(),
+            "`score` needs two tiers: a cheap one that answers and a fallback that scores it".into(),
+            None,
+        ));
+        return;
+    };
+    let p = &r.policy;
+    if p.min_mean_logprob.is_none() && p.min_token_logprob.is_none() {
+        out.push((
+            field.into(),
+            "`score` judges by the fallback's logprobs and has no threshold".into(),
+            Some(
+                "add `min_mean_logprob` and/or `min_token_logprob` to the policy \
+                 (`wick route-eval --calibrate` finds them)"
+                    .into(),
+            ),
+        ));
+    }
+    let Some(model) = cfg.models.iter().find(|m| &m.id == fallback) else {
+        return; // reported at the tier
+    };
+    if !model.capabilities().contains(&crate::Capability::Logprobs) {
+        out.push((
+            field.into(),
+            format!("`score` reads the fallback's logprobs, and `{fallback}` does not list `logprobs` in its capabilities"),
+            None,
+        ));
+    }
+    if model.is_remote() && model.chat_template.is_none() {
+        out.push((
+            field.into(),
+            format!(
+                "`score` renders a chat request and its answer as the remote fallback `{fallback}` reads them, and it has no `chat_template`"
+            ),
+            Some(format!(
+                "add `chat_template = \"path/to/template.jinja\"` (the model's own template) to the [[models]] entry `{fallback}`"
+            )),
         ));
     }
 }

@@ -427,12 +427,58 @@ fn a_lossless_route_needs_its_fallback_to_draft_with_a_cheaper_tier() {
         field,
     );
     assert!(p.message.contains("nothing to judge"), "{p}");
-    // Anything but `lossless` is not a mode.
+    // Anything but `lossless` and `score` is not a mode.
     let err = load_text(
-        &route("[\"small\", \"target\"]", "").replace("lossless", "score"),
+        &route("[\"small\", \"target\"]", "").replace("lossless", "scored"),
         &[],
         &Overrides::default(),
     )
     .expect_err("unknown mode");
-    assert!(err.to_string().contains("lossless"), "{err}");
+    assert!(err.to_string().contains("did you mean `score`"), "{err}");
+}
+
+/// `verify = "score"`: any pair, judged by thresholds; a remote fallback needs its chat
+/// template and logprobs.
+#[test]
+fn a_score_route_needs_a_threshold_and_a_fallback_that_can_score() {
+    let route = |tiers: &str, policy: &str| {
+        format!("{DRAFTED}[server]\nmodel = \"target\"\n[[routes]]\nname = \"auto\"\ntiers = {tiers}\npolicy = {{ verify = \"score\"{policy} }}\n")
+    };
+    let ok = route("[\"small\", \"target\"]", ", min_mean_logprob = -0.5");
+    let cfg = load_text(&ok, &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.routes[0].policy.verify, Some(VerifyMode::Score));
+    let again = load_text(&cfg.to_toml(), &[], &Overrides::default()).unwrap();
+    assert_eq!(again.routes, cfg.routes);
+
+    let field = "routes[0].policy.verify";
+    let p = problem_at(&route("[\"target\"]", ", min_token_logprob = -4.0"), field);
+    assert!(p.message.contains("two tiers"), "{p}");
+    let p = problem_at(&route("[\"small\", \"target\"]", ""), field);
+    assert!(p.message.contains("no threshold"), "{p}");
+    assert!(
+        p.suggestion.as_deref().is_some_and(|s| s.contains("--calibrate")),
+        "{p}"
+    );
+    let remote = |extra: &str| format!("[[models]]\nid = \"api\"\nurl = \"http://127.0.0.1:9/v1\"\n{extra}");
+    let to_api = route("[\"small\", \"api\"]", ", min_mean_logprob = -0.5");
+    let p = problem_at(&format!("{}{to_api}", remote("")), field);
+    assert_eq!(
+        p.suggestion.as_deref(),
+        Some("add `chat_template = \"path/to/template.jinja\"` (the model's own template) to the [[models]] entry `api`"),
+        "{p}"
+    );
+    let p = problem_at(
+        &format!(
+            "{}{to_api}",
+            remote("chat_template = \"t.jinja\"\ncapabilities = [\"tools\"]\n")
+        ),
+        field,
+    );
+    assert!(p.message.contains("logprobs"), "{p}");
+    load_text(
+        &format!("{}{to_api}", remote("chat_template = \"t.jinja\"\n")),
+        &[],
+        &Overrides::default(),
+    )
+    .expect("a remote fallback with its template");
 }

@@ -187,6 +187,13 @@ pub enum ConfigCommand {
         #[arg(long, env = "WICK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print a model's own chat template (its GGUF metadata or tokenizer_config.json): the file
+    /// a remote fallback's `chat_template` names on a `verify = "score"` route.
+    ChatTemplate {
+        /// A GGUF file, a safetensors directory or a Hub id (default: the embedded model).
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 /// Runs `wick config ...`; the exit code.
@@ -207,6 +214,18 @@ pub fn run(cmd: ConfigCommand) -> Result<i32> {
                 "# wick: effective configuration ({from}, then WICK_* variables); secrets masked\n{}",
                 cfg.to_toml()
             );
+            Ok(0)
+        }
+        ConfigCommand::ChatTemplate { model } => {
+            let source = crate::cli::model::resolve_model(model.as_deref())?;
+            let opts = crate::cli::model::load_options("cpu", None)?;
+            let loaded = wick_engine::model::loader::load(&source, &opts).context("loading the model")?;
+            let template = loaded
+                .tokenizer
+                .chat_template
+                .clone()
+                .context("the model has no chat template")?;
+            print!("{template}");
             Ok(0)
         }
     }

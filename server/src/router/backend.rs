@@ -32,6 +32,11 @@ pub struct Backend {
     pub prices: (f64, f64),
     /// What its model can do beyond text chat (`capabilities`, or the default for its kind).
     pub capabilities: Vec<wick_config::Capability>,
+    /// Remote: its model's chat template (`chat_template`) and tool-call format, to render a
+    /// chat as it reads it when it scores another tier's answer (`router::score`). A local
+    /// model's are its `LocalModel`'s.
+    pub template: Option<Arc<crate::api::chat_template::ChatTemplate>>,
+    pub tool_format: Option<crate::tools::parser::ToolCallFormat>,
 }
 
 impl Backend {

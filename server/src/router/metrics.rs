@@ -20,6 +20,10 @@ pub(super) struct RouterMetrics {
     pub(super) breaker: IntGaugeVec,
     /// Proposals a speculating backend verified for the route, by outcome (from usage).
     pub(super) draft_tokens: IntCounterVec,
+    /// Score mode: cheap answers the fallback scored, by outcome.
+    pub(super) verifications: IntCounterVec,
+    /// Tokens the route's last tier read (`prefill`, scoring included) and generated (`decode`).
+    pub(super) fallback_tokens: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -75,6 +79,25 @@ impl RouterMetrics {
             ),
             &["route", "backend", "outcome"],
         )?;
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "wick_router_verifications_total",
+                "Score mode: cheap answers the fallback scored, by outcome (accepted, rejected, \
+                 unscorable: escalated unscored; unavailable: the fallback could not be asked and \
+                 the cheap answer stood)",
+            ),
+            &["route", "outcome"],
+        )?;
+        let fallback_tokens = IntCounterVec::new(
+            Opts::new(
+                "wick_router_fallback_tokens_total",
+                "Tokens the route's last tier read (phase prefill, scoring included) and generated \
+                 (phase decode) for the route",
+            ),
+            &["route", "phase"],
+        )?;
+        registry.register(Box::new(verifications.clone()))?;
+        registry.register(Box::new(fallback_tokens.clone()))?;
         registry.register(Box::new(draft_tokens.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(fallback_cost.clone()))?;
@@ -90,7 +113,21 @@ impl RouterMetrics {
             failovers,
             breaker,
             draft_tokens,
+            verifications,
+            fallback_tokens,
         })
+    }
+
+    /// The route's counters of its last tier's prefill and decode tokens.
+    pub(super) fn fallback_counters(&self, route: &Route) -> [IntCounter; 2] {
+        ["prefill", "decode"].map(|phase| self.fallback_tokens.with_label_values(&[&route.name, phase]))
+    }
+
+    /// Counts an answer's usage on the route's last tier, if `tier` is that.
+    pub(super) fn fallback_answered(&self, route: &Route, tier: &Backend, usage: Option<&serde_json::Value>) {
+        if is_fallback(route, tier) {
+            count_tokens(&self.fallback_counters(route), usage);
+        }
     }
 
     /// The counters of `tier`'s accepted and rejected proposals for `route`.
@@ -117,6 +154,18 @@ pub(super) fn prediction_counts(usage: Option<&serde_json::Value>) -> Option<(u6
     ))
 }
 
+/// Whether `tier` is the route's last (its fallback).
+pub(super) fn is_fallback(route: &Route, tier: &Backend) -> bool {
+    route.tiers.len() > 1 && route.tiers.last().is_some_and(|t| t.backend.id == tier.id)
+}
+
+/// Adds a usage's prompt and completion tokens to `counters` (in that order).
+pub(super) fn count_tokens(counters: &[IntCounter; 2], usage: Option<&serde_json::Value>) {
+    let count = |key: &str| usage.and_then(|u| u.get(key)).and_then(serde_json::Value::as_u64);
+    counters[0].inc_by(count("prompt_tokens").unwrap_or(0));
+    counters[1].inc_by(count("completion_tokens").unwrap_or(0));
+}
+
 /// Adds a usage's accepted and rejected proposals to `counters` (in that order).
 pub(super) fn count_drafts(counters: &[IntCounter; 2], usage: Option<&serde_json::Value>) {
     if let Some((accepted, rejected)) = prediction_counts(usage) {
@@ -137,6 +186,9 @@ impl RouterMetrics {
                 tier.clone(),
             );
             meter.count_drafts(self.draft_counters(route, tier));
+            if is_fallback(route, tier) {
+                meter.count_fallback(self.fallback_counters(route));
+            }
         }
         if let Some(fallback) = route.tiers.last().filter(|_| answer) {
             let counter = self.fallback_cost.with_label_values(&[&route.name]);

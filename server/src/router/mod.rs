@@ -19,8 +19,10 @@ pub mod capability;
 pub mod hold;
 mod metrics;
 pub mod policy;
+pub mod score;
 mod setup;
 pub mod tap;
+mod trail;
 
 pub use setup::RouterConfigError;
 
@@ -43,6 +45,7 @@ use breaker::CircuitBreaker;
 use metrics::RouterMetrics;
 use policy::Escalation;
 use tap::StreamTap;
+use trail::Trail;
 
 pub const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-wick-backend");
 pub const ESCALATION_HEADER: HeaderName = HeaderName::from_static("x-wick-escalation");
@@ -78,32 +81,6 @@ pub struct RouterState {
     /// but no cascade.
     pub direct: HashMap<String, Route>,
     metrics: RouterMetrics,
-}
-
-/// What happened on the way to an answer, for the response headers.
-#[derive(Default)]
-struct Trail {
-    escalations: Vec<String>,
-    failovers: Vec<String>,
-}
-
-impl Trail {
-    fn headers(&self, backend: &str, response: &mut Response) {
-        let h = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(backend) {
-            h.insert(BACKEND_HEADER, v);
-        }
-        for (name, list) in [
-            (ESCALATION_HEADER, &self.escalations),
-            (FAILOVER_HEADER, &self.failovers),
-        ] {
-            if !list.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
-                    h.insert(name, v);
-                }
-            }
-        }
-    }
 }
 
 /// Serves a request whose `model` is a route; `pinned` (a tier's backend id, from
@@ -178,6 +155,7 @@ pub async fn dispatch(
         .into_response();
     }
     let order = capable;
+    let scoring = policy::scores(&route.policy);
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let client_logprobs = asks_logprobs(endpoint, &body);
     // Streams are priced from their usage chunk, which the router asks for and removes again
@@ -246,10 +224,11 @@ pub async fn dispatch(
             }
         };
         if stream && reply.status.is_success() {
-            let hold_tokens = if cascade {
-                route.policy.stream_hold_tokens
-            } else {
-                0
+            // Score mode holds the whole answer: the fallback scores all of it.
+            let hold_tokens = match (cascade, scoring) {
+                (false, _) => 0,
+                (true, true) => usize::MAX,
+                (true, false) => route.policy.stream_hold_tokens,
             };
             let tap = || StreamTap::new(strip, !client_usage, metrics.meter(route, Some(tier), true));
             if hold_tokens == 0 {
@@ -295,12 +274,14 @@ pub async fn dispatch(
                 continue;
             }
             breaker.record_success();
-            match policy::escalation(
-                &route.policy,
-                endpoint,
-                &answer.as_response(endpoint),
-                tools.as_deref(),
-            ) {
+            let whole = answer.as_response(endpoint);
+            let verdict = match policy::escalation(&route.policy, endpoint, &whole, tools.as_deref()) {
+                None if scoring => {
+                    score::verify(metrics, route, local, endpoint, &body, &whole, &mut trail).await
+                }
+                verdict => verdict,
+            };
+            match verdict {
                 Some(reason) => {
                     // Dropping `upstream` closes the cheap tier's request.
                     trail.escalations.push(format!("{}:{}", tier.id, reason.as_str()));
@@ -361,6 +342,10 @@ pub async fn dispatch(
             .with_label_values(&[&route.name, &tier.id])
             .inc_by(tier.cost(json.get("usage")));
         metrics.drafted(route, tier, json.get("usage"));
+        metrics.fallback_answered(route, tier, json.get("usage"));
+        if metrics::is_fallback(route, tier) {
+            trail.fallback.answered(json.get("usage"));
+        }
         let escalation = if !status.is_success() {
             // The request's own fault: the same for every tier, except a context too small.
             let code = json.pointer("/error/code").and_then(Value::as_str);
@@ -370,7 +355,12 @@ pub async fn dispatch(
                 return finish(metrics, route, tier, &trail, status, json);
             }
         } else if cascade {
-            policy::escalation(&route.policy, endpoint, &json, tools.as_deref())
+            match policy::escalation(&route.policy, endpoint, &json, tools.as_deref()) {
+                None if scoring => {
+                    score::verify(metrics, route, local, endpoint, &body, &json, &mut trail).await
+                }
+                verdict => verdict,
+            }
         } else {
             None
         };
@@ -448,6 +438,9 @@ fn stream_response(
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
+    // The fallback's own stream: its tokens are not known yet (its usage chunk counts them).
+    let mut trail = trail.clone();
+    trail.fallback.streaming |= metrics::is_fallback(route, tier);
     trail.headers(&tier.id, &mut response);
     response
 }

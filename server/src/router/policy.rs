@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
-use wick_config::RoutePolicy;
+use wick_config::{RoutePolicy, VerifyMode};
 
 use crate::api::service::Endpoint;
 use crate::tools::json_schema::{Schema, SchemaError};
@@ -24,6 +24,12 @@ pub enum Escalation {
     Abstain,
     /// The prompt does not fit the tier's context (its 400 `context_length_exceeded`).
     Context,
+    /// Score mode: the fallback's mean logprob over the answer is under `min_mean_logprob`.
+    LowScoreMean,
+    /// Score mode: a token of the answer is under `min_token_logprob` for the fallback.
+    LowScoreToken,
+    /// Score mode: the answer could not be scored (see `router::score`).
+    Unscorable,
 }
 
 impl Escalation {
@@ -35,13 +41,22 @@ impl Escalation {
             Self::LowTokenLogprob => "low_token_logprob",
             Self::Abstain => "abstain",
             Self::Context => "context",
+            Self::LowScoreMean => "low_score_mean",
+            Self::LowScoreToken => "low_score_token",
+            Self::Unscorable => "unscorable",
         }
     }
 }
 
-/// Whether the policy reads token logprobs (the router then asks the cheap tier for them).
+/// Whether the policy reads the cheap tier's own token logprobs (the router then asks it for
+/// them): in score mode its thresholds are the fallback's logprobs over the answer instead.
 pub fn needs_logprobs(policy: &RoutePolicy) -> bool {
-    policy.min_mean_logprob.is_some() || policy.min_token_logprob.is_some()
+    !scores(policy) && (policy.min_mean_logprob.is_some() || policy.min_token_logprob.is_some())
+}
+
+/// Whether the fallback scores the cheap answer (`verify = "score"`).
+pub fn scores(policy: &RoutePolicy) -> bool {
+    policy.verify == Some(VerifyMode::Score)
 }
 
 /// The first reason, in the order checked, to escalate `response`; `None`: it stands.
@@ -68,7 +83,7 @@ pub fn escalation(
             }
         }
         let logprobs = token_logprobs(endpoint, choice);
-        if !logprobs.is_empty() {
+        if !logprobs.is_empty() && !scores(policy) {
             let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
             if policy.min_mean_logprob.is_some_and(|min| mean < min) {
                 return Some(Escalation::LowMeanLogprob);

@@ -24,6 +24,27 @@ pub enum RouterConfigError {
     },
     #[error("router metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("model `{model}`: chat_template {path}: {message}")]
+    Template {
+        model: String,
+        path: String,
+        message: String,
+    },
+}
+
+/// A remote model's chat template, read from its file (no BOS or EOS text known: a template
+/// that writes them renders them empty, and the remote server adds its BOS when it tokenizes).
+fn remote_template(
+    model: &str,
+    path: &std::path::Path,
+) -> Result<crate::api::chat_template::ChatTemplate, RouterConfigError> {
+    let error = |message: String| RouterConfigError::Template {
+        model: model.to_string(),
+        path: path.display().to_string(),
+        message,
+    };
+    let source = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    crate::api::chat_template::ChatTemplate::new(source, None, None).map_err(|e| error(e.to_string()))
 }
 
 impl RouterState {
@@ -90,10 +111,16 @@ impl RouterState {
                     }
                     BackendKind::Remote(_) => m.served_name.clone().unwrap_or_else(|| id.clone()),
                 };
+                let template = match (&kind, &m.chat_template) {
+                    (BackendKind::Remote(_), Some(path)) => Some(Arc::new(remote_template(id, path)?)),
+                    _ => None,
+                };
                 let backend = Arc::new(Backend {
                     id: id.clone(),
                     model,
                     kind,
+                    template,
+                    tool_format: m.tool_call_parser.map(crate::cli::config::tool_call_format),
                     prices: (
                         m.price_input_per_mtok.unwrap_or(0.0),
                         m.price_output_per_mtok.unwrap_or(0.0),

@@ -52,6 +52,8 @@ pub struct Meter {
     charges: Vec<(Counter, Arc<Backend>)>,
     /// Where the usage's verified proposals are counted: accepted, rejected.
     drafts: Option<[IntCounter; 2]>,
+    /// Where its tokens are counted as the route's fallback's: prompt, completion.
+    fallback: Option<[IntCounter; 2]>,
 }
 
 impl Meter {
@@ -63,12 +65,19 @@ impl Meter {
         self.drafts = Some(accepted_and_rejected);
     }
 
+    pub fn count_fallback(&mut self, prompt_and_completion: [IntCounter; 2]) {
+        self.fallback = Some(prompt_and_completion);
+    }
+
     pub fn charge(&self, usage: &Value) {
         for (counter, backend) in &self.charges {
             counter.inc_by(backend.cost(Some(usage)));
         }
         if let Some(counters) = &self.drafts {
             super::metrics::count_drafts(counters, Some(usage));
+        }
+        if let Some(counters) = &self.fallback {
+            super::metrics::count_tokens(counters, Some(usage));
         }
     }
 }
@@ -159,6 +168,8 @@ mod tests {
             kind: BackendKind::Local,
             prices,
             capabilities: wick_config::Capability::LOCAL.to_vec(),
+            template: None,
+            tool_format: None,
         })
     }
 

@@ -135,8 +135,22 @@ pub fn prepare(
     template: &ChatTemplate,
     configured: Option<ToolCallFormat>,
     req: &ChatCompletionRequest,
+    messages: Vec<ChatMessage>,
+    limits: &RequestLimits,
+) -> Result<PreparedChat, ApiError> {
+    prepare_with(template, configured, req, messages, limits, true)
+}
+
+/// [`prepare`], rendering the conversation with or without the generation prompt (without: a
+/// conversation that ends with the assistant's answer, as a verified cascade's fallback scores
+/// it; see `router::score`).
+pub fn prepare_with(
+    template: &ChatTemplate,
+    configured: Option<ToolCallFormat>,
+    req: &ChatCompletionRequest,
     mut messages: Vec<ChatMessage>,
     limits: &RequestLimits,
+    add_generation_prompt: bool,
 ) -> Result<PreparedChat, ApiError> {
     let render_error = |e: crate::api::chat_template::ChatTemplateError| ApiError::bad_request(e.to_string());
     let tools = req.tools.as_deref().unwrap_or_default();
@@ -160,7 +174,9 @@ pub fn prepare(
             return Err(ApiError::invalid("tool_choice", "tool_choice needs tools"));
         }
         return Ok(PreparedChat {
-            prompt: template.render(&messages, true).map_err(render_error)?,
+            prompt: template
+                .render(&messages, add_generation_prompt)
+                .map_err(render_error)?,
             tools: None,
             constraint: None,
         });
@@ -187,11 +203,11 @@ pub fn prepare(
         Some(_) => {
             let (custom, builtin) = split_builtin(template, tools);
             let custom = (!custom.is_empty()).then_some(custom.as_slice());
-            template.render_with_builtin_tools(&messages, true, custom, &builtin)
+            template.render_with_builtin_tools(&messages, add_generation_prompt, custom, &builtin)
         }
         None => {
             write_generic(&mut messages, tools);
-            template.render(&messages, true)
+            template.render(&messages, add_generation_prompt)
         }
     }
     .map_err(render_error)?;
