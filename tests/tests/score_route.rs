@@ -16,11 +16,13 @@ use wick_tests::{default_model, fallback_model, free_port, metric, post_json, wi
 const MIN_MEAN: f64 = -1.0;
 const MAX_TOKENS: u32 = 60;
 
-/// Prompts whose cheap answers the fallback scores above and below [`MIN_MEAN`].
-const PROMPTS: [&str; 3] = [
+/// Prompts whose cheap answers the fallback scores above and below [`MIN_MEAN`]: the third
+/// rejected from its first token (escalated from scratch), the fourth further on (continued).
+const PROMPTS: [&str; 4] = [
     "What is the capital of France? Answer in one word.",
     "What is 2+2? Answer with the number only.",
     "Name a primary color. One word.",
+    "What is the largest planet in the solar system?",
 ];
 
 fn write_config(name: &str, text: &str) -> String {
@@ -115,7 +117,8 @@ fn a_score_route_keeps_the_cheap_answer_exactly_when_the_fallback_scores_it_well
     );
     let server = Server::start(&["--config", &write_config("local", &cfg)]);
     let port = server.port;
-    let (mut stood, mut escalated, mut prefill, mut decode) = (0, 0, 0, 0);
+    let (mut stood, mut escalated, mut continued, mut prefill, mut decode) = (0, 0, 0, 0, 0);
+    let mut outcomes = Vec::new();
     for prompt in PROMPTS {
         let cheap = content(&post_json(port, "/v1/chat/completions", &chat("small", prompt)));
         let fallback = content(&post_json(port, "/v1/chat/completions", &chat("coder", prompt)));
@@ -138,26 +141,47 @@ fn a_score_route_keeps_the_cheap_answer_exactly_when_the_fallback_scores_it_well
                 Some("small:low_score_mean"),
                 "{prompt}"
             );
-            assert_eq!(answer, fallback, "{prompt}");
             let completion = r.json()["usage"]["completion_tokens"].as_u64().expect("usage");
-            assert_eq!(fallback_work(&r, "decode"), completion, "{prompt}");
+            match r.header("x-wick-continued") {
+                // From the first token the fallback rejected: the cheap answer's text up to it,
+                // then the fallback's; the kept tokens count as the answer's, not as decoded.
+                Some(c) => {
+                    continued += 1;
+                    let kept: u64 = c
+                        .strip_prefix("kept=")
+                        .and_then(|k| k.split('/').next()?.parse().ok())
+                        .unwrap_or_else(|| panic!("{c}"));
+                    assert!(kept > 0, "{c}");
+                    assert_eq!(completion, kept + fallback_work(&r, "decode"), "{prompt}");
+                    let common = answer
+                        .chars()
+                        .zip(cheap.chars())
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    assert!(common > 0, "{prompt}: {answer:?} keeps nothing of {cheap:?}");
+                }
+                None => {
+                    assert_eq!(answer, fallback, "{prompt}");
+                    assert_eq!(fallback_work(&r, "decode"), completion, "{prompt}");
+                }
+            }
         }
         prefill += fallback_work(&r, "prefill");
         decode += fallback_work(&r, "decode");
 
-        // Streamed: the whole answer is held and scored the same, then replayed or escalated.
-        let mut streamed = chat("auto", prompt);
-        streamed["stream"] = json!(true);
-        let s = post_json(port, "/v1/chat/completions", &streamed);
-        assert_eq!(streamed_text(&s), answer, "{prompt}, streamed");
-        assert_eq!(s.header("x-wick-score"), r.header("x-wick-score"), "{prompt}");
-        assert_eq!(s.header("x-wick-backend"), r.header("x-wick-backend"), "{prompt}");
+        outcomes.push((
+            prompt,
+            cheap,
+            fallback,
+            mean,
+            r.header("x-wick-score").map(str::to_string),
+        ));
     }
     assert!(
-        stood > 0 && escalated > 0,
-        "{stood} stood, {escalated} escalated: pick other prompts"
+        stood > 0 && escalated > 0 && continued > 0,
+        "{stood} stood, {escalated} escalated ({continued} continued): pick other prompts"
     );
-    // Each non-streamed and streamed request was scored once.
+    // Each request was scored once.
     let verified = |outcome: &str| {
         counter(
             port,
@@ -165,12 +189,8 @@ fn a_score_route_keeps_the_cheap_answer_exactly_when_the_fallback_scores_it_well
             &format!("outcome=\"{outcome}\",route=\"auto\""),
         )
     };
-    assert_eq!(
-        (verified("accepted"), verified("rejected")),
-        (2 * stood, 2 * escalated)
-    );
-    // The fallback's tokens for the route: the non-streamed requests' headers, twice (the
-    // streams did the same work).
+    assert_eq!((verified("accepted"), verified("rejected")), (stood, escalated));
+    // The fallback's tokens for the route: the requests' headers.
     let tokens = |phase: &str| {
         counter(
             port,
@@ -178,7 +198,19 @@ fn a_score_route_keeps_the_cheap_answer_exactly_when_the_fallback_scores_it_well
             &format!("phase=\"{phase}\",route=\"auto\""),
         )
     };
-    assert_eq!((tokens("prefill"), tokens("decode")), (2 * prefill, 2 * decode));
+    assert_eq!((tokens("prefill"), tokens("decode")), (prefill, decode));
+    for (prompt, cheap, fallback, mean, score) in outcomes {
+        // Streamed: the whole answer is held and scored the same, then replayed or escalated
+        // (from scratch: a stream is not continued).
+        let mut streamed = chat("auto", prompt);
+        streamed["stream"] = json!(true);
+        let s = post_json(port, "/v1/chat/completions", &streamed);
+        let whole = if mean >= MIN_MEAN { &cheap } else { &fallback };
+        assert_eq!(&streamed_text(&s), whole, "{prompt}, streamed");
+        assert_eq!(s.header("x-wick-score"), score.as_deref(), "{prompt}");
+        let backend = if mean >= MIN_MEAN { "small" } else { "coder" };
+        assert_eq!(s.header("x-wick-backend"), Some(backend), "{prompt}");
+    }
 
     // Completions: the prompt and the answer's text are scored.
     let body =

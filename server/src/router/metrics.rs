@@ -154,9 +154,9 @@ pub(super) fn prediction_counts(usage: Option<&serde_json::Value>) -> Option<(u6
     ))
 }
 
-/// Whether `tier` is the route's last (its fallback).
+/// Whether `tier` is the route's last (its fallback; a one-tier route's only tier).
 pub(super) fn is_fallback(route: &Route, tier: &Backend) -> bool {
-    route.tiers.len() > 1 && route.tiers.last().is_some_and(|t| t.backend.id == tier.id)
+    route.tiers.last().is_some_and(|t| t.backend.id == tier.id)
 }
 
 /// Adds a usage's prompt and completion tokens to `counters` (in that order).

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod breaker;
 pub mod capability;
+pub mod continuation;
 pub mod hold;
 mod metrics;
 pub mod policy;
@@ -211,7 +212,25 @@ pub async fn dispatch(
                 .with_label_values(&[&route.name, &tier.id, f.reason()])
                 .inc();
         };
-        let reply = match tier.send(local, endpoint, bytes).await {
+        // Score mode: the fallback continues a rejected answer where it can.
+        let continuation = trail
+            .continuation
+            .take()
+            .filter(|_| metrics::is_fallback(route, tier));
+        let mut continued_usage = None;
+        let sent = match &continuation {
+            Some(c) => match continuation::answer(local, tier, &body, c).await {
+                Ok(Some((reply, usage))) => {
+                    trail.continued = Some(c.header());
+                    continued_usage = Some(usage);
+                    Ok(reply)
+                }
+                Ok(None) => tier.send(local, endpoint, bytes).await,
+                Err(f) => Err(f),
+            },
+            None => tier.send(local, endpoint, bytes).await,
+        };
+        let reply = match sent {
             Ok(r) => r,
             Err(f) => {
                 breaker.record_failure();
@@ -337,14 +356,16 @@ pub async fn dispatch(
             failed(&mut trail, &f);
             continue;
         };
+        // What the tier did: a continuation's own usage (the kept tokens were read, not written).
+        let usage = continued_usage.as_ref().or(json.get("usage"));
         metrics
             .cost
             .with_label_values(&[&route.name, &tier.id])
-            .inc_by(tier.cost(json.get("usage")));
-        metrics.drafted(route, tier, json.get("usage"));
-        metrics.fallback_answered(route, tier, json.get("usage"));
+            .inc_by(tier.cost(usage));
+        metrics.drafted(route, tier, usage);
+        metrics.fallback_answered(route, tier, usage);
         if metrics::is_fallback(route, tier) {
-            trail.fallback.answered(json.get("usage"));
+            trail.fallback.answered(usage);
         }
         let escalation = if !status.is_success() {
             // The request's own fault: the same for every tier, except a context too small.

@@ -68,12 +68,37 @@ impl Score {
     }
 }
 
-/// What scoring an answer came to.
-#[derive(Debug)]
-pub enum Scored {
-    Score(Score),
-    /// The answer cannot be scored (the reason, for the log): the request escalates.
-    Unscorable(String),
+/// One choice's answer as the fallback scored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredAnswer {
+    pub text: ScoringText,
+    /// Each answer token's byte offset in `text.text` and its logprob.
+    pub tokens: Vec<(usize, f64)>,
+    /// Tokens the fallback read (the conversation and the answer).
+    pub prefill_tokens: u64,
+}
+
+impl Score {
+    /// The worst of the choices' scores.
+    pub fn of(answers: &[ScoredAnswer]) -> Option<Score> {
+        answers
+            .iter()
+            .map(|a| {
+                let n = a.tokens.len().max(1) as f64;
+                Score {
+                    mean: a.tokens.iter().map(|t| t.1).sum::<f64>() / n,
+                    min: a.tokens.iter().map(|t| t.1).fold(f64::INFINITY, f64::min),
+                    tokens: a.tokens.len(),
+                    prefill_tokens: a.prefill_tokens,
+                }
+            })
+            .reduce(|t, s| Score {
+                mean: t.mean.min(s.mean),
+                min: t.min.min(s.min),
+                tokens: t.tokens + s.tokens,
+                prefill_tokens: t.prefill_tokens + s.prefill_tokens,
+            })
+    }
 }
 
 /// The text the fallback reads, and the byte offset where the answer starts in it.
@@ -120,58 +145,52 @@ pub(super) async fn verify(
             unavailable(trail, f.reason());
             None
         }
-        Ok(Scored::Unscorable(why)) => {
+        Ok(Err(why)) => {
             breaker.record_success();
             tracing::debug!(route = %route.name, "unscorable answer escalates: {why}");
             outcome("unscorable");
             Some(Escalation::Unscorable)
         }
-        Ok(Scored::Score(s)) => {
+        Ok(Ok(answers)) => {
             breaker.record_success();
+            let s = Score::of(&answers)?;
             trail.score = Some(s);
             trail.fallback.scored(s.prefill_tokens);
             metrics.fallback_counters(route)[0].inc_by(s.prefill_tokens);
             let verdict = s.judge(&route.policy);
             outcome(if verdict.is_some() { "rejected" } else { "accepted" });
+            if verdict.is_some() {
+                trail.continuation =
+                    super::continuation::plan(endpoint, request, answer, &answers, &route.policy);
+            }
             verdict
         }
     }
 }
 
-/// Scores `answer` (a cheap tier's whole response to `request`) on `fallback`. `Err`: the
-/// fallback could not be asked.
+/// Scores `answer` (a cheap tier's whole response to `request`) on `fallback`, each choice
+/// (`Err` inside: why it cannot be scored). `Err`: the fallback could not be asked.
 async fn score(
     local: &LocalModels,
     fallback: &Backend,
     endpoint: Endpoint,
     request: &Value,
     answer: &Value,
-) -> Result<Scored, BackendFailure> {
+) -> Result<Result<Vec<ScoredAnswer>, String>, BackendFailure> {
     let texts = match scoring_texts(local, fallback, endpoint, request, answer) {
+        Ok(t) if t.is_empty() => return Ok(Err("the answer has no choices".into())),
         Ok(t) => t,
-        Err(why) => return Ok(Scored::Unscorable(why)),
+        Err(why) => return Ok(Err(why)),
     };
-    let asks = texts.iter().map(|t| score_one(local, fallback, t));
-    let mut total: Option<Score> = None;
+    let asks = texts.into_iter().map(|t| score_one(local, fallback, t));
+    let mut answers = Vec::new();
     for result in futures_util::future::join_all(asks).await {
-        let s = match result? {
-            Scored::Score(s) => s,
-            unscorable => return Ok(unscorable),
-        };
-        total = Some(match total {
-            None => s,
-            Some(t) => Score {
-                mean: t.mean.min(s.mean),
-                min: t.min.min(s.min),
-                tokens: t.tokens + s.tokens,
-                prefill_tokens: t.prefill_tokens + s.prefill_tokens,
-            },
-        });
+        match result? {
+            Ok(a) => answers.push(a),
+            Err(why) => return Ok(Err(why)),
+        }
     }
-    Ok(total.map_or_else(
-        || Scored::Unscorable("the answer has no choices".into()),
-        Scored::Score,
-    ))
+    Ok(Ok(answers))
 }
 
 /// One choice's scoring request: the prompt echoed with its logprobs, one token generated
@@ -179,8 +198,8 @@ async fn score(
 async fn score_one(
     local: &LocalModels,
     fallback: &Backend,
-    text: &ScoringText,
-) -> Result<Scored, BackendFailure> {
+    text: ScoringText,
+) -> Result<Result<ScoredAnswer, String>, BackendFailure> {
     let body = json!({"model": fallback.model, "prompt": text.text, "echo": true, "logprobs": 0,
         "max_tokens": 1, "temperature": 0.0});
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -197,16 +216,23 @@ async fn score_one(
             .and_then(Value::as_str)
             .unwrap_or_default();
         tracing::warn!(backend = %fallback.id, %status, "the fallback refused to score an answer: {message}");
-        return Ok(Scored::Unscorable(format!(
+        return Ok(Err(format!(
             "the fallback refused to score ({status}): {message}"
         )));
     }
-    Ok(answer_logprobs(&json, text.answer_start))
+    Ok(
+        answer_logprobs(&json, text.answer_start).map(|(tokens, prefill_tokens)| ScoredAnswer {
+            text,
+            tokens,
+            prefill_tokens,
+        }),
+    )
 }
 
-/// The logprobs of the echoed tokens from `answer_start` on (OpenAI's legacy `logprobs`:
-/// `token_logprobs` and `text_offset`; the prompt's are the first `usage.prompt_tokens`).
-pub fn answer_logprobs(response: &Value, answer_start: usize) -> Scored {
+/// The echoed tokens from `answer_start` on, each with its offset and logprob (OpenAI's legacy
+/// `logprobs`: `token_logprobs` and `text_offset`; the prompt's are the first
+/// `usage.prompt_tokens`), and that count.
+pub fn answer_logprobs(response: &Value, answer_start: usize) -> Result<(Vec<(usize, f64)>, u64), String> {
     let logprobs = response.pointer("/choices/0/logprobs");
     let values = logprobs
         .and_then(|l| l.get("token_logprobs"))
@@ -216,24 +242,19 @@ pub fn answer_logprobs(response: &Value, answer_start: usize) -> Scored {
         .and_then(Value::as_array);
     let prompt_tokens = response.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
     let (Some(values), Some(offsets), Some(prompt_tokens)) = (values, offsets, prompt_tokens) else {
-        return Scored::Unscorable("the fallback's answer has no echoed logprobs".into());
+        return Err("the fallback's answer has no echoed logprobs".into());
     };
-    let scored: Vec<f64> = values
+    let scored: Vec<(usize, f64)> = values
         .iter()
         .zip(offsets)
         .take(prompt_tokens as usize)
-        .filter(|(_, o)| o.as_u64().is_some_and(|o| o as usize >= answer_start))
-        .filter_map(|(v, _)| v.as_f64())
+        .filter_map(|(v, o)| Some((o.as_u64()? as usize, v.as_f64()?)))
+        .filter(|&(o, _)| o >= answer_start)
         .collect();
     if scored.is_empty() {
-        return Scored::Unscorable("the answer has no tokens to score".into());
+        return Err("the answer has no tokens to score".into());
     }
-    Scored::Score(Score {
-        mean: scored.iter().sum::<f64>() / scored.len() as f64,
-        min: scored.iter().copied().fold(f64::INFINITY, f64::min),
-        tokens: scored.len(),
-        prefill_tokens: prompt_tokens,
-    })
+    Ok((scored, prompt_tokens))
 }
 
 /// The texts to score, one per choice of `answer`.
@@ -385,16 +406,29 @@ mod tests {
             ],
             5,
         );
-        let Scored::Score(s) = answer_logprobs(&response, 10) else {
-            panic!("scored");
+        let (tokens, prefill) = answer_logprobs(&response, 10).expect("scored");
+        assert_eq!(tokens, vec![(10, -0.5), (12, -1.5)]);
+        let text = ScoringText {
+            text: "Q: 2+2?\nA: 4.\n".into(),
+            answer_start: 10,
         };
+        let answer = ScoredAnswer {
+            text,
+            tokens,
+            prefill_tokens: prefill,
+        };
+        let s = Score::of(std::slice::from_ref(&answer)).expect("a score");
         assert_eq!((s.mean, s.min, s.tokens, s.prefill_tokens), (-1.0, -1.5, 2, 5));
         assert_eq!(s.header(), "mean=-1.000, min=-1.500, tokens=2");
-        assert!(matches!(answer_logprobs(&response, 14), Scored::Unscorable(_)));
-        assert!(matches!(
-            answer_logprobs(&json!({"choices": []}), 0),
-            Scored::Unscorable(_)
-        ));
+        // Two choices: the worse mean and the lowest token; the tokens of both.
+        let other = ScoredAnswer {
+            tokens: vec![(10, -0.1), (12, -2.5), (13, -0.1)],
+            ..answer.clone()
+        };
+        let s = Score::of(&[answer, other]).expect("a score");
+        assert_eq!((s.mean, s.min, s.tokens, s.prefill_tokens), (-1.0, -2.5, 5, 10));
+        assert!(answer_logprobs(&response, 14).is_err());
+        assert!(answer_logprobs(&json!({"choices": []}), 0).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use serde_json::Value;
 
+use super::continuation::{Continuation, CONTINUED_HEADER};
 use super::score::{Score, SCORE_HEADER};
 use super::{BACKEND_HEADER, ESCALATION_HEADER, FAILOVER_HEADER};
 
@@ -18,6 +19,10 @@ pub(super) struct Trail {
     /// Score mode: the fallback's score of the cheap answer.
     pub score: Option<Score>,
     pub fallback: FallbackWork,
+    /// Score mode: where the fallback continues the rejected cheap answer, until it does.
+    pub continuation: Option<Continuation>,
+    /// Score mode: the fallback continued the cheap answer (`x-wick-continued`).
+    pub continued: Option<String>,
 }
 
 /// What the route's last tier did for one request: tokens it read (scoring included), tokens
@@ -83,6 +88,7 @@ impl Trail {
         let values = [
             (SCORE_HEADER, self.score.map(|s| s.header())),
             (FALLBACK_HEADER, self.fallback.header()),
+            (CONTINUED_HEADER, self.continued.clone()),
         ];
         for (name, value) in values {
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
