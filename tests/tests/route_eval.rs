@@ -1,12 +1,13 @@
 //! `wick route-eval` against real processes: a `large` wick behind a router wick that serves
 //! `small` itself, the quick labelled set (tests/route-eval/quick.jsonl), and the report's
 //! invariants: counts add up, shares sum to 1, who answered matches the route's configuration,
-//! a named tool choice always yields a call of that name, and the cost arithmetic.
+//! a named tool choice always yields a call of that name, and the cost arithmetic; and
+//! `--calibrate` on a score route, its curves and recommendation recomputed from the records.
 
 use std::process::Command;
 
 use serde_json::Value;
-use wick_tests::{free_port, root, wick_binary, Server};
+use wick_tests::{default_model, fallback_model, free_port, root, wick_binary, Server};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -200,4 +201,104 @@ fn a_bad_line_is_reported_with_its_number() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("bad.jsonl:2: bad regex"), "{stderr}");
+}
+
+/// `--calibrate`: a score route (the default model answering, Qwen2.5-Coder-0.5B scoring) over
+/// the quick set. The route's kept answers are the cheap model's own, the mean-threshold curve
+/// keeps fewer items cheap as it tightens, and every point's figures (and the recommendation's)
+/// follow from the records: which model got each item right and each item's score.
+#[test]
+fn calibrate_recomputes_from_the_records() {
+    let dir = std::env::temp_dir().join(format!("wick-route-eval-cal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = format!(
+        "[server]\nmodel = \"small\"\n\n[[models]]\nid = \"small\"\nsource = \"{}\"\nserved_name = \"small\"\n\n\
+         [[models]]\nid = \"large\"\nsource = \"{}\"\nserved_name = \"large\"\n\n\
+         [[routes]]\nname = \"score\"\ntiers = [\"small\", \"large\"]\npolicy = {{ verify = \"score\", min_mean_logprob = -1.0 }}\n",
+        default_model(),
+        fallback_model()
+    );
+    let router = Server::start(&["--config", &write(&dir, "score.toml", &cfg)]);
+    let data = root().join("tests/route-eval/quick.jsonl");
+    let url = format!("http://127.0.0.1:{}/v1", router.port);
+    let out = Command::new(wick_binary())
+        .args(["route-eval", "--data", &data.display().to_string(), "--url", &url])
+        .args(["--json", "--calibrate", "score", "--concurrency", "2"])
+        .output()
+        .expect("wick route-eval runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let cal = &report["calibration"];
+    assert_eq!(
+        (cal["cheap"].as_str(), cal["fallback"].as_str()),
+        (Some("small"), Some("large"))
+    );
+    assert_eq!(cal["items"], 6);
+    assert_eq!(cal["cheap_answer_mismatches"], 0, "{cal}");
+    let records = |model: &str| -> Vec<Value> {
+        let m = report["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == model);
+        m.unwrap_or_else(|| panic!("{model} evaluated"))["records"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let (route, cheap, fallback) = (records("score"), records("small"), records("large"));
+    let scored: Vec<Option<(f64, f64)>> = route
+        .iter()
+        .map(|r| r["score"].as_object().map(|s| (f(&s["mean"]), f(&s["min"]))))
+        .collect();
+    assert_eq!(cal["scored"], scored.iter().flatten().count());
+    assert!(scored.iter().any(Option::is_some), "nothing was scored: {cal}");
+    let point = |p: &Value| {
+        let (m, t) = (p["min_mean_logprob"].as_f64(), p["min_token_logprob"].as_f64());
+        let mut kept = 0;
+        let mut right = 0;
+        for (i, score) in scored.iter().enumerate() {
+            let stays =
+                score.is_some_and(|(mean, min)| m.is_none_or(|m| mean >= m) && t.is_none_or(|t| min >= t));
+            kept += usize::from(stays);
+            let by = if stays { &cheap[i] } else { &fallback[i] };
+            assert_eq!(by["id"], route[i]["id"]);
+            right += usize::from(by["correct"] == true);
+        }
+        (kept as f64 / 6.0, right as f64 / 6.0)
+    };
+    let curve = cal["mean_curve"].as_array().expect("mean_curve");
+    assert!(curve.len() >= 2, "{cal}");
+    let mut last_share = f64::INFINITY;
+    for p in curve.iter().chain(cal["min_curve"].as_array().unwrap()) {
+        let (share, accuracy) = point(p);
+        assert!((f(&p["cheap_share"]) - share).abs() < 1e-9, "{p}");
+        assert!((f(&p["accuracy"]) - accuracy).abs() < 1e-9, "{p}");
+    }
+    for p in curve {
+        assert!(f(&p["cheap_share"]) <= last_share, "{p}");
+        last_share = f(&p["cheap_share"]);
+    }
+    match cal["recommendation"].as_object() {
+        Some(r) => {
+            let r = Value::Object(r.clone());
+            assert!(f(&r["accuracy"]) >= f(&cal["target_accuracy"]) - 1e-9, "{r}");
+            assert_eq!(point(&r), (f(&r["cheap_share"]), f(&r["accuracy"])));
+            assert!(
+                r["toml"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("verify = \"score\"")),
+                "{r}"
+            );
+        }
+        None => assert!(
+            f(&cal["best_accuracy"]["accuracy"]) < f(&cal["target_accuracy"]),
+            "{cal}"
+        ),
+    }
 }

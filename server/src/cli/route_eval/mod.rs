@@ -6,10 +6,15 @@
 //! The data is JSONL, one item a line: `{"id": "...", "messages": [...] | "prompt": "...",
 //! "check": {...}}` with optional `tools`, `tool_choice`, `max_tokens`, `temperature` (default
 //! 0). A `prompt` is sent as one user message; every request is a non-streamed
-//! `POST /chat/completions`. Checks: [`checkers`]. Figures: [`report`].
+//! `POST /chat/completions`. Checks: [`checkers`]. Figures: [`report`]. Score-mode headers
+//! and the fallback's work: [`headers`]. Threshold calibration (`--calibrate`): [`calibrate`].
 
+pub mod calibrate;
 pub mod checkers;
+pub mod headers;
+mod plan;
 pub mod report;
+mod text;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ops::http_client::error_chain;
+use calibrate::{CalibrateError, Calibration};
 use checkers::{Check, CheckSpec};
+use plan::CalibratePlan;
 pub use report::{ItemRecord, ModelReport, Prices};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,8 @@ pub enum RouteEvalError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Calibrate(#[from] CalibrateError),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +58,7 @@ pub struct RouteEvalArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
     pub url: String,
     /// Model name to evaluate; repeat to compare (e.g. the cheap tier, the fallback, the route).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "calibrate")]
     pub model: Vec<String>,
     /// Bearer token for the server.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
@@ -70,6 +79,29 @@ pub struct RouteEvalArgs {
     /// (repeat for each backend; the backend as `x-wick-backend` or `model` names it).
     #[arg(long, value_parser = report::parse_price)]
     pub price: Vec<(String, (f64, f64))>,
+    /// Fit a score-mode route's thresholds: evaluates ROUTE, its cheap tier and its fallback
+    /// (added to --model when missing) and prints the accuracy / cheap-share curves and the
+    /// policy to paste.
+    #[arg(long, value_name = "ROUTE")]
+    pub calibrate: Option<String>,
+    /// The fallback model: with --calibrate, instead of the route's last tier; for the `fb`
+    /// columns, the model whose own usage is the fallback's work (other plain models count 0).
+    #[arg(long, value_name = "NAME")]
+    pub fallback: Option<String>,
+    /// With --calibrate: the cheap model, instead of the route's first tier.
+    #[arg(long, value_name = "NAME", requires = "calibrate")]
+    pub cheap: Option<String>,
+    /// With --calibrate: the accuracy the recommended thresholds must reach, in [0, 1]
+    /// (default: the fallback's accuracy minus 0.03).
+    #[arg(long, value_name = "A", requires = "calibrate", value_parser = parse_fraction)]
+    pub target_accuracy: Option<f64>,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?}: expected a number from 0 to 1")),
+    }
 }
 
 /// One line of the data file, as written.
@@ -142,6 +174,9 @@ pub struct RouteEvalReport {
     pub url: String,
     pub data: String,
     pub models: Vec<ModelReport>,
+    /// `--calibrate`'s curves and recommendation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 /// Runs every model over the items on its own tokio runtime and prints the table or the JSON.
@@ -159,7 +194,25 @@ pub fn run(args: RouteEvalArgs) -> Result<RouteEvalReport, RouteEvalError> {
         .enable_all()
         .build()
         .map_err(|e| RouteEvalError::Invalid(format!("starting the runtime: {e}")))?;
-    let report = runtime.block_on(run_async(&args, items))?;
+    let (mut report, plan) = runtime.block_on(run_async(&args, items))?;
+    // A failed calibration still prints what was measured, then the error.
+    let calibration = plan.map(|p| p.calibrate(&report.models, args.target_accuracy));
+    let failed = match calibration {
+        Some(Ok(c)) => {
+            report.calibration = Some(c);
+            None
+        }
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
+    print(&args, &report)?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(report),
+    }
+}
+
+fn print(args: &RouteEvalArgs, report: &RouteEvalReport) -> Result<(), RouteEvalError> {
     if args.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| RouteEvalError::Invalid(e.to_string()))?;
@@ -169,7 +222,7 @@ pub fn run(args: RouteEvalArgs) -> Result<RouteEvalReport, RouteEvalError> {
             "wick route-eval: {} on {} ({} items)",
             report.url,
             report.data,
-            text_items(&report)
+            text_items(report)
         );
         print!("{}", report::table(&report.models));
         for m in &report.models {
@@ -184,8 +237,11 @@ pub fn run(args: RouteEvalArgs) -> Result<RouteEvalReport, RouteEvalError> {
                 );
             }
         }
+        if let Some(c) = &report.calibration {
+            print!("{}", text::calibration(c));
+        }
     }
-    Ok(report)
+    Ok(())
 }
 
 fn text_items(report: &RouteEvalReport) -> usize {
@@ -199,7 +255,10 @@ struct Target {
     default_max_tokens: u64,
 }
 
-async fn run_async(args: &RouteEvalArgs, items: Vec<Item>) -> Result<RouteEvalReport, RouteEvalError> {
+async fn run_async(
+    args: &RouteEvalArgs,
+    items: Vec<Item>,
+) -> Result<(RouteEvalReport, Option<CalibratePlan>), RouteEvalError> {
     let client = crate::ops::http_client::builder()
         .timeout(Duration::from_secs(args.timeout_secs))
         .build()?;
@@ -210,10 +269,16 @@ async fn run_async(args: &RouteEvalArgs, items: Vec<Item>) -> Result<RouteEvalRe
         default_max_tokens: args.max_tokens,
     });
     let tiers = route_tiers(&target).await;
+    // Before any request: a calibration that cannot name its models fails fast.
+    let plan = CalibratePlan::resolve(args, &tiers)?;
+    let fallback = args
+        .fallback
+        .as_deref()
+        .or(plan.as_ref().map(|p| p.fallback.as_str()));
     let prices: Prices = args.price.iter().cloned().collect();
     let items = Arc::new(items);
     let mut models = Vec::new();
-    for model in &args.model {
+    for model in &CalibratePlan::models(plan.as_ref(), &args.model) {
         let records: Vec<ItemRecord> = futures_util::stream::iter(0..items.len())
             .map(|i| {
                 let (target, items, model) = (target.clone(), items.clone(), model.clone());
@@ -224,13 +289,15 @@ async fn run_async(args: &RouteEvalArgs, items: Vec<Item>) -> Result<RouteEvalRe
             .await;
         let tiers = tiers.get(model).cloned().unwrap_or_default();
         tracing::info!(model, "evaluated");
-        models.push(ModelReport::new(model, tiers, records, &prices));
+        models.push(ModelReport::new(model, tiers, records, &prices, fallback));
     }
-    Ok(RouteEvalReport {
+    let report = RouteEvalReport {
         url: target.url.clone(),
         data: args.data.display().to_string(),
         models,
-    })
+        calibration: None,
+    };
+    Ok((report, plan))
 }
 
 /// Route name → tiers, from wick's `GET /models` (`tiers` on route entries); empty when the
@@ -331,6 +398,12 @@ async fn one_item(target: &Target, model: &str, item: &Item) -> ItemRecord {
     record.failovers = list("x-wick-failover");
     record.prompt_tokens = json["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
     record.completion_tokens = json["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    record.accepted_prediction_tokens =
+        json["usage"]["completion_tokens_details"]["accepted_prediction_tokens"].as_u64();
+    record.score = header("x-wick-score").as_deref().and_then(headers::parse_score);
+    record.fallback = header("x-wick-fallback")
+        .as_deref()
+        .and_then(headers::parse_fallback);
     let message = &json["choices"][0]["message"];
     let content = message["content"].as_str().unwrap_or_default();
     let calls = message["tool_calls"]

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
+use super::headers::{self, FallbackWork, NoHeader, Score};
 use crate::cli::bench::Percentiles;
 
 /// What one item's request gave.
@@ -34,6 +35,13 @@ pub struct ItemRecord {
     /// The request's `max_tokens` (for the cost of an escalated `length` attempt).
     #[serde(skip)]
     pub max_tokens: u64,
+    /// `usage.completion_tokens_details.accepted_prediction_tokens` (a speculating engine's
+    /// draft tokens it accepted), for the fallback's forward passes when it is asked directly.
+    pub accepted_prediction_tokens: Option<u64>,
+    /// `x-wick-score`: the fallback's logprobs over the cheap tier's answer (score mode).
+    pub score: Option<Score>,
+    /// `x-wick-fallback`: what the route's last tier did for this request.
+    pub fallback: Option<FallbackWork>,
     pub answer: String,
     pub error: Option<String>,
 }
@@ -76,6 +84,14 @@ pub struct ModelReport {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost: Option<Cost>,
+    /// What the fallback (the route's last tier, or `--fallback` asked directly) did per
+    /// answered item: the share it decoded nothing for, its forward passes, its prompt and
+    /// generated tokens. From `x-wick-fallback`; without it, from the usage of the model named
+    /// by `--fallback`, 0 for other plain models, else None (see [`headers`]).
+    pub fallback_no_decode_share: Option<f64>,
+    pub fallback_forwards_per_item: Option<f64>,
+    pub fallback_prefill_per_item: Option<f64>,
+    pub fallback_decode_per_item: Option<f64>,
     pub records: Vec<ItemRecord>,
 }
 
@@ -103,7 +119,15 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 impl ModelReport {
-    pub fn new(model: &str, tiers: Vec<String>, records: Vec<ItemRecord>, prices: &Prices) -> Self {
+    /// `fallback`: the model known to be the fallback (`--fallback`, or the calibrated route's
+    /// last tier), which decides how records without `x-wick-fallback` count.
+    pub fn new(
+        model: &str,
+        tiers: Vec<String>,
+        records: Vec<ItemRecord>,
+        prices: &Prices,
+        fallback: Option<&str>,
+    ) -> Self {
         let answered: Vec<&ItemRecord> = records.iter().filter(|r| r.error.is_none()).collect();
         let mut by_backend: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for r in &answered {
@@ -130,6 +154,7 @@ impl ModelReport {
         let mut latencies: Vec<f64> = answered.iter().map(|r| r.latency_ms).collect();
         let correct = records.iter().filter(|r| r.correct).count();
         let cost = (!prices.is_empty()).then(|| cost(&tiers, &answered, prices));
+        let work = headers::summarize(&answered, NoHeader::for_model(model, tiers.is_empty(), fallback));
         Self {
             model: model.to_string(),
             items: records.len(),
@@ -144,6 +169,10 @@ impl ModelReport {
             prompt_tokens: answered.iter().map(|r| r.prompt_tokens).sum(),
             completion_tokens: answered.iter().map(|r| r.completion_tokens).sum(),
             cost,
+            fallback_no_decode_share: work.map(|w| w.no_decode_share),
+            fallback_forwards_per_item: work.map(|w| w.forwards_per_item),
+            fallback_prefill_per_item: work.map(|w| w.prefill_per_item),
+            fallback_decode_per_item: work.map(|w| w.decode_per_item),
             tiers,
             records,
         }
@@ -191,11 +220,13 @@ fn cost(tiers: &[String], answered: &[&ItemRecord], prices: &Prices) -> Cost {
     }
 }
 
-/// The human-readable table: one block per model.
+/// The human-readable table: one row per model. The `fb` columns are the fallback's work per
+/// item (share it decoded nothing for, forward passes, prompt + generated tokens); `-` where
+/// unknown.
 pub fn table(reports: &[ModelReport]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<12} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7}  backends (share, accuracy)\n",
+        "{:<12} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7} {:>8} {:>7} {:>11}  backends (share, accuracy)\n",
         "model",
         "items",
         "errors",
@@ -206,7 +237,10 @@ pub fn table(reports: &[ModelReport]) -> String {
         "p90 ms",
         "tokens",
         "cost $",
-        "saved"
+        "saved",
+        "fb 0-dec",
+        "fb fwd",
+        "fb in+out"
     ));
     for r in reports {
         let (mean, p50, p90) = r.latency_ms.map_or((0.0, 0.0, 0.0), |p| (p.mean, p.p50, p.p90));
@@ -217,13 +251,23 @@ pub fn table(reports: &[ModelReport]) -> String {
                 format!("{:.0}%", c.saved_fraction * 100.0),
             )
         });
+        let no_decode = r
+            .fallback_no_decode_share
+            .map_or("-".into(), |s| format!("{:.0}%", s * 100.0));
+        let forwards = r
+            .fallback_forwards_per_item
+            .map_or("-".into(), |f| format!("{f:.1}"));
+        let tokens = match (r.fallback_prefill_per_item, r.fallback_decode_per_item) {
+            (Some(p), Some(d)) => format!("{p:.0}+{d:.0}"),
+            _ => "-".into(),
+        };
         let backends: Vec<String> = r
             .backends
             .iter()
             .map(|b| format!("{} {:.0}% {:.0}%", b.backend, b.share * 100.0, b.accuracy * 100.0))
             .collect();
         out.push_str(&format!(
-            "{:<12} {:>5} {:>6} {:>7.1}% {:>8} {:>8.0} {:>8.0} {:>8.0} {:>10} {:>10} {:>7}  {}\n",
+            "{:<12} {:>5} {:>6} {:>7.1}% {:>8} {:>8.0} {:>8.0} {:>8.0} {:>10} {:>10} {:>7} {:>8} {:>7} {:>11}  {}\n",
             r.model,
             r.items,
             r.errors,
@@ -235,6 +279,9 @@ pub fn table(reports: &[ModelReport]) -> String {
             r.prompt_tokens + r.completion_tokens,
             cost,
             saved,
+            no_decode,
+            forwards,
+            tokens,
             backends.join(", ")
         ));
     }
@@ -270,7 +317,13 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let r = ModelReport::new("auto", vec!["small".into(), "large".into()], records, &prices);
+        let r = ModelReport::new(
+            "auto",
+            vec!["small".into(), "large".into()],
+            records,
+            &prices,
+            None,
+        );
         assert_eq!((r.items, r.errors, r.correct, r.escalated), (4, 1, 2, 2));
         assert_eq!(r.accuracy, 0.5);
         assert_eq!(r.backends.iter().map(|b| b.answered).sum::<usize>(), 3);
@@ -293,7 +346,13 @@ mod tests {
         let prices: Prices = [("small".into(), (1.0, 2.0)), ("large".into(), (10.0, 20.0))].into();
         let mut r = rec("small", true, &["small:abstain"], 100, 10);
         r.failovers = vec!["large:unreachable".into()];
-        let m = ModelReport::new("auto", vec!["small".into(), "large".into()], vec![r], &prices);
+        let m = ModelReport::new(
+            "auto",
+            vec!["small".into(), "large".into()],
+            vec![r],
+            &prices,
+            None,
+        );
         assert_eq!((m.escalated, m.failed_over, m.cheap_share), (1, 1, Some(1.0)));
         let c = m.cost.unwrap();
         assert!((c.total - 120.0 / 1e6).abs() < 1e-12, "{}", c.total);
@@ -307,11 +366,67 @@ mod tests {
             vec![],
             vec![rec("m", true, &[], 5, 5)],
             &[("x".into(), (1.0, 1.0))].into(),
+            None,
         );
         assert_eq!(r.cheap_share, None);
         let c = r.cost.unwrap();
         assert_eq!((c.total, c.always_fallback, c.saved_fraction), (0.0, 0.0, 0.0));
         assert_eq!(c.unpriced, vec!["m".to_string()]);
+    }
+
+    #[test]
+    fn fallback_columns_per_model() {
+        let usage = |ct, accepted| ItemRecord {
+            accepted_prediction_tokens: accepted,
+            ..rec("large", true, &[], 40, ct)
+        };
+        let failed = ItemRecord {
+            error: Some("timeout".into()),
+            ..Default::default()
+        };
+        let none = Prices::new();
+        let records = vec![usage(10, Some(4)), usage(0, None), failed.clone()];
+        // The fallback asked directly: from usage, over the answered items only.
+        let large = ModelReport::new("large", vec![], records.clone(), &none, Some("large"));
+        assert_eq!(large.fallback_no_decode_share, Some(0.5));
+        assert_eq!(large.fallback_forwards_per_item, Some(3.5));
+        assert_eq!(large.fallback_prefill_per_item, Some(40.0));
+        assert_eq!(large.fallback_decode_per_item, Some(5.0));
+        // Another plain model never touched the fallback; without --fallback nothing is known.
+        let small = ModelReport::new("small", vec![], records.clone(), &none, Some("large"));
+        assert_eq!(small.fallback_no_decode_share, Some(1.0));
+        assert_eq!(small.fallback_forwards_per_item, Some(0.0));
+        let unknown = ModelReport::new("large", vec![], records, &none, None);
+        assert_eq!(unknown.fallback_forwards_per_item, None);
+        // A route: its headers, whatever --fallback says.
+        let routed = |h: &str| ItemRecord {
+            fallback: headers::parse_fallback(h),
+            ..rec("small", true, &[], 30, 5)
+        };
+        let auto = ModelReport::new(
+            "auto",
+            vec!["small".into(), "large".into()],
+            vec![
+                routed("prefill=40, decode=0, forwards=1"),
+                routed("prefill=80, decode=10, forwards=11"),
+            ],
+            &none,
+            None,
+        );
+        assert_eq!(auto.fallback_no_decode_share, Some(0.5));
+        assert_eq!(auto.fallback_forwards_per_item, Some(6.0));
+        let text = table(&[large, unknown, auto]);
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(
+            rows[0].contains("fb 0-dec") && rows[0].contains("fb in+out"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains(" 50") && rows[1].contains("3.5") && rows[1].contains("40+5"),
+            "{text}"
+        );
+        assert!(rows[2].contains("      -           -  large"), "{text}");
+        assert!(rows[3].contains("6.0") && rows[3].contains("60+5"), "{text}");
     }
 
     #[test]
