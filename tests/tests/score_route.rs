@@ -237,6 +237,23 @@ fn a_score_route_keeps_the_cheap_answer_exactly_when_the_fallback_scores_it_well
         direct.json()["choices"][0]["text"]
     );
 
+    // A structured answer is scored as its text; it stands as the cheap model's own.
+    let json_answer = |model: &str| {
+        let mut body = chat(model, "Give the capital of France as JSON with the key \"city\".");
+        body["response_format"] = json!({"type": "json_object"});
+        post_json(port, "/v1/chat/completions", &body)
+    };
+    let r = json_answer("lenient");
+    assert_eq!(r.header("x-wick-backend"), Some("small"), "{}", r.body);
+    assert!(
+        score_field(&r, "tokens").is_some_and(|t| t > 0.0),
+        "{:?}",
+        r.headers
+    );
+    let text = content(&r);
+    serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(text, content(&json_answer("small")));
+
     // Tool calls: the cheap call is rendered in the fallback's template and scored; where it
     // stands it is the cheap model's call, where it escalates the fallback's.
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
