@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::tools::parser::ToolCallFormat;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use wick_config::{Config, ConfigError, LogFormat, Overrides, Secret, Speculative};
@@ -293,13 +292,4 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
         LogFormat::Text => logs.init(),
     }
     Ok(())
-}
-
-/// The configured `tool_call_parser` as the parsers' format.
-pub fn tool_call_format(parser: wick_config::ToolCallParser) -> ToolCallFormat {
-    match parser {
-        wick_config::ToolCallParser::Llama3Json => ToolCallFormat::Llama3Json,
-        wick_config::ToolCallParser::Hermes => ToolCallFormat::Hermes,
-        wick_config::ToolCallParser::Mistral => ToolCallFormat::Mistral,
-    }
 }

@@ -11,7 +11,7 @@ use wick_engine::spec::{SpeculativeConfig, SpeculativeMethod};
 use wick_engine::Engine;
 
 use crate::api::chat_template::ChatTemplate;
-use crate::cli::config::{engine_config, tool_call_format};
+use crate::cli::config::engine_config;
 use crate::cli::model::{chat_template, load_options, resolve_model};
 use crate::tools::{self, parser::ToolCallFormat};
 
@@ -105,7 +105,7 @@ fn load(cfg: &Config, model: &ModelConfig) -> Result<Loaded> {
     if template.is_none() {
         tracing::warn!(model = %model_id, "the model has no chat template: /v1/chat/completions will answer 400");
     }
-    let tool_format = model.tool_call_parser.map(tool_call_format);
+    let tool_format = model.tool_call_parser.map(ToolCallFormat::from);
     if let (Some(format), Some(t)) = (tool_format, &template) {
         if tools::template_format(t, Some(format)).is_none() {
             tracing::warn!(

@@ -120,7 +120,7 @@ impl RouterState {
                     model,
                     kind,
                     template,
-                    tool_format: m.tool_call_parser.map(crate::cli::config::tool_call_format),
+                    tool_format: m.tool_call_parser.map(Into::into),
                     prices: (
                         m.price_input_per_mtok.unwrap_or(0.0),
                         m.price_output_per_mtok.unwrap_or(0.0),

@@ -131,7 +131,7 @@ fn no_pair_reaching_the_target_says_what_is_reachable() {
         "{b:?}"
     );
     assert_eq!(evaluate(&items, b.min_mean_logprob, b.min_token_logprob), b);
-    let text = super::super::text::calibration(&c);
+    let text = crate::cli::route_eval::text::calibration(&c);
     assert!(
         text.contains("no threshold pair reaches") && text.contains("66.7%"),
         "{text}"

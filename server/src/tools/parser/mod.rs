@@ -52,6 +52,17 @@ pub enum ToolCallFormat {
     Mistral,
 }
 
+/// The configured `tool_call_parser` as the parsers' format.
+impl From<wick_config::ToolCallParser> for ToolCallFormat {
+    fn from(parser: wick_config::ToolCallParser) -> Self {
+        match parser {
+            wick_config::ToolCallParser::Llama3Json => Self::Llama3Json,
+            wick_config::ToolCallParser::Hermes => Self::Hermes,
+            wick_config::ToolCallParser::Mistral => Self::Mistral,
+        }
+    }
+}
+
 impl ToolCallFormat {
     pub const ALL: [ToolCallFormat; 3] = [Self::Llama3Json, Self::Hermes, Self::Mistral];
 
