@@ -172,3 +172,28 @@ fn speculative_decoding_through_the_openai_python_sdk() {
         );
     }
 }
+
+/// A score route through the SDK (tests/e2e/test_score_route.py): the default model answers,
+/// Qwen2.5-Coder-0.5B scores; the SDK reads wick's headers with `with_raw_response`.
+#[test]
+fn a_score_route_through_the_openai_python_sdk() {
+    let text = format!(
+        "[server]\nmodel = \"small\"\napi_keys = [\"{API_KEY}\"]\n\n\
+         [[models]]\nid = \"small\"\nsource = \"{}\"\nserved_name = \"small\"\n\n\
+         [[models]]\nid = \"coder\"\nsource = \"{}\"\nserved_name = \"coder\"\n\n\
+         [[routes]]\nname = \"auto\"\ntiers = [\"small\", \"coder\"]\n\
+         policy = {{ verify = \"score\", min_mean_logprob = -1.0 }}\n",
+        wick_tests::default_model(),
+        wick_tests::fallback_model()
+    );
+    let path = std::env::temp_dir().join(format!("wick-score-sdk-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write config");
+    let server = Server::start(&["--config", &path.to_string_lossy()]);
+    let env = [
+        ("WICK_ROUTE", "auto".to_string()),
+        ("WICK_CHEAP", "small".to_string()),
+        ("WICK_FALLBACK", "coder".to_string()),
+        ("WICK_MIN_MEAN", "-1.0".to_string()),
+    ];
+    run_sdk_tests(&server, "test_score_route.py", "the score route tests", &env);
+}
