@@ -182,6 +182,11 @@ pub struct ModelConfig {
     /// (`SpeculativeConfig::DEFAULT_MAX_BATCH`, 16).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculative_max_batch: Option<usize>,
+    /// With `draft` or `speculative`: `false` speculates in every step of up to
+    /// `speculative_max_batch` decodes instead of where the engine measures that it pays (where
+    /// it is known to pay, e.g. a GPU at small batches, or to compare the two). Unset: measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative_measure: Option<bool>,
     /// With `draft`: the draft proposes only among the first this many token ids (and the
     /// added tokens: end of turn, tool-call markers), so its output head reads that share of
     /// its rows. Output never depends on it; proposals of a token left out fail. Unset: the

@@ -256,6 +256,7 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
                 ("speculative", m.speculative.is_some()),
                 ("num_speculative_tokens", m.num_speculative_tokens.is_some()),
                 ("speculative_max_batch", m.speculative_max_batch.is_some()),
+                ("speculative_measure", m.speculative_measure.is_some()),
                 ("draft_vocab", m.draft_vocab.is_some()),
                 ("draft_lookup", m.draft_lookup.is_some()),
             ] {
@@ -333,6 +334,9 @@ fn check_speculation(cfg: &Config, out: &mut Vec<Finding>) {
             } else if b == 0 {
                 out.push((at("speculative_max_batch"), "must be greater than 0".into(), None));
             }
+        }
+        if m.speculative_measure.is_some() && !m.speculates() {
+            out.push((at("speculative_measure"), needs.into(), None));
         }
         if let Some(v) = m.draft_vocab {
             if m.draft.is_none() {

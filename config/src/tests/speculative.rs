@@ -377,6 +377,29 @@ fn draft_vocab_comes_with_a_draft_and_is_positive() {
 }
 
 #[test]
+fn speculative_measure_comes_with_speculation() {
+    let with = DRAFTED.replace(
+        "speculative_max_batch = 4\n",
+        "speculative_max_batch = 4\nspeculative_measure = false\n",
+    );
+    let cfg = load_text(&with, &[], &Overrides::default()).unwrap();
+    assert_eq!(cfg.served_model().unwrap().speculative_measure, Some(false));
+    let again = load_text(&cfg.to_toml(), &[], &Overrides::default()).unwrap();
+    assert_eq!(again.models, cfg.models);
+    let p = problem("[[models]]\nid = \"m\"\nspeculative_measure = false\n");
+    assert_eq!(
+        (p.field.as_str(), p.origin.clone()),
+        ("models[0].speculative_measure", at_line(3))
+    );
+    load_text(
+        "[[models]]\nid = \"m\"\nspeculative = \"ngram\"\nspeculative_measure = true\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect("with prompt lookup");
+}
+
+#[test]
 fn draft_lookup_comes_with_a_draft() {
     let with = DRAFTED.replace(
         "speculative_max_batch = 4\n",

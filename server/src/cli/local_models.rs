@@ -152,6 +152,7 @@ pub fn speculative_config(model: &ModelConfig) -> Option<SpeculativeConfig> {
             .num_speculative_tokens
             .unwrap_or(base.num_speculative_tokens),
         max_batch: model.speculative_max_batch.unwrap_or(base.max_batch),
+        measure_payoff: model.speculative_measure.unwrap_or(base.measure_payoff),
         draft_vocab: model.draft_vocab.or(base.draft_vocab),
         draft_lookup: match model.draft_lookup {
             Some(false) => None,
@@ -230,12 +231,23 @@ mod tests {
             speculative: Some(Speculative::Ngram),
             num_speculative_tokens: Some(7),
             speculative_max_batch: Some(2),
+            speculative_measure: Some(false),
             ..ModelConfig::default()
         };
         let spec = speculative_config(&m).expect("speculates");
         assert_eq!(
-            (spec.method, spec.num_speculative_tokens, spec.max_batch),
-            (SpeculativeMethod::Ngram { min: 2, max: 4 }, 7, 2)
+            (
+                spec.method,
+                spec.num_speculative_tokens,
+                spec.max_batch,
+                spec.measure_payoff
+            ),
+            (SpeculativeMethod::Ngram { min: 2, max: 4 }, 7, 2, false)
         );
+        let measured = speculative_config(&ModelConfig {
+            speculative: Some(Speculative::Ngram),
+            ..ModelConfig::default()
+        });
+        assert!(measured.expect("speculates").measure_payoff);
     }
 }
