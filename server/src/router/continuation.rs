@@ -15,7 +15,10 @@ use serde_json::{json, Value};
 use wick_config::RoutePolicy;
 
 use super::backend::{Backend, BackendFailure, BackendReply};
+use super::metrics::is_fallback;
 use super::score::ScoredAnswer;
+use super::trail::Trail;
+use super::Route;
 use crate::api::local_model::LocalModels;
 use crate::api::openai::{random_id, unix_now};
 use crate::api::service::Endpoint;
@@ -120,10 +123,36 @@ pub fn plan(
     })
 }
 
+/// Sends a request to `tier`: where it is the route's fallback and score mode planned a
+/// continuation of the rejected cheap answer, the continuation (and its own usage, what the
+/// fallback did), else `bytes` as they are (also where the fallback refuses the continuation).
+pub(super) async fn send(
+    local: &LocalModels,
+    route: &Route,
+    tier: &Backend,
+    endpoint: Endpoint,
+    request: &Value,
+    bytes: Bytes,
+    trail: &mut Trail,
+) -> (Result<BackendReply, BackendFailure>, Option<Value>) {
+    let planned = trail.continuation.take().filter(|_| is_fallback(route, tier));
+    let Some(c) = planned else {
+        return (tier.send(local, endpoint, bytes).await, None);
+    };
+    match answer(local, tier, request, &c).await {
+        Ok(Some((reply, usage))) => {
+            trail.continued = Some(c.header());
+            (Ok(reply), Some(usage))
+        }
+        Ok(None) => (tier.send(local, endpoint, bytes).await, None),
+        Err(f) => (Err(f), None),
+    }
+}
+
 /// Asks `fallback` for the rest of the answer: the chat answer (the kept text and the rest; its
 /// usage the conversation as prompt, kept and new tokens as completion) and the continuation's
 /// own usage (what the fallback did). `Ok(None)`: it refused; escalate from scratch.
-pub async fn answer(
+async fn answer(
     local: &LocalModels,
     fallback: &Backend,
     request: &Value,

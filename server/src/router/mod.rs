@@ -212,24 +212,8 @@ pub async fn dispatch(
                 .with_label_values(&[&route.name, &tier.id, f.reason()])
                 .inc();
         };
-        // Score mode: the fallback continues a rejected answer where it can.
-        let continuation = trail
-            .continuation
-            .take()
-            .filter(|_| metrics::is_fallback(route, tier));
-        let mut continued_usage = None;
-        let sent = match &continuation {
-            Some(c) => match continuation::answer(local, tier, &body, c).await {
-                Ok(Some((reply, usage))) => {
-                    trail.continued = Some(c.header());
-                    continued_usage = Some(usage);
-                    Ok(reply)
-                }
-                Ok(None) => tier.send(local, endpoint, bytes).await,
-                Err(f) => Err(f),
-            },
-            None => tier.send(local, endpoint, bytes).await,
-        };
+        let (sent, continued_usage) =
+            continuation::send(local, route, tier, endpoint, &body, bytes, &mut trail).await;
         let reply = match sent {
             Ok(r) => r,
             Err(f) => {
