@@ -221,7 +221,7 @@ async fn score_one(
         )));
     }
     Ok(
-        answer_logprobs(&json, text.answer_start).map(|(tokens, prefill_tokens)| ScoredAnswer {
+        answer_logprobs(&json, &text).map(|(tokens, prefill_tokens)| ScoredAnswer {
             text,
             tokens,
             prefill_tokens,
@@ -229,10 +229,10 @@ async fn score_one(
     )
 }
 
-/// The echoed tokens from `answer_start` on, each with its offset and logprob (OpenAI's legacy
-/// `logprobs`: `token_logprobs` and `text_offset`; the prompt's are the first
-/// `usage.prompt_tokens`), and that count.
-pub fn answer_logprobs(response: &Value, answer_start: usize) -> Result<(Vec<(usize, f64)>, u64), String> {
+/// The echoed tokens from `text.answer_start` on, each with its byte offset in `text.text` and
+/// its logprob (OpenAI's legacy `logprobs`: `token_logprobs` and `text_offset`; the prompt's are
+/// the first `usage.prompt_tokens`), and that count.
+pub fn answer_logprobs(response: &Value, text: &ScoringText) -> Result<(Vec<(usize, f64)>, u64), String> {
     let logprobs = response.pointer("/choices/0/logprobs");
     let values = logprobs
         .and_then(|l| l.get("token_logprobs"))
@@ -244,17 +244,46 @@ pub fn answer_logprobs(response: &Value, answer_start: usize) -> Result<(Vec<(us
     let (Some(values), Some(offsets), Some(prompt_tokens)) = (values, offsets, prompt_tokens) else {
         return Err("the fallback's answer has no echoed logprobs".into());
     };
-    let scored: Vec<(usize, f64)> = values
+    let n = (prompt_tokens as usize).min(values.len()).min(offsets.len());
+    let offsets: Vec<usize> = offsets[..n]
+        .iter()
+        .map(|o| o.as_u64().map_or(usize::MAX, |o| o as usize))
+        .collect();
+    let tokens = logprobs.and_then(|l| l.get("tokens")).and_then(Value::as_array);
+    let offsets = byte_offsets(offsets, tokens, &text.text);
+    let scored: Vec<(usize, f64)> = values[..n]
         .iter()
         .zip(offsets)
-        .take(prompt_tokens as usize)
-        .filter_map(|(v, o)| Some((o.as_u64()? as usize, v.as_f64()?)))
-        .filter(|&(o, _)| o >= answer_start)
+        .filter_map(|(v, o)| Some((o, v.as_f64()?)))
+        .filter(|&(o, _)| o >= text.answer_start && o != usize::MAX)
         .collect();
     if scored.is_empty() {
         return Err("the answer has no tokens to score".into());
     }
     Ok((scored, prompt_tokens))
+}
+
+/// The prompt tokens' offsets as byte offsets into `text`: wick counts bytes, a server in
+/// Python (vLLM) characters. Where the text is not ASCII the last token's end tells which.
+fn byte_offsets(offsets: Vec<usize>, tokens: Option<&Vec<Value>>, text: &str) -> Vec<usize> {
+    let last = offsets.last().copied().zip(
+        tokens
+            .and_then(|t| t.get(offsets.len().checked_sub(1)?))
+            .and_then(Value::as_str),
+    );
+    let Some((offset, token)) = last.filter(|_| !text.is_ascii()) else {
+        return offsets;
+    };
+    let in_chars = offset.checked_add(token.chars().count()) == Some(text.chars().count())
+        && offset.checked_add(token.len()) != Some(text.len());
+    if !in_chars {
+        return offsets;
+    }
+    let bytes: Vec<usize> = text.char_indices().map(|(b, _)| b).chain([text.len()]).collect();
+    offsets
+        .into_iter()
+        .map(|o| bytes.get(o).copied().unwrap_or(usize::MAX))
+        .collect()
 }
 
 /// The texts to score, one per choice of `answer`.
@@ -406,14 +435,14 @@ mod tests {
             ],
             5,
         );
-        let (tokens, prefill) = answer_logprobs(&response, 10).expect("scored");
-        assert_eq!(tokens, vec![(10, -0.5), (12, -1.5)]);
         let text = ScoringText {
             text: "Q: 2+2?\nA: 4.\n".into(),
             answer_start: 10,
         };
+        let (tokens, prefill) = answer_logprobs(&response, &text).expect("scored");
+        assert_eq!(tokens, vec![(10, -0.5), (12, -1.5)]);
         let answer = ScoredAnswer {
-            text,
+            text: text.clone(),
             tokens,
             prefill_tokens: prefill,
         };
@@ -427,8 +456,48 @@ mod tests {
         };
         let s = Score::of(&[answer, other]).expect("a score");
         assert_eq!((s.mean, s.min, s.tokens, s.prefill_tokens), (-1.0, -2.5, 5, 10));
-        assert!(answer_logprobs(&response, 14).is_err());
-        assert!(answer_logprobs(&json!({"choices": []}), 0).is_err());
+        let past = ScoringText {
+            answer_start: 14,
+            ..text.clone()
+        };
+        assert!(answer_logprobs(&response, &past).is_err());
+        assert!(answer_logprobs(&json!({"choices": []}), &text).is_err());
+    }
+
+    /// A server that counts offsets in characters (vLLM): on a text that is not ASCII they
+    /// become byte offsets, so the answer starts where wick's own would put it.
+    #[test]
+    fn character_offsets_become_byte_offsets() {
+        let text = ScoringText {
+            text: "¿Qué? Sí.\n".into(),
+            answer_start: "¿Qué? ".len(),
+        };
+        let tokens = [
+            ("¿", None),
+            ("Qué", Some(-1.0)),
+            ("? ", Some(-1.0)),
+            ("Sí", Some(-0.2)),
+            (".", Some(-0.4)),
+            ("\n", Some(-0.1)),
+        ];
+        let chars = echoed(&tokens, 6);
+        let mut offset = 0;
+        let in_chars: Vec<usize> = tokens
+            .iter()
+            .map(|(t, _)| {
+                let o = offset;
+                offset += t.chars().count();
+                o
+            })
+            .collect();
+        let mut by_chars = chars.clone();
+        by_chars["choices"][0]["logprobs"]["text_offset"] = json!(in_chars);
+        let bytes = answer_logprobs(&chars, &text).expect("bytes");
+        assert_eq!(answer_logprobs(&by_chars, &text).expect("chars"), bytes);
+        assert_eq!(
+            bytes.0.iter().map(|t| t.1).collect::<Vec<_>>(),
+            vec![-0.2, -0.4, -0.1]
+        );
     }
 
     #[test]
