@@ -146,6 +146,43 @@ impl Backend {
     }
 }
 
+/// Non-streamed answers larger than this are a failure of the tier.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A completions request the router makes itself (score mode's scoring and continuation), and
+/// the backend's answer: the JSON of a 200, or the status and message of a refusal.
+pub enum Completed {
+    Answer(serde_json::Value),
+    Refused(StatusCode, String),
+}
+
+impl Backend {
+    /// Sends `body` to `/v1/completions` (with `model` set to [`Backend::model`]) and reads the
+    /// whole answer. `what` names the request in the failure of an answer that is not JSON.
+    pub async fn complete(
+        &self,
+        local: &LocalModels,
+        mut body: serde_json::Value,
+        what: &str,
+    ) -> Result<Completed, BackendFailure> {
+        body["model"] = serde_json::Value::String(self.model.clone());
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let reply = self.send(local, Endpoint::Completions, bytes).await?;
+        let status = reply.status;
+        let text = reply.bytes(MAX_ANSWER_BYTES).await?;
+        let json: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| BackendFailure::Unreachable(format!("{what} is not JSON: {e}")))?;
+        if status != StatusCode::OK {
+            let message = json.pointer("/error/message").and_then(|m| m.as_str());
+            return Ok(Completed::Refused(
+                status,
+                message.unwrap_or_default().to_string(),
+            ));
+        }
+        Ok(Completed::Answer(json))
+    }
+}
+
 /// An OpenAI-compatible endpoint over HTTP.
 pub struct RemoteClient {
     client: reqwest::Client,

@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use wick_config::RoutePolicy;
 
-use super::backend::{Backend, BackendFailure, BackendReply};
+use super::backend::{Backend, BackendFailure, BackendReply, Completed};
 use super::metrics::is_fallback;
 use super::score::ScoredAnswer;
 use super::trail::Trail;
@@ -39,8 +39,6 @@ const SAMPLING: [&str; 10] = [
     "repetition_penalty",
     "user",
 ];
-
-const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// Where the fallback continues a rejected answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,27 +156,23 @@ async fn answer(
     request: &Value,
     c: &Continuation,
 ) -> Result<Option<(BackendReply, Value)>, BackendFailure> {
-    let mut body = json!({"model": fallback.model, "prompt": c.prompt, "max_tokens": c.max_tokens});
+    let mut body = json!({"prompt": c.prompt, "max_tokens": c.max_tokens});
     for key in SAMPLING {
         if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
             body[key] = v.clone();
         }
     }
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let reply = fallback.send(local, Endpoint::Completions, bytes).await?;
-    let status = reply.status;
-    let text = reply.bytes(MAX_ANSWER_BYTES).await?;
-    let rest: Value = serde_json::from_slice(&text)
-        .map_err(|e| BackendFailure::Unreachable(format!("the continuation is not JSON: {e}")))?;
-    if status != StatusCode::OK {
-        let message = rest.pointer("/error/message").and_then(Value::as_str);
-        tracing::warn!(backend = %fallback.id, %status, "the fallback refused a continuation, escalating from scratch: {}", message.unwrap_or_default());
-        return Ok(None);
-    }
+    let rest = match fallback.complete(local, body, "the continuation").await? {
+        Completed::Answer(rest) => rest,
+        Completed::Refused(status, message) => {
+            tracing::warn!(backend = %fallback.id, %status, "the fallback refused a continuation, escalating from scratch: {message}");
+            return Ok(None);
+        }
+    };
     let usage = rest.get("usage").cloned().unwrap_or(Value::Null);
     let chat = chat_answer(&rest, c);
     let reply = BackendReply {
-        status,
+        status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static("application/json")),
         body: Body::from(serde_json::to_vec(&chat).unwrap_or_default()),
     };

@@ -7,6 +7,7 @@ use prometheus::{CounterVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 use super::backend::Backend;
 use super::tap::Meter;
+use super::trail::Trail;
 use super::Route;
 
 pub(super) struct RouterMetrics {
@@ -116,6 +117,15 @@ impl RouterMetrics {
             verifications,
             fallback_tokens,
         })
+    }
+
+    /// Records that `backend` was skipped for `reason`: on the request's trail
+    /// (`x-wick-failover`) and in `wick_router_failovers_total`.
+    pub(super) fn failed_over(&self, trail: &mut Trail, route: &Route, backend: &str, reason: &str) {
+        trail.failovers.push(format!("{backend}:{reason}"));
+        self.failovers
+            .with_label_values(&[&route.name, backend, reason])
+            .inc();
     }
 
     /// The route's counters of its last tier's prefill and decode tokens.

@@ -41,7 +41,7 @@ use wick_config::{RoutePolicy, VerifyMode};
 use crate::api::errors::ApiError;
 use crate::api::local_model::LocalModels;
 use crate::api::service::Endpoint;
-use backend::{Backend, BackendFailure};
+use backend::{Backend, BackendFailure, MAX_ANSWER_BYTES};
 use breaker::CircuitBreaker;
 use metrics::RouterMetrics;
 use policy::Escalation;
@@ -56,8 +56,6 @@ pub const DRAFT_HEADER: HeaderName = HeaderName::from_static(crate::api::sse::DR
 /// A request header naming the tier to use (also `metadata.wick_route`).
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-wick-route");
 
-/// Non-streamed answers larger than this are a failure of the tier.
-const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// How long a dropped stream that had finished may take to send its usage chunk and `[DONE]`.
 const REST_OF_STREAM: Duration = Duration::from_secs(2);
 
@@ -181,11 +179,7 @@ pub async fn dispatch(
     ) in order.into_iter().enumerate()
     {
         if !breaker.allow() {
-            trail.failovers.push(format!("{}:breaker_open", tier.id));
-            metrics
-                .failovers
-                .with_label_values(&[&route.name, &tier.id, "breaker_open"])
-                .inc();
+            metrics.failed_over(&mut trail, route, &tier.id, "breaker_open");
             continue;
         }
         let cascade = i < last && pinned.is_none();
@@ -206,11 +200,7 @@ pub async fn dispatch(
         let bytes = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
         let failed = |trail: &mut Trail, f: &BackendFailure| {
             tracing::warn!(route = %route.name, backend = %tier.id, "failover: {f}");
-            trail.failovers.push(format!("{}:{}", tier.id, f.reason()));
-            metrics
-                .failovers
-                .with_label_values(&[&route.name, &tier.id, f.reason()])
-                .inc();
+            metrics.failed_over(trail, route, &tier.id, f.reason());
         };
         let (sent, continued_usage) =
             continuation::send(local, route, tier, endpoint, &body, bytes, &mut trail).await;
@@ -422,7 +412,7 @@ pub async fn dispatch(
                 trail.failovers.join(", ")
             ))
             .into_response();
-            trail.headers("none", &mut response);
+            trail.headers("none", false, &mut response);
             response
         }
     }
@@ -443,10 +433,7 @@ fn stream_response(
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
-    // The fallback's own stream: its tokens are not known yet (its usage chunk counts them).
-    let mut trail = trail.clone();
-    trail.fallback.streaming |= metrics::is_fallback(route, tier);
-    trail.headers(&tier.id, &mut response);
+    trail.headers(&tier.id, metrics::is_fallback(route, tier), &mut response);
     response
 }
 
@@ -474,7 +461,7 @@ fn finish(
     if let Some(v) = draft.and_then(|d| HeaderValue::from_str(&d).ok()) {
         headers.insert(DRAFT_HEADER, v);
     }
-    trail.headers(&tier.id, &mut response);
+    trail.headers(&tier.id, false, &mut response);
     response
 }
 

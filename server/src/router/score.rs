@@ -12,12 +12,11 @@
 //! `x-wick-failover` says so. Where the answer cannot be scored (a completions prompt that is
 //! not one string, a scoring prompt over the fallback's context), the request escalates.
 
-use axum::body::Bytes;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use serde_json::{json, Value};
 use wick_config::RoutePolicy;
 
-use super::backend::{Backend, BackendFailure, BackendKind};
+use super::backend::{Backend, BackendFailure, BackendKind, Completed};
 use super::metrics::RouterMetrics;
 use super::policy::Escalation;
 use super::trail::Trail;
@@ -30,10 +29,6 @@ use crate::api::validation;
 
 /// `mean=-0.412, min=-3.207, tokens=12`: the fallback's logprobs over the cheap answer.
 pub const SCORE_HEADER: HeaderName = HeaderName::from_static("x-wick-score");
-
-/// Scoring answers are at most this large (a completions response with one logprob entry per
-/// token of the conversation).
-const MAX_SCORE_BYTES: usize = 64 << 20;
 
 /// The fallback's logprobs over an answer (the worst of its choices).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,11 +122,7 @@ pub(super) async fn verify(
     } = route.tiers.last()?;
     let outcome = |o: &str| metrics.verifications.with_label_values(&[&route.name, o]).inc();
     let unavailable = |trail: &mut Trail, reason: &str| {
-        trail.failovers.push(format!("{}:{reason}", fallback.id));
-        metrics
-            .failovers
-            .with_label_values(&[&route.name, &fallback.id, reason])
-            .inc();
+        metrics.failed_over(trail, route, &fallback.id, reason);
         outcome("unavailable");
     };
     if !breaker.allow() {
@@ -200,26 +191,19 @@ async fn score_one(
     fallback: &Backend,
     text: ScoringText,
 ) -> Result<Result<ScoredAnswer, String>, BackendFailure> {
-    let body = json!({"model": fallback.model, "prompt": text.text, "echo": true, "logprobs": 0,
-        "max_tokens": 1, "temperature": 0.0});
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let reply = fallback.send(local, Endpoint::Completions, bytes).await?;
-    let status = reply.status;
-    let body = reply.bytes(MAX_SCORE_BYTES).await?;
-    let json: Value = serde_json::from_slice(&body)
-        .map_err(|e| BackendFailure::Unreachable(format!("the scoring answer is not JSON: {e}")))?;
-    if status != StatusCode::OK {
-        // A prompt over the fallback's context aside, a refusal is the setup's (a remote that
-        // serves another model name, or no `echo` with `logprobs`): worth a warning.
-        let message = json
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        tracing::warn!(backend = %fallback.id, %status, "the fallback refused to score an answer: {message}");
-        return Ok(Err(format!(
-            "the fallback refused to score ({status}): {message}"
-        )));
-    }
+    let body = json!({"prompt": text.text, "echo": true, "logprobs": 0, "max_tokens": 1,
+        "temperature": 0.0});
+    let json = match fallback.complete(local, body, "the scoring answer").await? {
+        Completed::Answer(json) => json,
+        Completed::Refused(status, message) => {
+            // A prompt over the fallback's context aside, a refusal is the setup's (a remote
+            // that serves another model name, or no `echo` with `logprobs`): worth a warning.
+            tracing::warn!(backend = %fallback.id, %status, "the fallback refused to score an answer: {message}");
+            return Ok(Err(format!(
+                "the fallback refused to score ({status}): {message}"
+            )));
+        }
+    };
     Ok(
         answer_logprobs(&json, &text).map(|(tokens, prefill_tokens)| ScoredAnswer {
             text,

@@ -12,7 +12,7 @@ use super::{BACKEND_HEADER, ESCALATION_HEADER, FAILOVER_HEADER};
 /// `prefill=120, decode=35, forwards=36`: the route's last tier's work for the request.
 pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-wick-fallback");
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub(super) struct Trail {
     pub escalations: Vec<String>,
     pub failovers: Vec<String>,
@@ -32,8 +32,6 @@ pub(super) struct FallbackWork {
     pub prefill: u64,
     pub decode: u64,
     pub forwards: u64,
-    /// It is streaming the answer: its tokens are not known when the headers go out.
-    pub streaming: bool,
 }
 
 impl FallbackWork {
@@ -59,8 +57,10 @@ impl FallbackWork {
         self.forwards += completion.saturating_sub(accepted).max(u64::from(completion > 0));
     }
 
-    fn header(&self) -> Option<String> {
-        (!self.streaming).then(|| {
+    /// None where the fallback streams the answer: its tokens are not known when the headers
+    /// go out (its usage chunk counts them).
+    fn header(&self, fallback_streams: bool) -> Option<String> {
+        (!fallback_streams).then(|| {
             format!(
                 "prefill={}, decode={}, forwards={}",
                 self.prefill, self.decode, self.forwards
@@ -70,7 +70,9 @@ impl FallbackWork {
 }
 
 impl Trail {
-    pub fn headers(&self, backend: &str, response: &mut Response) {
+    /// The headers of an answer from `backend`; `fallback_streams`: it is the route's fallback,
+    /// streaming.
+    pub fn headers(&self, backend: &str, fallback_streams: bool, response: &mut Response) {
         let h = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(backend) {
             h.insert(BACKEND_HEADER, v);
@@ -87,7 +89,7 @@ impl Trail {
         }
         let values = [
             (SCORE_HEADER, self.score.map(|s| s.header())),
-            (FALLBACK_HEADER, self.fallback.header()),
+            (FALLBACK_HEADER, self.fallback.header(fallback_streams)),
             (CONTINUED_HEADER, self.continued.clone()),
         ];
         for (name, value) in values {
@@ -107,14 +109,16 @@ mod tests {
     fn the_fallbacks_work_adds_scoring_and_answers() {
         let mut w = FallbackWork::default();
         w.scored(40);
-        assert_eq!(w.header().as_deref(), Some("prefill=40, decode=0, forwards=1"));
+        assert_eq!(
+            w.header(false).as_deref(),
+            Some("prefill=40, decode=0, forwards=1")
+        );
         // 30 tokens, 12 of them accepted proposals: 18 forwards after the scoring's one.
         w.answered(Some(&json!({"prompt_tokens": 25, "completion_tokens": 30,
             "completion_tokens_details": {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 3}})));
         assert_eq!((w.prefill, w.decode, w.forwards), (65, 30, 19));
         w.answered(Some(&json!({"prompt_tokens": 5, "completion_tokens": 0})));
         assert_eq!(w.forwards, 19, "no tokens, no decode step");
-        w.streaming = true;
-        assert_eq!(w.header(), None);
+        assert_eq!(w.header(true), None);
     }
 }
