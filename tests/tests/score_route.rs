@@ -61,22 +61,22 @@ fn content(r: &Reply) -> String {
         .to_string()
 }
 
-/// `x-wick-score`'s `key=value` fields.
-fn score_field(r: &Reply, key: &str) -> Option<f64> {
-    r.header("x-wick-score")?
+/// A `key=value` field of one of wick's list headers (`x-wick-score`, `x-wick-fallback`).
+fn header_field(r: &Reply, header: &str, key: &str) -> Option<f64> {
+    r.header(header)?
         .split(", ")
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))?
         .parse()
         .ok()
 }
 
+fn score_field(r: &Reply, key: &str) -> Option<f64> {
+    header_field(r, "x-wick-score", key)
+}
+
 fn fallback_work(r: &Reply, key: &str) -> u64 {
-    r.header("x-wick-fallback")
-        .unwrap_or_else(|| panic!("no x-wick-fallback: {:?}", r.headers))
-        .split(", ")
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in x-wick-fallback"))
+    header_field(r, "x-wick-fallback", key)
+        .unwrap_or_else(|| panic!("no {key} in x-wick-fallback: {:?}", r.headers)) as u64
 }
 
 fn streamed_text(r: &Reply) -> String {
