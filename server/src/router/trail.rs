@@ -42,7 +42,8 @@ impl FallbackWork {
     }
 
     /// Its answer's usage: each forward after the prefill's emits one token and the
-    /// proposals it accepted.
+    /// proposals it accepted; an answer with no tokens still had its prefill (as route-eval
+    /// counts a plain fallback's usage: at least one forward).
     pub fn answered(&mut self, usage: Option<&Value>) {
         let count = |key: &str| {
             usage
@@ -52,9 +53,12 @@ impl FallbackWork {
         };
         let completion = count("/completion_tokens");
         let accepted = count("/completion_tokens_details/accepted_prediction_tokens");
-        self.prefill += count("/prompt_tokens");
+        let prompt = count("/prompt_tokens");
+        self.prefill += prompt;
         self.decode += completion;
-        self.forwards += completion.saturating_sub(accepted).max(u64::from(completion > 0));
+        self.forwards += completion
+            .saturating_sub(accepted)
+            .max(u64::from(completion > 0 || prompt > 0));
     }
 
     /// None where the fallback streams the answer: its tokens are not known when the headers
@@ -118,7 +122,9 @@ mod tests {
             "completion_tokens_details": {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 3}})));
         assert_eq!((w.prefill, w.decode, w.forwards), (65, 30, 19));
         w.answered(Some(&json!({"prompt_tokens": 5, "completion_tokens": 0})));
-        assert_eq!(w.forwards, 19, "no tokens, no decode step");
+        assert_eq!(w.forwards, 20, "no tokens, but its prefill");
+        w.answered(None);
+        assert_eq!(w.forwards, 20, "no usage, nothing counted");
         assert_eq!(w.header(true), None);
     }
 }

@@ -464,9 +464,15 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_set_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/route-eval/mix.jsonl");
-        let text = std::fs::read_to_string(path).expect("mix.jsonl");
-        assert!(parse_items(path, &text).expect("parses").len() >= 35);
+    fn the_shipped_sets_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/route-eval");
+        for (file, least) in [("mix.jsonl", 35), ("code.jsonl", 16), ("quick.jsonl", 6)] {
+            let path = format!("{dir}/{file}");
+            let text = std::fs::read_to_string(&path).expect(file);
+            assert!(
+                parse_items(&path, &text).expect("parses").len() >= least,
+                "{file}"
+            );
+        }
     }
 }
