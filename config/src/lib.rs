@@ -181,6 +181,20 @@ impl Config {
         out
     }
 
+    /// The `[[models]]` entries this process does nothing with: not served, no route's tier,
+    /// not the draft of a model it runs. Legitimate (an entry kept for later), but worth a
+    /// line in the log: an entry meant to be served that no route names is silently absent.
+    pub fn unused_models(&self) -> Vec<&ModelConfig> {
+        let local = self.local_models();
+        let used = |m: &ModelConfig| {
+            local
+                .iter()
+                .any(|l| l.id == m.id || l.draft.as_deref() == Some(m.id.as_str()))
+                || self.routes.iter().any(|r| r.tiers.contains(&m.id))
+        };
+        self.models.iter().filter(|m| !used(m)).collect()
+    }
+
     /// The `[[models]]` entry that drafts for `model`, if it has one.
     pub fn draft_of(&self, model: &ModelConfig) -> Option<&ModelConfig> {
         let id = model.draft.as_deref()?;

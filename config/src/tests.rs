@@ -188,10 +188,29 @@ fn local_models_are_the_served_one_then_those_routes_name() {
     let ids: Vec<&str> = cfg.local_models().iter().map(|m| m.id.as_str()).collect();
     // `a` is named by no route and not served; `r` is remote; none twice.
     assert_eq!(ids, ["b", "c"]);
+    let unused: Vec<&str> = cfg.unused_models().iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(unused, ["a"]);
     // No routes: only the served model.
     let cfg = load_text("[[models]]\nid = \"a\"\n", &[], &Overrides::default()).unwrap();
     let ids: Vec<&str> = cfg.local_models().iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["a"]);
+}
+
+#[test]
+fn unused_models_are_those_nothing_serves_routes_or_drafts_with() {
+    let src = "[server]\nmodel = \"t\"\n\
+        [[models]]\nid = \"t\"\nsource = \"t.gguf\"\ndraft = \"d\"\n\
+        [[models]]\nid = \"d\"\nsource = \"d.gguf\"\n\
+        [[models]]\nid = \"u\"\nsource = \"u.gguf\"\ndraft = \"ud\"\n\
+        [[models]]\nid = \"ud\"\nsource = \"ud.gguf\"\n\
+        [[models]]\nid = \"r\"\nurl = \"http://r/v1\"\n\
+        [[models]]\nid = \"spare\"\nurl = \"http://spare/v1\"\n\
+        [[routes]]\nname = \"one\"\ntiers = [\"t\", \"r\"]\n";
+    let cfg = load_text(src, &[], &Overrides::default()).unwrap();
+    let unused: Vec<&str> = cfg.unused_models().iter().map(|m| m.id.as_str()).collect();
+    // `d` drafts for the served `t`; `r` is a route's tier; `u` and its draft `ud` and the
+    // remote `spare` are named by nothing this process runs.
+    assert_eq!(unused, ["u", "ud", "spare"]);
 }
 
 #[test]

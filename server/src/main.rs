@@ -53,6 +53,12 @@ fn serve(cfg: wick_config::Config) -> Result<()> {
     let server_cfg = &cfg.server;
     // Weights (drafts included), then engines; the served model first.
     let models = cli::local_models::start(&cfg)?;
+    for m in cfg.unused_models() {
+        tracing::warn!(
+            model = %m.id,
+            "not loaded: neither server.model, nor a route's tier, nor the draft of a model served"
+        );
+    }
     let mut state: Option<AppState> = None;
     let mut local_ids = std::collections::HashMap::new();
     for m in models {
