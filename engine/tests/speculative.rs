@@ -86,6 +86,11 @@ fn collect_with_usage(mut stream: GenerationStream) -> (Vec<Choice>, Usage) {
                 );
                 if let Some(s) = usage.speculative {
                     assert!(s.accepted <= s.proposed, "{s:?}");
+                    // Each choice's first token is the prefill's, never a proposal.
+                    assert!(
+                        s.accepted + choices.len() <= usage.completion_tokens,
+                        "accepted proposals counted past the completion: {s:?}, {usage:?}"
+                    );
                 }
                 return (choices, usage);
             }
@@ -217,6 +222,55 @@ fn a_draft_identical_to_the_target_has_every_proposal_accepted() {
     assert_eq!((stats.used_blocks, stats.draft_used_blocks), (0, 0));
 }
 
+/// A short answer drafted by the target itself: the draft goes on past the end of turn and the
+/// target accepts those proposals too, but they are not in the completion, so the request's
+/// usage (OpenAI's `accepted_prediction_tokens`: prediction tokens that appeared in the
+/// completion) does not count them; the engine's acceptance counters do.
+#[test]
+fn accepted_proposals_past_the_end_of_turn_are_not_in_the_usage() {
+    let spec = Engine::with_draft(
+        common::load_default(None),
+        common::load_default(None),
+        config(Some(SpeculativeConfig::draft_model())),
+    )
+    .unwrap();
+    let questions = [
+        "What is 2 + 3? Answer with the number only.",
+        "Say yes.",
+        "What is the capital of France?",
+        "Name a color.",
+        "What is 10 - 4?",
+        "Is water wet? Answer yes or no.",
+        "What is 6 * 7? Answer with the number only.",
+        "Spell the word cat.",
+        "What color is the sky?",
+        "Give me one word that rhymes with moon.",
+    ];
+    let mut past_the_end = 0;
+    for question in questions {
+        let before = common::settled(&spec).spec_accepted_tokens_total;
+        let prompt = chat(&spec, question);
+        // collect_with_usage asserts accepted + 1 <= completion_tokens.
+        let (out, usage) = collect_with_usage(spec.submit(GenerateRequest::new(prompt, greedy(32))).unwrap());
+        let s = usage.speculative.expect("a speculating engine's usage");
+        let by_the_target = common::settled(&spec).spec_accepted_tokens_total - before;
+        eprintln!(
+            "{question}: {} tokens, {:?}, {s:?}, by the target {by_the_target}",
+            usage.completion_tokens, out[0].finish
+        );
+        assert!(s.accepted as u64 <= by_the_target, "{question}: {s:?}");
+        if out[0].finish == Some(FinishReason::Stop) && (s.accepted as u64) < by_the_target {
+            past_the_end += 1;
+        }
+    }
+    assert!(
+        past_the_end > 0,
+        "no answer ended inside a step's accepted proposals"
+    );
+    let stats = common::settled(&spec);
+    assert_eq!(stats.spec_accepted_tokens_total, stats.spec_draft_tokens_total);
+}
+
 /// An identical draft that may propose only the first 2048 ids (and the added tokens): where the
 /// target's token is past them the proposal fails, so some proposals fail, and the output is
 /// still the target's.
@@ -248,15 +302,14 @@ fn a_draft_restricted_to_the_leading_ids_fails_only_the_proposals_it_cannot_make
         .unzip();
     assert_eq!(tokens(&out), expected);
     let stats = common::settled(&spec);
-    // Each request's usage counts its own proposals: together, the engine's counters.
+    // Each request's usage counts its own proposals: together, the engine's counters (its
+    // accepted ones only those that reached the output, not those past an end of turn).
     let counts = usages
         .iter()
         .map(|u| u.speculative.expect("a speculating engine's usage"));
     let (proposed, accepted) = counts.fold((0, 0), |(p, a), s| (p + s.proposed, a + s.accepted));
-    assert_eq!(
-        (proposed as u64, accepted as u64),
-        (stats.spec_draft_tokens_total, stats.spec_accepted_tokens_total)
-    );
+    assert_eq!(proposed as u64, stats.spec_draft_tokens_total);
+    assert!(accepted as u64 <= stats.spec_accepted_tokens_total);
     let plain_usage = collect_with_usage(plain.submit(reqs[0].clone()).expect("accepted")).1;
     assert_eq!(plain_usage.speculative, None, "an engine without speculation");
     eprintln!(

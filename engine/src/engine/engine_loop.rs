@@ -417,19 +417,21 @@ impl EngineLoop {
         let mut emitted = 0;
         for ((&i, tokens), proposal) in sampled.iter().zip(samples.by_ref()).zip(&proposals) {
             let seq = &mut self.scheduler.running_mut()[i];
-            if let Some(spec) = &mut self.spec {
-                spec.record(&mut seq.spec, proposal.len(), tokens.len() - 1);
-                let usage = self.requests.get_mut(&seq.request_id).map(|r| &mut r.usage);
-                if let Some(counts) = usage.and_then(|u| u.speculative.as_mut()) {
-                    counts.proposed += proposal.len();
-                    counts.accepted += tokens.len() - 1;
-                }
-            }
+            // The draft's record (its next `k`, the engine's acceptance counters) is the
+            // verification's; the request's usage counts only accepted proposals that reached
+            // the output: one past an end of turn or a stop string was accepted by the target
+            // but is not in the completion (OpenAI's `accepted_prediction_tokens`: prediction
+            // tokens that appeared in the completion).
             let num_tokens = tokens.len();
+            if let Some(spec) = &mut self.spec {
+                spec.record(&mut seq.spec, proposal.len(), num_tokens - 1);
+            }
             let mut done = false;
+            let mut emitted_here = 0;
             for (j, sample) in tokens.into_iter().enumerate() {
                 self.generation_tokens_total += 1;
                 emitted += 1;
+                emitted_here += 1;
                 if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
                     done = true;
                     break;
@@ -437,6 +439,13 @@ impl EngineLoop {
                 // An accepted proposal: its K/V were computed in this step.
                 if j + 1 < num_tokens {
                     seq.num_computed += 1;
+                }
+            }
+            if self.spec.is_some() {
+                let usage = self.requests.get_mut(&seq.request_id).map(|r| &mut r.usage);
+                if let Some(counts) = usage.and_then(|u| u.speculative.as_mut()) {
+                    counts.proposed += proposal.len();
+                    counts.accepted += emitted_here.min(num_tokens - 1);
                 }
             }
             if done {
