@@ -136,7 +136,7 @@ fn a_draft_from_the_file_speculates_inside_its_target_and_metrics_count_it() {
     assert!(kept < completion, "the first token is the prefill's: {answer}");
     assert_eq!(
         reply.header("x-wick-draft"),
-        Some(format!("accepted={accepted}/{proposed}").as_str())
+        Some(format!("accepted={kept}/{proposed}").as_str())
     );
 }
 
