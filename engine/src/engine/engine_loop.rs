@@ -426,14 +426,13 @@ impl EngineLoop {
             if let Some(spec) = &mut self.spec {
                 spec.record(&mut seq.spec, proposal.len(), num_tokens - 1);
             }
-            let mut done = false;
-            let mut emitted_here = 0;
+            // If the choice ends in this step: how many of `tokens` reached the output.
+            let mut ended_after = None;
             for (j, sample) in tokens.into_iter().enumerate() {
                 self.generation_tokens_total += 1;
                 emitted += 1;
-                emitted_here += 1;
                 if emit(&self.tokenizer, &mut self.requests, seq, sample)? {
-                    done = true;
+                    ended_after = Some(j + 1);
                     break;
                 }
                 // An accepted proposal: its K/V were computed in this step.
@@ -445,10 +444,10 @@ impl EngineLoop {
                 let usage = self.requests.get_mut(&seq.request_id).map(|r| &mut r.usage);
                 if let Some(counts) = usage.and_then(|u| u.speculative.as_mut()) {
                     counts.proposed += proposal.len();
-                    counts.accepted += emitted_here.min(num_tokens - 1);
+                    counts.accepted += ended_after.unwrap_or(num_tokens).min(num_tokens - 1);
                 }
             }
-            if done {
+            if ended_after.is_some() {
                 finished.push(i);
             } else if !proposal.is_empty() {
                 self.blocks
